@@ -1,0 +1,10 @@
+"""nnx.Module mixers and the registry that configs and the CLI reach them through.
+
+The mixer protocol (DESIGN.md): ``MIXERS[name](d_model=..., rngs=..., **mixer_args)``;
+``y = mixer(x, mask=None)`` with x, y: [batch, length, d_model], mask: [batch, length] bool.
+Causal mixers add ``init_cache(batch_size, max_length, dtype)`` and ``decode(x, cache)``.
+"""
+
+from flax import nnx
+
+MIXERS: dict[str, type[nnx.Module]] = {}

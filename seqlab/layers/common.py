@@ -1,0 +1,85 @@
+"""Pieces shared by several mixers: the SSM parameter type, masking, short convolutions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class SSMParam(nnx.Param):
+    """A parameter of a state-space or recurrent transition (A, B, dt, Lambda, log-dt, ...).
+
+    The trainer puts every ``SSMParam`` in its own optimiser group: learning rate
+    ``train.ssm_lr`` and no weight decay, as S4 trains them (Gu et al. 2022, appendix).
+    """
+
+
+def apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Zero padded positions. x: [batch, length, ...]; mask: [batch, length] bool (True = real)."""
+    if mask is None:
+        return x
+    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 2)), x, jnp.zeros((), x.dtype))
+
+
+def check_input(x: jax.Array, d_model: int, name: str) -> None:
+    """Raise a clear error unless x is [batch, length, d_model]."""
+    if x.ndim != 3 or x.shape[-1] != d_model:
+        raise ValueError(
+            f"{name} expects x of shape [batch, length, d_model={d_model}], got {tuple(x.shape)}"
+        )
+
+
+class ShortConv(nnx.Module):
+    """Depthwise 1-D convolution over time with a short kernel (Mamba, DeltaNet, Hydra).
+
+    ``causal=True``:  y_t = b + sum_{j<K} w_j x_{t-K+1+j}   (left zero padding; has ``decode``)
+    ``causal=False``: y_t = b + sum_{j<K} w_j x_{t-(K-1)/2+j} (centred, K odd; bidirectional)
+
+    x, y: [batch, length, channels]. Padded positions (mask False) are zeroed before the
+    convolution so that they never leak into real positions.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 4,
+        *,
+        causal: bool = True,
+        use_bias: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        if not causal and kernel_size % 2 == 0:
+            raise ValueError(f"a centred (non-causal) ShortConv needs an odd kernel, got {kernel_size}")
+        self.channels, self.kernel_size, self.causal = channels, kernel_size, causal
+        bound = 1.0 / kernel_size**0.5
+        self.weight = nnx.Param(
+            jax.random.uniform(rngs.params(), (kernel_size, channels), minval=-bound, maxval=bound)
+        )
+        self.bias = nnx.Param(jnp.zeros((channels,))) if use_bias else None
+
+    def _conv_padded(self, xp: jax.Array, length: int) -> jax.Array:
+        w = self.weight[...].astype(xp.dtype)
+        y = sum(w[j] * xp[:, j : j + length] for j in range(self.kernel_size))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(xp.dtype)
+        return y
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        x = apply_mask(x, mask)
+        k = self.kernel_size
+        pad = (k - 1, 0) if self.causal else ((k - 1) // 2, (k - 1) // 2)
+        xp = jnp.pad(x, ((0, 0), pad, (0, 0)))
+        return self._conv_padded(xp, x.shape[1])
+
+    def init_cache(self, batch_size: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        """The last K-1 inputs: [batch, K-1, channels] (zeros = start of sequence)."""
+        if not self.causal:
+            raise ValueError("a centred (non-causal) convolution has no recurrent decode")
+        return jnp.zeros((batch_size, self.kernel_size - 1, self.channels), dtype)
+
+    def decode(self, x: jax.Array, cache: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: [batch, t, channels] new inputs; returns (y [batch, t, channels], new cache)."""
+        xp = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
+        y = self._conv_padded(xp, x.shape[1])
+        return y, xp[:, xp.shape[1] - (self.kernel_size - 1) :].astype(cache.dtype)

@@ -1,0 +1,1 @@
+"""Composition: blocks -> backbones -> task heads."""

@@ -1,0 +1,1 @@
+"""Configs, the trainer, optimiser and param groups, checkpoints, metrics, sharding."""
