@@ -1,0 +1,57 @@
+"""Data sources by name, and the batching loader.
+
+``load(name, split, root=None, **options) -> Split``: every source is a function
+``source(split, root=None, *, option=default, ...) -> Split`` registered in ``SOURCES``; its
+keyword options are the ``data.*`` keys a config may set for it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+
+from seqlab.data.types import Split, TaskInfo
+
+SOURCES: dict[str, Callable[..., Split]] = {}
+
+SPLITS = ("train", "val", "test")
+
+
+def source_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options a source accepts (the ``data.*`` keys of a config)."""
+    fn = get_source(name)
+    return {
+        p.name: p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def get_source(name: str) -> Callable[..., Split]:
+    if name not in SOURCES:
+        close = difflib.get_close_matches(name, SOURCES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown data source {name!r}.{hint} Valid sources: {', '.join(sorted(SOURCES))}."
+        )
+    return SOURCES[name]
+
+
+def load(name: str, split: str, root: str | None = None, **options) -> Split:
+    """Load one split ("train", "val" or "test") of the source ``name``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    valid = source_options(name)
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"data source {name!r} has no option {key!r}.{hint} "
+                f"Valid options: {', '.join(sorted(valid)) or '(none)'}."
+            )
+    return get_source(name)(split, root, **options)
+
+
+__all__ = ["SOURCES", "SPLITS", "Split", "TaskInfo", "get_source", "load", "source_options"]
