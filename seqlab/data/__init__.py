@@ -11,9 +11,12 @@ import difflib
 import inspect
 from collections.abc import Callable
 
+from seqlab.data.arrays import arrays
+from seqlab.data.listops import listops
+from seqlab.data.loader import Loader
 from seqlab.data.types import Split, TaskInfo
 
-SOURCES: dict[str, Callable[..., Split]] = {}
+SOURCES: dict[str, Callable[..., Split]] = {"arrays": arrays, "listops": listops}
 
 SPLITS = ("train", "val", "test")
 
@@ -54,4 +57,6 @@ def load(name: str, split: str, root: str | None = None, **options) -> Split:
     return get_source(name)(split, root, **options)
 
 
-__all__ = ["SOURCES", "SPLITS", "Split", "TaskInfo", "get_source", "load", "source_options"]
+__all__ = [
+    "Loader", "SOURCES", "SPLITS", "Split", "TaskInfo", "get_source", "load", "source_options",
+]
