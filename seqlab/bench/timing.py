@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "MemoryBudgetExceeded",
     "Timing",
     "time_fn",
     "time_python",
@@ -69,6 +70,10 @@ class Timing:
         d = asdict(self)
         d["times_s"] = list(self.times_s)
         return d
+
+
+class MemoryBudgetExceeded(MemoryError):
+    """The compiled program needs more memory than allowed (raised before running it)."""
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -153,6 +158,7 @@ def time_fn(
     budget_s: float | None = None,
     static_argnums: int | Sequence[int] = (),
     device: jax.Device | None = None,
+    max_bytes: int | None = None,
 ) -> Timing:
     """Time a JAX function: jit-compile once, warm up, median of ``repeats`` timed calls.
 
@@ -162,6 +168,9 @@ def time_fn(
       the next call would exceed it. Callers that must refuse a case outright (a length too long
       for the budget) should check ``compile_s`` / a first timing themselves.
     device: where to read ``memory_stats()``; defaults to the device of the first array arg.
+    max_bytes: refuse to run (raise :class:`MemoryBudgetExceeded`) when XLA's memory analysis of
+      the compiled program says one call needs more; on CPU, where running out of memory kills
+      the process instead of raising, this is what lets a sweep stop politely.
 
     Raises whatever the call raises (use :func:`is_oom` to recognise out-of-memory).
     """
@@ -169,6 +178,11 @@ def time_fn(
     t0 = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    needed = peak_memory(compiled)
+    if max_bytes is not None and needed is not None and needed > max_bytes:
+        raise MemoryBudgetExceeded(
+            f"needs {needed / 2**30:.2f} GiB, allowed {max_bytes / 2**30:.2f} GiB"
+        )
     dyn_args = [a for i, a in enumerate(args) if i not in _as_tuple(static_argnums)]
     if device is None:
         leaves = [x for x in jax.tree_util.tree_leaves(dyn_args) if isinstance(x, jax.Array)]
@@ -180,7 +194,7 @@ def time_fn(
     before = _device_peak(device)
     times = _repeat(call, repeats, warmup, budget_s)
     after = _device_peak(device)
-    peak, source = peak_memory(compiled), "xla-compiled"
+    peak, source = needed, "xla-compiled"
     extra: dict[str, Any] = {}
     if after is not None:
         extra["device_peak_bytes_in_use"] = after
