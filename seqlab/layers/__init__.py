@@ -7,4 +7,8 @@ Causal mixers add ``init_cache(batch_size, max_length, dtype)`` and ``decode(x, 
 
 from flax import nnx
 
-MIXERS: dict[str, type[nnx.Module]] = {}
+from seqlab.layers.s4d import S4D, S4PTD
+
+MIXERS: dict[str, type[nnx.Module]] = {
+    "s4d": S4D,
+    "s4-ptd": S4PTD,

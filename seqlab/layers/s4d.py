@@ -1,0 +1,244 @@
+"""S4D: H independent diagonal state-space models (Gu et al. 2022, 'On the Parameterization and
+Initialization of Diagonal State Space Models'), and S4-PTD (Yu et al. 2023).
+
+Per channel h: ``x' = diag(Lambda_h) x + B_h u_h``, ``y_h = 2 Re(C_h x) + D_h u_h`` with N/2
+complex modes (d_state = N), discretised with step ``dt_h = exp(log_dt_h)`` (ZOH or bilinear)
+and computed as a long convolution (``kernel_diag`` + ``fft_conv``) or a linear scan. The block
+around the SSM follows the S4 repository: activation, dropout, output projection (GLU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from seqlab.layers.common import SSMParam, apply_mask, check_input
+from seqlab.ops import hippo
+from seqlab.ops.scan import linear_scan
+from seqlab.ops.ssm import DISCRETIZATIONS, discretize, fft_conv, kernel_diag
+
+REAL_PARAMS = ("exp", "clip")
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "identity": lambda x: x,
+}
+OUTPUTS = ("glu", "linear", "none")
+MODES = ("fft", "scan")
+_CLIP_MAX = -1e-4  # 'clip': Re(Lambda) = min(param, -1e-4)
+
+
+def _choice(name: str, value: str, valid) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
+    return value
+
+
+def _complex_param(z: np.ndarray) -> jax.Array:
+    """complex [...] -> float32 [..., 2] (real, imag): parameters are real float32 arrays."""
+    return jnp.asarray(np.stack([z.real, z.imag], axis=-1), jnp.float32)
+
+
+def _as_complex(p: jax.Array) -> jax.Array:
+    return jax.lax.complex(p[..., 0], p[..., 1])
+
+
+def init_log_dt(key: jax.Array, H: int, dt_min: float, dt_max: float) -> jax.Array:
+    """log dt [H] uniform in [log dt_min, log dt_max] (S4, Sec. 4 / appendix)."""
+    if not (0 < dt_min <= dt_max):
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    return jax.random.uniform(key, (H,), minval=math.log(dt_min), maxval=math.log(dt_max))
+
+
+class S4D(nnx.Module):
+    """S4D mixer: x [batch, length, d_model] -> y [batch, length, d_model].
+
+    Options: ``d_state`` (N, even; N/2 complex modes per channel), ``init`` in
+    ``lin | inv | legs | ptd`` (default ``legs``, S4D-LegS), ``disc`` in ``zoh | bilinear``,
+    ``real_param`` in ``exp`` (Re Lambda = -exp(p)) | ``clip`` (Re Lambda = min(p, -1e-4)),
+    ``dt_min``/``dt_max`` (log-uniform init of dt), ``bidirectional`` (a second C for the
+    time-reversed direction, outputs summed), ``activation`` (gelu | silu | relu | identity),
+    ``out`` (glu | linear | none: output projection), ``dropout``, ``mode`` (fft | scan).
+
+    Trainable SSM parameters (``SSMParam``: own lr, no weight decay): ``log_dt [H]``,
+    ``Lambda_re, Lambda_im [H, N/2]``, ``B [H, N/2, 2]``. ``C [dirs, H, N/2, 2]`` and ``D [H]``
+    are ordinary parameters, as in S4.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+        d_state: int = 64,
+        init: str = "legs",
+        disc: str = "zoh",
+        real_param: str = "exp",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        bidirectional: bool = False,
+        activation: str = "gelu",
+        out: str = "glu",
+        dropout: float = 0.0,
+        mode: str = "fft",
+    ):
+        self.d_model, self.d_state, self.dtype = d_model, d_state, dtype
+        self.init = _choice("init", init, hippo.DIAGONAL_INITS)
+        self.disc = _choice("disc", disc, DISCRETIZATIONS)
+        self.real_param = _choice("real_param", real_param, REAL_PARAMS)
+        self.activation = _choice("activation", activation, tuple(ACTIVATIONS))
+        self.out = _choice("out", out, OUTPUTS)
+        self.mode = _choice("mode", mode, MODES)
+        self.bidirectional = bool(bidirectional)
+        Lambda, B, C0 = self._diagonal_init(d_state, rngs)
+        H = d_model
+        self.log_dt = SSMParam(init_log_dt(rngs.params(), H, dt_min, dt_max))
+        re = np.tile(Lambda.real, (H, 1))
+        re = np.log(-re) if self.real_param == "exp" else re
+        self.Lambda_re = SSMParam(jnp.asarray(re, jnp.float32))
+        self.Lambda_im = SSMParam(jnp.asarray(np.tile(Lambda.imag, (H, 1)), jnp.float32))
+        self.B = SSMParam(_complex_param(np.tile(B, (H, 1))))
+        dirs = 2 if self.bidirectional else 1
+        if C0 is None:  # C ~ complex standard normal (variance 1/2 per part), as in S4
+            C = jax.random.normal(rngs.params(), (dirs, H, d_state // 2, 2)) * math.sqrt(0.5)
+        else:  # a change of basis (S4-PTD: C~ = C V with C real standard normal)
+            C_real = np.asarray(jax.random.normal(rngs.params(), (dirs, H, d_state)))
+            C = _complex_param(C_real @ C0)
+        self.C = nnx.Param(C)
+        self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
+        self.act = ACTIVATIONS[self.activation]
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        if self.out == "glu":
+            self.proj = nnx.Linear(H, 2 * H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        elif self.out == "linear":
+            self.proj = nnx.Linear(H, H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        else:
+            self.proj = None
+
+    def _diagonal_init(self, N: int, rngs: nnx.Rngs):
+        """(Lambda [N/2], B [N/2], basis for C [N, N/2] or None) from ``ops.hippo``."""
+        Lambda, B = hippo.diagonal_init(self.init, N)
+        if np.any(Lambda.real >= 0) and self.real_param == "exp":
+            raise ValueError(f"init {self.init!r} has Re(Lambda) >= 0; use real_param='clip'")
+        return Lambda, B, None
+
+    # ---- SSM parameters ----------------------------------------------------------------------
+    def ssm(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Continuous parameters (A [H, N/2], B [H, N/2], C [dirs, H, N/2] complex, dt [H])."""
+        p = self.Lambda_re[...]
+        re = -jnp.exp(p) if self.real_param == "exp" else jnp.minimum(p, _CLIP_MAX)
+        A = jax.lax.complex(re, self.Lambda_im[...])
+        return A, _as_complex(self.B[...]), _as_complex(self.C[...]), jnp.exp(self.log_dt[...])
+
+    def kernel(self, length: int) -> jax.Array:
+        """K [dirs, H, length] (S4D eq. (6))."""
+        A, B, C, dt = self.ssm()
+        return jnp.stack([kernel_diag(A, B, c, dt, length, self.disc) for c in C])
+
+    def _ssm_scan(self, u: jax.Array, C: jax.Array, reverse: bool) -> jax.Array:
+        """Recurrent form: u [batch, length, H] float32 -> y [batch, length, H] (no D)."""
+        A, B, _, dt = self.ssm()
+        dA, dB = discretize(A, B, dt, self.disc)
+        h = linear_scan(dA[None, None], dB * u[..., None], reverse=reverse)  # [b, l, H, N/2]
+        return 2 * jnp.einsum("hn,blhn->blh", C, h).real
+
+    def _block(self, y: jax.Array) -> jax.Array:
+        """Activation, dropout and output projection: y [batch, length, H] float32."""
+        y = self.drop(self.act(y.astype(self.dtype)))
+        if self.proj is not None:
+            y = self.proj(y)
+            if self.out == "glu":
+                y = jax.nn.glu(y, axis=-1)
+            y = self.drop(y)
+        return y
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x: [batch, length, d_model]; mask: [batch, length] bool -> y [batch, length, d_model].
+
+        Padded inputs are zeroed first; the reverse direction is anti-causal (position t sees
+        s >= t), so zeros after a sequence's true end contribute nothing and its state starts
+        from zero at the true end: padding never changes the outputs at real positions.
+        """
+        check_input(x, self.d_model, type(self).__name__)
+        u = apply_mask(x, mask).astype(jnp.float32)
+        D = self.D[...]
+        if self.mode == "fft":
+            K = self.kernel(x.shape[1])
+            y = fft_conv(u, K[0], D, K[1] if self.bidirectional else None)
+        else:
+            C = self.ssm()[2]
+            y = self._ssm_scan(u, C[0], reverse=False) + D * u
+            if self.bidirectional:
+                y = y + self._ssm_scan(u, C[1], reverse=True)
+        return apply_mask(self._block(y), mask)
+
+    # ---- recurrent decode --------------------------------------------------------------------
+    def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
+        """{'state': [batch, H, N/2] complex64 (zeros), 'pos': int32 scalar}.
+
+        The recurrence has no length limit; ``max_length`` is accepted for the protocol.
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}(bidirectional=True) sees future inputs and has no "
+                "recurrent decode; build it with bidirectional=False"
+            )
+        del max_length, dtype
+        return {
+            "state": jnp.zeros((batch_size, self.d_model, self.d_state // 2), jnp.complex64),
+            "pos": jnp.zeros((), jnp.int32),
+        }
+
+    def decode(self, x: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+        """Recurrent mode: x [batch, t, d_model] (t >= 1) -> (y [batch, t, d_model], cache).
+
+        ``x_k = dA x_{k-1} + dB u_k``, ``y_k = 2 Re(C x_k) + D u_k`` (S4D eq. (5)).
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}(bidirectional=True) sees future inputs and has no "
+                "recurrent decode; build it with bidirectional=False"
+            )
+        check_input(x, self.d_model, type(self).__name__)
+        u = x.astype(jnp.float32)
+        A, B, C, dt = self.ssm()
+        dA, dB = discretize(A, B, dt, self.disc)
+        h = linear_scan(dA[None, None], dB * u[..., None], h0=cache["state"])
+        y = 2 * jnp.einsum("hn,blhn->blh", C[0], h).real + self.D[...] * u
+        new = {"state": h[:, -1].astype(jnp.complex64), "pos": cache["pos"] + x.shape[1]}
+        return self._block(y), new
+
+
+class S4PTD(S4D):
+    """S4-PTD (Yu et al. 2023): S4D initialised by perturb-then-diagonalise of HiPPO-LegS.
+
+    ``A + E = V Lambda V^-1`` with ``||E||_2 = eps ||A||_2`` (option ``eps``, default 1e-2;
+    ``ptd_seed`` fixes E): Lambda, ``V^-1 B`` and ``C~ = C V`` (C real Gaussian) initialise the
+    diagonal system. ``self.cond_V`` reports the condition number of V. Other options as S4D.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+        eps: float = 1e-2,
+        ptd_seed: int = 0,
+        **options,
+    ):
+        if "init" in options:
+            raise ValueError("S4PTD fixes init='ptd'; use 's4d' for other diagonal inits")
+        self.eps, self.ptd_seed = eps, ptd_seed
+        super().__init__(d_model, rngs=rngs, dtype=dtype, init="ptd", **options)
+
+    def _diagonal_init(self, N: int, rngs: nnx.Rngs):
+        Lambda, B, V, cond = hippo.ptd(N, self.eps, self.ptd_seed)
+        self.cond_V = cond
+        return Lambda, B, V

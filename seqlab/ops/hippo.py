@@ -1,0 +1,187 @@
+"""HiPPO transition matrices, their NPLR/DPLR forms and diagonal initialisations (numpy float64).
+
+Init-time only: every function returns float64 / complex128 numpy arrays.
+
+Conventions: the continuous system is ``x'(t) = A x(t) + B u(t)`` with A stable. References:
+HiPPO (Gu et al. 2020, 'HiPPO: Recurrent Memory with Optimal Polynomial Projections'), S4 (Gu et
+al. 2022, 'Efficiently Modeling Long Sequences with Structured State Spaces'), S4D (Gu et al.
+2022, 'On the Parameterization and Initialization of Diagonal State Space Models'), 'How to
+Train Your HiPPO' (Gu et al. 2022) and S4-PTD (Yu et al. 2023, 'Robustifying State-space Models
+for Long Sequences via Approximate Diagonalization').
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MEASURES = ("legs", "legt", "lagt", "fout")
+DIAGONAL_INITS = ("lin", "inv", "legs", "ptd")
+
+
+def _check_measure(measure: str) -> None:
+    if measure not in MEASURES:
+        raise ValueError(f"unknown HiPPO measure {measure!r}; valid choices: {', '.join(MEASURES)}")
+
+
+def _check_even(N: int, what: str) -> None:
+    if not isinstance(N, (int, np.integer)) or N < 2 or N % 2:
+        raise ValueError(
+            f"{what} needs an even state size N >= 2 (conjugate pairs: N/2 complex modes), got {N}"
+        )
+
+
+def transition(measure: str, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """HiPPO transition ``(A [N, N], B [N])`` of ``x' = A x + B u``.
+
+    - ``legs`` (HiPPO eq. (2), scaled Legendre): ``A[n,k] = -sqrt(2n+1) sqrt(2k+1)`` for n > k,
+      ``-(n+1)`` for n = k, 0 for n < k; ``B[n] = sqrt(2n+1)``.
+    - ``legt`` (HiPPO LegT, translated Legendre, window theta = 2, normalised basis):
+      ``A[n,k] = -(1/2) sqrt(2n+1) sqrt(2k+1) * (1 if n >= k else (-1)^(n-k))``,
+      ``B[n] = (1/2) sqrt(2n+1)``.
+    - ``lagt`` (HiPPO LagT, translated Laguerre): ``A = I/2 - tril(1)``, i.e. ``-1/2`` on the
+      diagonal and ``-1`` below it; ``B[n] = 1``.
+    - ``fout`` ('How to Train Your HiPPO', translated Fourier): state ordered
+      ``[1, -, cos_1, sin_1, cos_2, sin_2, ...]``; ``A = pi (-diag(d, 1) + diag(d, -1)) - B B^T``
+      where ``d`` couples ``(cos_k, sin_k)`` with frequency k and
+      ``B = [1, 0, sqrt2, 0, sqrt2, ...]``.
+    """
+    _check_measure(measure)
+    if N < 1:
+        raise ValueError(f"state size N must be >= 1, got {N}")
+    n = np.arange(N, dtype=np.float64)
+    r = np.sqrt(2 * n + 1)
+    if measure == "legs":
+        A = -np.tril(np.outer(r, r), -1) - np.diag(n + 1)
+        B = r.copy()
+    elif measure == "legt":
+        sign = np.where(n[:, None] >= n[None, :], 1.0, (-1.0) ** (n[:, None] - n[None, :]))
+        A = -0.5 * np.outer(r, r) * sign
+        B = 0.5 * r
+    elif measure == "lagt":
+        A = 0.5 * np.eye(N) - np.tril(np.ones((N, N)))
+        B = np.ones(N)
+    else:  # fout
+        _check_even(N, "the 'fout' measure")
+        B = np.zeros(N)
+        B[0::2] = np.sqrt(2.0)
+        B[0] = 1.0
+        # index 2k holds cos(k .), index 2k+1 holds sin(k .), k = 1 .. N/2-1 (index 1 is unused)
+        d = np.zeros(N - 1)
+        d[2::2] = np.arange(1, N // 2)
+        A = np.pi * (-np.diag(d, 1) + np.diag(d, -1)) - np.outer(B, B)
+    return A, B
+
+
+def rank_correction(measure: str, N: int) -> np.ndarray:
+    """Low-rank term ``P [r, N]`` that makes ``A + P^T P`` normal (S4, Thm. 1).
+
+    legs: ``P[n] = sqrt(n + 1/2)`` (r = 1); legt: even/odd halves of ``sqrt(2n+1)/sqrt2``
+    (r = 2); lagt: ``1/sqrt2`` (r = 1); fout: ``P = B`` (r = 1).
+    """
+    _check_measure(measure)
+    n = np.arange(N, dtype=np.float64)
+    if measure == "legs":
+        return np.sqrt(n + 0.5)[None]
+    if measure == "legt":
+        r = np.sqrt(2 * n + 1) / np.sqrt(2.0)
+        return np.stack([np.where(n % 2 == 0, r, 0.0), np.where(n % 2 == 1, r, 0.0)])
+    if measure == "lagt":
+        return np.full((1, N), np.sqrt(0.5))
+    return transition("fout", N)[1][None]
+
+
+def nplr(measure: str, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Normal plus low-rank form ``A == V diag(Lambda) V^H - P^T P`` (S4, Thm. 1).
+
+    Returns ``Lambda [N]`` (complex), ``P [r, N]`` (real), ``B [N]`` (real), ``V [N, N]``
+    (unitary). ``S = A + P^T P`` is ``c I + (skew-symmetric)``, so it is diagonalised stably
+    through the Hermitian matrix ``-i (S - S^T) / 2``; eigenvalues are sorted by imaginary part.
+    """
+    A, B = transition(measure, N)
+    P = rank_correction(measure, N)
+    S = A + P.T @ P
+    sym = (S + S.T) / 2
+    c = np.mean(np.diag(sym))
+    if not np.allclose(sym, c * np.eye(N), atol=1e-8 * max(1.0, np.abs(S).max())):
+        raise AssertionError(f"A + P^T P is not (c I + skew) for measure {measure!r}")
+    w, V = np.linalg.eigh(-1j * (S - S.T) / 2)
+    Lambda = c + 1j * w
+    order = np.argsort(w, kind="stable")
+    return Lambda[order], P, B, V[:, order]
+
+
+def _positive_half(Lambda: np.ndarray) -> np.ndarray:
+    """Indices of one eigenvalue per conjugate pair: those with positive imaginary part, plus
+    every second real eigenvalue (FouT has a double eigenvalue at 0)."""
+    tol = 1e-9 * max(1.0, np.abs(Lambda).max())
+    pos = np.nonzero(Lambda.imag > tol)[0]
+    real = np.nonzero(np.abs(Lambda.imag) <= tol)[0]
+    real = real[np.argsort(Lambda.real[real], kind="stable")]
+    idx = np.concatenate([real[0::2], pos])
+    if 2 * len(idx) != len(Lambda) or len(real) % 2:
+        raise ValueError("the spectrum does not split into N/2 conjugate pairs")
+    return idx
+
+
+def dplr(measure: str, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Diagonal plus low-rank form in the eigenbasis, conjugate-symmetric half (S4, Sec. 3.3).
+
+    Returns ``Lambda [N//2]``, ``P [r, N//2]``, ``B [N//2]`` (complex): the rows of
+    ``V^H P^T`` and ``V^H B`` for the eigenvalues with positive imaginary part. The S4 layer uses
+    ``A = diag(Lambda) - P^T conj(P)`` on these N/2 modes with output ``2 Re(...)``.
+    """
+    _check_even(N, f"dplr({measure!r})")
+    Lambda, P, B, V = nplr(measure, N)
+    idx = _positive_half(Lambda)
+    Vh = V.conj().T
+    return Lambda[idx], (Vh @ P.T).T[:, idx], (Vh @ B)[idx]
+
+
+def ptd(
+    N: int, eps: float = 1e-2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Perturb-then-diagonalise HiPPO-LegS (Yu et al. 2023, eq. (6)): ``A + E = V Lambda V^-1``.
+
+    E is a real Gaussian matrix scaled to spectral norm ``eps * ||A||_2`` (deterministic given
+    ``seed``). Returns the conjugate-symmetric half: ``Lambda [N//2]``, ``Bt = (V^-1 B) [N//2]``,
+    ``V [N, N//2]`` (columns of unit norm; the layer initialises ``C~ = C V``) and the
+    condition number ``kappa(V)`` of the full eigenvector matrix.
+    """
+    _check_even(N, "ptd")
+    if not eps > 0:
+        raise ValueError(f"the PTD perturbation size eps must be > 0, got {eps}")
+    A, B = transition("legs", N)
+    E = np.random.default_rng(seed).standard_normal((N, N))
+    E *= eps * np.linalg.norm(A, 2) / np.linalg.norm(E, 2)
+    Lambda, V = np.linalg.eig(A + E)
+    V = V / np.linalg.norm(V, axis=0, keepdims=True)
+    Bt = np.linalg.solve(V, B)
+    cond = float(np.linalg.cond(V))
+    idx = _positive_half(Lambda)
+    return Lambda[idx], Bt[idx], V[:, idx], cond
+
+
+def diagonal_init(kind: str, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """Diagonal SSM initialisation ``(Lambda [N//2], B [N//2])`` (complex128), N = state size.
+
+    - ``lin`` (S4D-Lin, S4D eq. (8)): ``Lambda_n = -1/2 + i pi n``, ``B_n = 1``.
+    - ``inv`` (S4D-Inv, S4D eq. (9)): ``Lambda_n = -1/2 + i (N/pi) (N/(2n+1) - 1)``, ``B_n = 1``.
+    - ``legs`` (S4D-LegS, S4D Sec. 4): the diagonal part of HiPPO-LegS's DPLR form,
+      ``Lambda`` and ``V^H B`` of :func:`dplr` (the low-rank term is dropped).
+    - ``ptd`` (S4-PTD): :func:`ptd` with its default perturbation size.
+    """
+    if kind not in DIAGONAL_INITS:
+        raise ValueError(
+            f"unknown diagonal init {kind!r}; valid choices: {', '.join(DIAGONAL_INITS)}"
+        )
+    _check_even(N, f"diagonal_init({kind!r})")
+    n = np.arange(N // 2, dtype=np.float64)
+    if kind == "lin":
+        return -0.5 + 1j * np.pi * n, np.ones(N // 2, np.complex128)
+    if kind == "inv":
+        return -0.5 + 1j * (N / np.pi) * (N / (2 * n + 1) - 1), np.ones(N // 2, np.complex128)
+    if kind == "legs":
+        Lambda, _, B = dplr("legs", N)
+        return Lambda, B
+    Lambda, B, _, _ = ptd(N)
+    return Lambda, B

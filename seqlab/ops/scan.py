@@ -1,0 +1,35 @@
+"""Linear recurrences ``h_t = a_t * h_{t-1} + b_t`` via ``lax.associative_scan`` (S5, Sec. 3.3).
+
+The pairs ``(a, b)`` compose associatively, ``(a1, b1) then (a2, b2) = (a2 a1, a2 b1 + b2)``, so
+all prefix states are computed in O(log length) parallel depth (Blelloch 1990; Smith et al. 2023).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _compose(first: tuple[jax.Array, jax.Array], second: tuple[jax.Array, jax.Array]):
+    a1, b1 = first
+    a2, b2 = second
+    return a2 * a1, a2 * b1 + b2
+
+
+def linear_scan(
+    a: jax.Array, b: jax.Array, h0: jax.Array | None = None, reverse: bool = False
+) -> jax.Array:
+    """All states of ``h_t = a_t * h_{t-1} + b_t`` along axis 1 (S5 eq. (7)).
+
+    a: broadcastable to b; b: [batch, length, ...]; h0: [batch, ...] the state before the first
+    step (zeros if None). ``reverse=True`` runs from the end: ``h_t = a_t h_{t+1} + b_t`` with
+    h0 the state after the last step. Returns h: [batch, length, ...] (dtype of a * b).
+    """
+    if b.ndim < 2:
+        raise ValueError(f"linear_scan expects b of shape [batch, length, ...], got {b.shape}")
+    a = jnp.broadcast_to(a, b.shape)
+    if h0 is not None:
+        edge = -1 if reverse else 0
+        b = b.at[:, edge].add(a[:, edge] * h0)
+    _, h = jax.lax.associative_scan(_compose, (a, b), reverse=reverse, axis=1)
+    return h
