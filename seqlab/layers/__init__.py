@@ -12,3 +12,4 @@ from seqlab.layers.s4d import S4D, S4PTD
 MIXERS: dict[str, type[nnx.Module]] = {
     "s4d": S4D,
     "s4-ptd": S4PTD,
+}
