@@ -1,0 +1,277 @@
+"""Hydra (bidirectional, quasiseparable) and Mamba-2 (causal, semiseparable) mixers.
+
+Both wrap ``seqlab.ops.ssd``: Mamba-2 (Dao & Gu 2024, 'Transformers are SSMs', Sec. 7) runs one
+causal SSD scan; Hydra (Hwang, Lahoti, Dao, Gu 2024, Sec. 3-4) runs the quasiseparable mixer
+``QS(X) = shift(SS(X)) + flip(shift(SS(flip(X)))) + diag(D + W_D X) X``.
+
+Padding is exact in both: a padded position gets dt = 0 (no decay, nothing fed into the state)
+and zero input, so the outputs at real positions do not depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqlab.layers.common import ShortConv, SSMParam, apply_mask, check_input
+from seqlab.ops.ssd import materialize, quasiseparable, ssd
+
+
+def _inverse_softplus_dt(rngs: nnx.Rngs, heads: int, dt_min: float, dt_max: float,
+                         dt_floor: float) -> jax.Array:
+    """dt bias such that softplus(bias) is log-uniform in [dt_min, dt_max] (Mamba init)."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    u = jax.random.uniform(rngs.params(), (heads,))
+    dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = jnp.maximum(dt, dt_floor)
+    return dt + jnp.log(-jnp.expm1(-dt))  # softplus^{-1}(dt)
+
+
+def _A_log_init(rngs: nnx.Rngs, heads: int, A_init_range: tuple[float, float]) -> jax.Array:
+    lo, hi = A_init_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {A_init_range}")
+    return jnp.log(jax.random.uniform(rngs.params(), (heads,), minval=lo, maxval=hi))
+
+
+class _GatedRMSNorm(nnx.Module):
+    """Gated RMSNorm over the last axis, in float32.
+
+    norm_before_gate=True (Hydra):   y = rms(x) * w * silu(z)
+    norm_before_gate=False (Mamba-2): y = rms(x * silu(z)) * w
+    """
+
+    def __init__(self, dim: int, *, norm_before_gate: bool, eps: float = 1e-5):
+        self.weight = nnx.Param(jnp.ones((dim,)))
+        self.norm_before_gate, self.eps = norm_before_gate, eps
+
+    def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x, gate = x.astype(jnp.float32), jax.nn.silu(z.astype(jnp.float32))
+        if not self.norm_before_gate:
+            x = x * gate
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        x = x * self.weight[...]
+        if self.norm_before_gate:
+            x = x * gate
+        return x.astype(dtype)
+
+
+class _SSDMixerBase(nnx.Module):
+    """Shared shapes, parameters and validation of the Hydra and Mamba-2 mixers."""
+
+    def _setup(self, d_model: int, *, d_state: int, expand: int, headdim: int, ngroups: int,
+               chunk_size: int, dtype: jnp.dtype, name: str) -> None:
+        d_inner = expand * d_model
+        if d_inner % headdim:
+            raise ValueError(f"{name}: expand * d_model = {d_inner} must be a multiple of "
+                             f"headdim = {headdim}")
+        heads = d_inner // headdim
+        if heads % ngroups:
+            raise ValueError(f"{name}: ngroups = {ngroups} must divide the number of heads "
+                             f"{heads} (= expand * d_model / headdim)")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"{name}: chunk_size must be a positive int, got {chunk_size!r}")
+        self.d_model, self.d_state, self.d_inner = d_model, d_state, d_inner
+        self.headdim, self.heads, self.ngroups = headdim, heads, ngroups
+        self.chunk_size, self.dtype, self.name = chunk_size, dtype, name
+
+    def _heads(self, t: jax.Array, width: int) -> jax.Array:
+        """[b, L, k * width] -> [b, L, k, width]."""
+        return t.reshape(t.shape[:2] + (-1, width))
+
+    def _dt(self, dt_raw: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """softplus(dt + dt_bias) in float32, 0 at padded positions: [b, L, k * heads].
+
+        With k = 2 (Hydra's dt_fw | dt_bw) both directions share the bias."""
+        bias = jnp.tile(self.dt_bias[...], dt_raw.shape[-1] // self.heads)
+        dt = jax.nn.softplus(dt_raw.astype(jnp.float32) + bias)
+        return apply_mask(dt, mask)
+
+    def _A(self) -> jax.Array:
+        return -jnp.exp(self.A_log[...])
+
+
+class Hydra(_SSDMixerBase):
+    """Hydra: a bidirectional quasiseparable SSM mixer (Hwang et al. 2024, Sec. 4).
+
+    u: [batch, length, d_model] -> y: [batch, length, d_model]. One input projection to
+    ``[z | x | B_fw C_fw | B_bw C_bw | dt_fw dt_bw]``; a shared centred depthwise convolution
+    (odd ``d_conv``) + SiLU over ``[x | B C]``; a shared negative ``A`` per head; ``dt =
+    softplus(dt + dt_bias)``; the quasiseparable mixer with the data-dependent diagonal
+    ``D + W_D x`` (``seqlab.ops.ssd.quasiseparable``); gated RMSNorm; output projection.
+    Heads: ``expand * d_model / headdim``. Bidirectional: ``decode`` raises.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+        d_state: int = 64,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        d_conv: int = 7,
+        A_init_range: tuple[float, float] = (1.0, 1.0),
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        chunk_size: int = 64,
+        use_bias: bool = False,
+    ):
+        self._setup(d_model, d_state=d_state, expand=expand, headdim=headdim, ngroups=ngroups,
+                    chunk_size=chunk_size, dtype=dtype, name="Hydra")
+        if d_conv % 2 == 0 or d_conv < 1:
+            raise ValueError(f"Hydra: d_conv must be a positive odd kernel size (centred "
+                             f"convolution), got {d_conv}")
+        gn, h = ngroups * d_state, self.heads
+        self.in_proj = nnx.Linear(d_model, 2 * self.d_inner + 4 * gn + 2 * h, use_bias=use_bias,
+                                  dtype=dtype, rngs=rngs)
+        self.conv = ShortConv(self.d_inner + 4 * gn, d_conv, causal=False, rngs=rngs)
+        self.A_log = SSMParam(_A_log_init(rngs, h, A_init_range))
+        self.dt_bias = SSMParam(_inverse_softplus_dt(rngs, h, dt_min, dt_max, dt_init_floor))
+        self.D = nnx.Param(jnp.ones((h,)))
+        self.fc_D = nnx.Linear(self.d_inner, h, use_bias=False, dtype=dtype, rngs=rngs)
+        self.norm = _GatedRMSNorm(self.d_inner, norm_before_gate=True)
+        self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=use_bias, dtype=dtype,
+                                   rngs=rngs)
+
+    def _mixer_inputs(self, u: jax.Array, mask: jax.Array | None):
+        """(z [b, L, d_inner], x [b, L, h, p], keyword arguments of ``quasiseparable``)."""
+        check_input(u, self.d_model, "Hydra")
+        gn, h = self.ngroups * self.d_state, self.heads
+        zxbcdt = self.in_proj(u.astype(self.dtype))
+        z, xbc, dt = jnp.split(zxbcdt, [self.d_inner, 2 * self.d_inner + 4 * gn], axis=-1)
+        xbc = jax.nn.silu(self.conv(xbc, mask))
+        x, B_fw, C_fw, B_bw, C_bw = jnp.split(
+            xbc, [self.d_inner + k * gn for k in range(4)], axis=-1)
+        x = apply_mask(x, mask)
+        dt = self._dt(dt, mask)
+        diag = self.fc_D(x).astype(jnp.float32) + self.D[...]
+        args = dict(
+            dt_fw=dt[..., :h], dt_bw=dt[..., h:], A=self._A(),
+            B_fw=self._heads(B_fw, self.d_state), C_fw=self._heads(C_fw, self.d_state),
+            B_bw=self._heads(B_bw, self.d_state), C_bw=self._heads(C_bw, self.d_state),
+            diag=diag,
+        )
+        return z, self._heads(x, self.headdim), args
+
+    def _output(self, y: jax.Array, z: jax.Array) -> jax.Array:
+        y = y.reshape(y.shape[:2] + (self.d_inner,)).astype(self.dtype)
+        return self.out_proj(self.norm(y, z))
+
+    def __call__(self, u: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """u: [batch, length, d_model], mask: [batch, length] bool -> [batch, length, d_model]."""
+        z, x, args = self._mixer_inputs(u, mask)
+        y = quasiseparable(x, chunk_size=self.chunk_size, **args)
+        return self._output(y, z)
+
+    def mixing_matrix(self, u: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """The quasiseparable matrix this layer applies to its conv features, per head:
+        [batch, heads, length, length] (``seqlab.ops.ssd.materialize``; O(length^2))."""
+        _, _, a = self._mixer_inputs(u, mask)
+        return materialize(a["dt_fw"], a["A"], a["B_fw"], a["C_fw"], dt_bw=a["dt_bw"],
+                           B_bw=a["B_bw"], C_bw=a["C_bw"], diag=a["diag"])
+
+    def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
+        raise ValueError("Hydra is bidirectional: every output depends on future tokens, so it "
+                         "has no decode cache; use a causal mixer (e.g. 'mamba2') to generate")
+
+    def decode(self, x: jax.Array, cache):
+        raise ValueError("Hydra is bidirectional: every output depends on future tokens, so it "
+                         "cannot decode token by token; use a causal mixer (e.g. 'mamba2')")
+
+
+class Mamba2(_SSDMixerBase):
+    """Mamba-2: a causal selective SSM mixer on the chunked SSD scan (Dao & Gu 2024, Sec. 7).
+
+    u: [batch, length, d_model] -> y: [batch, length, d_model]. One input projection to
+    ``[z | x | B | C | dt]``; a causal depthwise convolution + SiLU over ``[x | B C]``;
+    ``y = SSD(x) + D x`` (``seqlab.ops.ssd.ssd``); gated RMSNorm ``rms(y * silu(z))``; output
+    projection. Decode cache: ``{"conv": [batch, d_conv-1, channels], "state": [batch, heads,
+    headdim, d_state]}`` (fixed size: ``max_length`` is not needed).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+        d_state: int = 64,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        d_conv: int = 4,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        chunk_size: int = 64,
+        use_bias: bool = False,
+    ):
+        self._setup(d_model, d_state=d_state, expand=expand, headdim=headdim, ngroups=ngroups,
+                    chunk_size=chunk_size, dtype=dtype, name="Mamba2")
+        if d_conv < 1:
+            raise ValueError(f"Mamba2: d_conv must be >= 1, got {d_conv}")
+        gn, h = ngroups * d_state, self.heads
+        self.in_proj = nnx.Linear(d_model, 2 * self.d_inner + 2 * gn + h, use_bias=use_bias,
+                                  dtype=dtype, rngs=rngs)
+        self.conv = ShortConv(self.d_inner + 2 * gn, d_conv, causal=True, rngs=rngs)
+        self.A_log = SSMParam(_A_log_init(rngs, h, A_init_range))
+        self.dt_bias = SSMParam(_inverse_softplus_dt(rngs, h, dt_min, dt_max, dt_init_floor))
+        self.D = nnx.Param(jnp.ones((h,)))
+        self.norm = _GatedRMSNorm(self.d_inner, norm_before_gate=False)
+        self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=use_bias, dtype=dtype,
+                                   rngs=rngs)
+
+    def _split(self, u: jax.Array):
+        gn = self.ngroups * self.d_state
+        zxbcdt = self.in_proj(u.astype(self.dtype))
+        return jnp.split(zxbcdt, [self.d_inner, 2 * self.d_inner + 2 * gn], axis=-1)
+
+    def _mix(self, xbc, dt, mask, initial_state):
+        gn = self.ngroups * self.d_state
+        x, B, C = jnp.split(jax.nn.silu(xbc), [self.d_inner, self.d_inner + gn], axis=-1)
+        x = self._heads(apply_mask(x, mask), self.headdim)
+        y, state = ssd(x, self._dt(dt, mask), self._A(), self._heads(B, self.d_state),
+                       self._heads(C, self.d_state), chunk_size=self.chunk_size,
+                       initial_state=initial_state)
+        y = y + (self.D[...][:, None] * x).astype(y.dtype)
+        return y, state
+
+    def _output(self, y: jax.Array, z: jax.Array) -> jax.Array:
+        y = y.reshape(y.shape[:2] + (self.d_inner,)).astype(self.dtype)
+        return self.out_proj(self.norm(y, z))
+
+    def __call__(self, u: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """u: [batch, length, d_model], mask: [batch, length] bool -> [batch, length, d_model]."""
+        check_input(u, self.d_model, "Mamba2")
+        z, xbc, dt = self._split(u)
+        y, _ = self._mix(self.conv(xbc, mask), dt, mask, None)
+        return self._output(y, z)
+
+    def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
+        """{"conv": [batch, d_conv-1, channels], "state": [batch, heads, headdim, d_state]}.
+
+        The recurrent state has a fixed size, so ``max_length`` only keeps the protocol."""
+        del max_length
+        return {
+            "conv": self.conv.init_cache(batch_size, dtype),
+            "state": jnp.zeros((batch_size, self.heads, self.headdim, self.d_state), dtype),
+        }
+
+    def decode(self, u: jax.Array, cache):
+        """u: [batch, t, d_model] (t >= 1) continuing the cached sequence -> (y, new cache)."""
+        check_input(u, self.d_model, "Mamba2.decode")
+        z, xbc, dt = self._split(u)
+        xbc, conv_cache = self.conv.decode(xbc, cache["conv"])
+        y, state = self._mix(xbc, dt, None, cache["state"].astype(jnp.float32))
+        new_cache = {"conv": conv_cache, "state": state.astype(cache["state"].dtype)}
+        return self._output(y, z), new_cache
