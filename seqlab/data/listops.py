@@ -189,7 +189,7 @@ def generate(split: str, size: int, *, min_length: int, max_length: int, max_dep
         chunk += 1
         if bar is not None:
             bar.update(min(count, size) - bar.n)
-        if chunk > 1000 and count < chunk:  # fewer than 1 kept per chunk on average
+        if chunk >= 100 and 10 * count < chunk:  # < 1 kept per 10 chunks: hopeless
             raise ValueError(
                 f"listops: almost no expression of depth <= {max_depth} with <= {max_args} "
                 f"arguments has a length in [{min_length}, {max_length}] ({count} kept from "

@@ -30,6 +30,7 @@ def padded_length(longest: int, max_length: int, pad_to: str) -> int:
     "pow2": the next power of two, at least 8, at most ``max_length`` rounded the same way;
     "max": always ``max_length``; "none": ``longest``.
     """
+    longest, max_length = int(longest), int(max_length)
     if pad_to == "none":
         return longest
     if pad_to == "max":
