@@ -75,7 +75,7 @@ def fft_conv(
     layers) the anti-causal term ``sum_{s>=t} K_reverse[s-t] u_s`` is added: the causal kernel
     run on the time-reversed input, read back in original order. One FFT of size ``2 length``
     serves both directions (circular convolution with ``K_reverse`` wrapped to the end).
-    Computed in float32; returns y: [batch, length, H] in float32.
+    Computed in float32 (float64 for float64 inputs); returns y: [batch, length, H] in it.
     """
     length = u.shape[1]
     if K.shape[-1] != length or (K_reverse is not None and K_reverse.shape[-1] != length):
@@ -83,15 +83,16 @@ def fft_conv(
             f"kernel length {K.shape[-1]} does not match the input length {length}"
         )
     n = 2 * length
-    u32 = u.astype(jnp.float32)
-    k = jnp.pad(K.astype(jnp.float32), ((0, 0), (0, length)))
+    f = jnp.promote_types(u.dtype, jnp.float32)  # float32 (float64 under x64 with f64 inputs)
+    u32 = u.astype(f)
+    k = jnp.pad(K.astype(f), ((0, 0), (0, length)))
     if K_reverse is not None:
-        kr = K_reverse.astype(jnp.float32)
+        kr = K_reverse.astype(f)
         # circular index -j (mod 2L) holds K_reverse[j]: lag 0 at index 0, lag j >= 1 at 2L - j
         k = k.at[:, 0].add(kr[:, 0])
         k = k.at[:, length + 1 :].add(kr[:, :0:-1])
     y = jnp.fft.irfft(jnp.fft.rfft(u32, n=n, axis=1) * jnp.fft.rfft(k, axis=-1).T, n=n, axis=1)
     y = y[:, :length]
     if D is not None:
-        y = y + D.astype(jnp.float32) * u32
+        y = y + D.astype(f) * u32
     return y
