@@ -1,0 +1,126 @@
+"""The ``seqlab`` command: train, eval, check, lra, bench. Thin: parses, validates, calls
+train/ and data/. User errors print one paragraph and exit 2 (SEQLAB_DEBUG=1 shows tracebacks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def _train(args) -> int:
+    from seqlab.train.config import load_config
+    from seqlab.train.run import train
+
+    cfg = load_config(args.config, args.set)
+    workdir = args.workdir or os.path.join(
+        "runs", os.path.splitext(os.path.basename(args.config))[0]
+    )
+    result = train(cfg, workdir)
+    print(json.dumps(result))
+    return 0
+
+
+def _eval(args) -> int:
+    from seqlab.train.run import evaluate
+
+    print(json.dumps(evaluate(args.workdir, args.split, args.checkpoint)))
+    return 0
+
+
+def _check(args) -> int:
+    import jax
+    from flax import nnx
+
+    from seqlab.models import build_model
+    from seqlab.train.config import dump_config, load_config
+    from seqlab.train.run import _check_batch_size, check_labels, load_split
+
+    cfg = load_config(args.config, args.set)
+    _check_batch_size(cfg)
+    split = load_split(cfg, "train")
+    check_labels(split, "train")
+    model = nnx.eval_shape(lambda: build_model(cfg.model, split.info, rngs=nnx.Rngs(0)))
+    n_params = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    print(dump_config(cfg), end="")
+    print(
+        f"# ok: {cfg.model.n_layers} layers of {cfg.model.pattern or cfg.model.mixer}, "
+        f"{n_params:,} parameters; data {cfg.data.name}: {len(split)} train examples, "
+        f"task {split.info.task}, {split.info.n_classes} classes"
+    )
+    return 0
+
+
+def _delegate(module: str, argv: list[str]) -> int:
+    import importlib
+
+    return importlib.import_module(module).cli_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqlab",
+        description="Train and evaluate long-sequence models (S4, S4D, S5, Hydra, DeltaProduct, "
+        "MLA, sparse attention) and run the Long Range Arena.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) a run of a YAML config")
+    t.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.d_model=256 (repeatable)",
+    )
+    t.add_argument(
+        "--workdir", help="run directory (default runs/<config name>); an existing one is resumed"
+    )
+    t.set_defaults(fn=_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint; prints one JSON object")
+    e.add_argument("workdir")
+    e.add_argument("--split", default="val", choices=["train", "val", "test"])
+    e.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    e.set_defaults(fn=_eval)
+
+    c = sub.add_parser("check", help="validate a config; build its model (shapes only) and data")
+    c.add_argument("config")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.set_defaults(fn=_check)
+
+    for name, module, text in (
+        ("lra", "seqlab.train.lra", "run a Long Range Arena task x model grid"),
+        (
+            "bench",
+            "seqlab.bench.harness",
+            "benchmark mixers against references, peers and the device's physical bound",
+        ),
+    ):
+        s = sub.add_parser(name, help=text, add_help=False)
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+        s.set_defaults(fn=lambda a, m=module: _delegate(m, a.rest))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except USER_ERRORS as e:
+        if os.environ.get("SEQLAB_DEBUG"):
+            raise
+        print(f"seqlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Experiment configuration: frozen dataclasses loaded from YAML, with dotted overrides.
+
+``load_config("configs/demo.yaml", ["model.d_model=256", "train.lr=1e-3"])``. Unknown keys and
+wrong types raise ``ConfigError`` naming the key, the closest valid key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or an override."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network: ``n_layers`` residual blocks of ``mixer`` (or of ``pattern`` repeated).
+
+    mixer_args: keyword arguments of the mixer class; with ``pattern``, a mapping from each
+      mixer name in the pattern to its keyword arguments.
+    norm: "layer" | "rms" | "batch"; prenorm: normalise before (True) or after the residual add.
+    ffn: channel mixer after the sequence mixer in each block: "none" | "mlp" | "glu".
+    pool: how classification heads reduce the sequence: "mean" | "last" | "cls".
+    dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
+    """
+
+    mixer: str = "s4d"
+    d_model: int = 128
+    n_layers: int = 4
+    mixer_args: dict = dataclasses.field(default_factory=dict)
+    pattern: tuple[str, ...] | None = None
+    norm: Literal["layer", "rms", "batch"] = "layer"
+    prenorm: bool = True
+    dropout: float = 0.0
+    ffn: Literal["none", "mlp", "glu"] = "none"
+    ffn_expand: int = 2
+    pool: Literal["mean", "last", "cls"] = "mean"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The data source ``name`` (see ``seqlab.data.SOURCES``) and its options.
+
+    sizes: examples per split, e.g. {train: 4000, val: 500}; passed as the source's ``size``.
+    options: every other key under ``data:`` in YAML, passed to the source as keyword options.
+    pad_to: per-batch padding of the loader: "pow2" | "max" | "none".
+    """
+
+    name: str = "listops"
+    root: str | None = None
+    sizes: dict = dataclasses.field(default_factory=dict)
+    pad_to: Literal["pow2", "max", "none"] = "pow2"
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the loop. ``stop_after`` ends this invocation after that step with the
+    schedule unchanged (how tests and schedulers simulate preemption); re-running resumes."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    lr: float = 1e-3
+    ssm_lr: float | None = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    end_lr_ratio: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 0.0
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    seed: int = 0
+    stop_after: int | None = None
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh: ``data`` x ``fsdp`` devices; batches shard on data, parameters on fsdp.
+    distributed: call ``jax.distributed.initialize()`` first (multi-host launches)."""
+
+    data: int = 1
+    fsdp: int = 1
+    distributed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+
+# Keys under ``data:`` that are DataConfig fields; every other key is a source option.
+_DATA_FIELDS = ("name", "root", "sizes", "pad_to")
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float, list ->
+    tuple). Raise ConfigError naming ``key`` otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"config key {key!r} must be one of {_type_name(tp)}, got {value!r}.")
+    elif origin is tuple:
+        if isinstance(value, list | tuple):
+            (inner, *_) = typing.get_args(tp)
+            return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(
+        f"config key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})."
+    )
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {prefix!r} must be a mapping, got {raw!r}.")
+    raw = dict(raw)
+    if cls is DataConfig:
+        options = {k: raw.pop(k) for k in list(raw) if k not in _DATA_FIELDS}
+        options.update(raw.pop("options", None) or {})
+        raw["options"] = options
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {full!r}.{_suggest(key, fields)} "
+                f"Valid keys of {prefix or 'the config'}: {', '.join(fields)}."
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, full)
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and type-check a Config from nested dicts (as read from YAML)."""
+    return _build(Config, raw, "")
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for k in keys[:-1]:
+        if node.get(k) is None:
+            node[k] = {}
+        if not isinstance(node[k], dict):
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is not a section.")
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"model.d_model=256"`` -> ("model.d_model", 256); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r} must look like section.key=value, e.g. train.lr=1e-3."
+        )
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot read the value as YAML ({e}).") from None
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config and apply ``section.key=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections.")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The YAML-ready nested dict of ``cfg`` (data options flattened back under ``data``)."""
+    raw = dataclasses.asdict(cfg)
+    raw["data"].update(raw["data"].pop("options"))
+    if raw["model"]["pattern"] is not None:
+        raw["model"]["pattern"] = list(raw["model"]["pattern"])
+    return raw
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
