@@ -14,9 +14,14 @@ from collections.abc import Callable
 from seqlab.data.arrays import arrays
 from seqlab.data.listops import listops
 from seqlab.data.loader import Loader
+from seqlab.data.lra import image, retrieval, text
+from seqlab.data.pathfinder import pathfinder
 from seqlab.data.types import Split, TaskInfo
 
-SOURCES: dict[str, Callable[..., Split]] = {"arrays": arrays, "listops": listops}
+SOURCES: dict[str, Callable[..., Split]] = {
+    "arrays": arrays, "listops": listops, "pathfinder": pathfinder, "text": text,
+    "retrieval": retrieval, "image": image,
+}
 
 SPLITS = ("train", "val", "test")
 

@@ -1,0 +1,236 @@
+"""The downloaded Long Range Arena tasks: Text (IMDB), Retrieval (AAN), Image (CIFAR-10).
+
+Each reads the public release files from ``root`` (formats below) or, for IMDB and CIFAR-10 on a
+machine that is online, the HF hub copies; the processed splits are cached (``cached``).
+
+- ``text``: IMDB reviews (Maas et al. 2011) as UTF-8 bytes, truncated to ``max_length`` = 4096
+  (LRA's byte-level text classification), 2 classes. Files: Stanford's ``aclImdb_v1.tar.gz``
+  unpacked as ``root/aclImdb/{train,test}/{pos,neg}/*.txt``; hub: ``stanfordnlp/imdb``.
+- ``retrieval``: ACL Anthology Network citation pairs (LRA), each document as bytes truncated
+  to 4000, "inputs" and "inputs2", 2 classes. Files: LRA's ``lra_release.gz`` unpacked so that
+  ``root/new_aan_pairs.{train,eval,test}.tsv`` exist (tab-separated: label, id1, id2, text1,
+  text2; found also under ``root/lra_release/lra_release/tsv_data/``). No hub copy.
+- ``image``: CIFAR-10 (Krizhevsky 2009) in grayscale, ``0.2989 R + 0.5870 G + 0.1140 B`` rounded,
+  1024 pixels as tokens 0-255 in row-major order, 10 classes. Files: ``cifar-10-python.tar.gz``
+  unpacked as ``root/cifar-10-batches-py/{data_batch_1..5,test_batch}``; hub:
+  ``uoft-cs/cifar10``.
+
+Validation: ``val_fraction > 0`` carves that fraction of the training set (drawn with ``seed``,
+removed from train); ``val_fraction = 0`` uses the test set for validation, as LRA and S4 do
+for IMDB. Retrieval has its own eval file. ``size=N`` keeps N examples of the split (after a
+seeded shuffle, so small splits are class-mixed).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from seqlab.data.listops import cached
+from seqlab.data.types import Split, TaskInfo
+
+AAN_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv",
+             "test": "new_aan_pairs.test.tsv"}
+GRAY = np.array([0.2989, 0.5870, 0.1140])
+VERSION = 1
+
+
+def _offline() -> bool:
+    return bool(datasets.config.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE)
+
+
+def _missing(task: str, where: str, files: str, hub: str | None) -> FileNotFoundError:
+    online = (f" or, on a machine with internet access, leave data.root unset to download "
+              f"{hub} from the HF hub") if hub else ""
+    state = " (this machine is offline)" if hub and _offline() else ""
+    return FileNotFoundError(
+        f"LRA {task}: no data found{state}. Place {files} under {where} and set data.root to "
+        f"that directory{online}.")
+
+
+def _bytes_column(texts: list[bytes], max_length: int) -> pa.Array:
+    """Byte strings -> arrow lists of uint8 tokens, each truncated to ``max_length``."""
+    cut = [t[:max_length] for t in texts]
+    lengths = np.array([len(t) for t in cut], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.frombuffer(b"".join(cut), np.uint8)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _select(n: int, split: str, val_fraction: float, seed: int) -> np.ndarray:
+    """Rows of the train file that form ``split`` ("train" or "val") when val is carved."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    return {"val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}[split]
+
+
+def _finish(table: pa.Table, size: int | None, seed: int) -> datasets.Dataset:
+    """Shuffle the rows with ``seed`` (so that any prefix mixes classes) and keep ``size``."""
+    order = np.random.default_rng([seed, 1]).permutation(table.num_rows)
+    if size is not None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        order = order[:size]
+    return datasets.Dataset(table.take(pa.array(order)))
+
+
+# ---------------------------------------------------------------- text (IMDB)
+
+def _imdb_files(root: Path, part: str) -> tuple[list[bytes], list[int]]:
+    texts, labels = [], []
+    for label, name in ((0, "neg"), (1, "pos")):
+        folder = root / "aclImdb" / part / name
+        files = sorted(folder.glob("*.txt"))
+        if not files:
+            raise _missing("text", str(root), "the IMDB folders aclImdb/train/{pos,neg}/*.txt "
+                           "and aclImdb/test/{pos,neg}/*.txt (from aclImdb_v1.tar.gz)",
+                           "stanfordnlp/imdb")
+        texts += [f.read_bytes() for f in files]
+        labels += [label] * len(files)
+    return texts, labels
+
+
+def _imdb_hub(part: str) -> tuple[list[bytes], list[int]]:
+    ds = datasets.load_dataset("stanfordnlp/imdb", split=part)
+    return [t.encode("utf-8") for t in ds["text"]], list(ds["label"])
+
+
+def text(split: str, root: str | None = None, *, size: int | None = None,
+         max_length: int = 4096, val_fraction: float = 0.0, seed: int = 0) -> Split:
+    """LRA Text: IMDB sentiment from UTF-8 bytes (tokens 0-255), truncated to max_length."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1) (0: validate on the test set), got "
+                         f"{val_fraction}")
+    part = "test" if split == "test" or (split == "val" and val_fraction == 0) else "train"
+    source = Path(root).expanduser().resolve() if root else None
+    if source is None and _offline():
+        raise _missing("text", "a directory of your choice", "the IMDB folders "
+                       "aclImdb/{train,test}/{pos,neg}/*.txt", "stanfordnlp/imdb")
+    key = dict(task="text", split=split, size=size, max_length=max_length,
+               val_fraction=val_fraction, seed=seed, root=str(source), version=VERSION)
+
+    def build() -> datasets.Dataset:
+        texts, labels = _imdb_files(source, part) if source else _imdb_hub(part)
+        rows = np.arange(len(texts))
+        if part == "train" and val_fraction > 0:
+            rows = _select(len(texts), split, val_fraction, seed)
+        table = pa.table({"inputs": _bytes_column([texts[i] for i in rows], max_length),
+                          "label": pa.array(np.asarray(labels, np.int64)[rows])})
+        return _finish(table, size, seed)
+
+    info = TaskInfo(task="classify", n_classes=2, vocab_size=256, input_dim=None,
+                    max_length=max_length)
+    return Split(data=cached("lra-text", None, key, build), info=info)
+
+
+# ---------------------------------------------------------------- retrieval (AAN)
+
+def _aan_file(root: Path, split: str) -> Path:
+    for folder in (root, root / "lra_release" / "lra_release" / "tsv_data", root / "tsv_data"):
+        if (folder / AAN_FILES[split]).exists():
+            return folder / AAN_FILES[split]
+    raise _missing("retrieval", str(root), "LRA's " + ", ".join(AAN_FILES.values()) +
+                   " (from lra_release.gz: lra_release/tsv_data/)", None)
+
+
+def _read_aan(path: Path) -> tuple[list[bytes], list[bytes], list[int]]:
+    first, second, labels = [], [], []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.rstrip(b"\r\n").split(b"\t")
+            if len(fields) != 5:
+                raise ValueError(f"{path}, line {n}: expected 5 tab-separated fields (label, "
+                                 f"id1, id2, text1, text2), got {len(fields)}")
+            try:
+                labels.append(int(float(fields[0])))
+            except ValueError:
+                if n == 1:  # a header row
+                    continue
+                raise ValueError(f"{path}, line {n}: label {fields[0]!r} is not a number") from None
+            first.append(fields[3])
+            second.append(fields[4])
+    return first, second, labels
+
+
+def retrieval(split: str, root: str | None = None, *, size: int | None = None,
+              max_length: int = 4000, seed: int = 0) -> Split:
+    """LRA Retrieval: do two AAN papers cite each other? Two byte sequences per example."""
+    if root is None:
+        raise _missing("retrieval", "a directory of your choice",
+                       ", ".join(AAN_FILES.values()), None)
+    source = Path(root).expanduser().resolve()
+    path = _aan_file(source, split)
+    key = dict(task="retrieval", split=split, size=size, max_length=max_length, seed=seed,
+               file=str(path), bytes=path.stat().st_size, version=VERSION)
+
+    def build() -> datasets.Dataset:
+        first, second, labels = _read_aan(path)
+        table = pa.table({"inputs": _bytes_column(first, max_length),
+                          "inputs2": _bytes_column(second, max_length),
+                          "label": pa.array(np.asarray(labels, np.int64))})
+        return _finish(table, size, seed)
+
+    info = TaskInfo(task="retrieval", n_classes=2, vocab_size=256, input_dim=None,
+                    max_length=max_length)
+    return Split(data=cached("lra-retrieval", None, key, build), info=info)
+
+
+# ---------------------------------------------------------------- image (CIFAR-10)
+
+def _cifar_files(root: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    folder = root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if part == "train" else ["test_batch"]
+    if not all((folder / n).exists() for n in names):
+        raise _missing("image", str(root), "cifar-10-batches-py/{data_batch_1..5,test_batch} "
+                       "(from cifar-10-python.tar.gz)", "uoft-cs/cifar10")
+    xs, ys = [], []
+    for n in names:
+        with open(folder / n, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the official format is a pickle
+        xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[b"labels"], np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _cifar_hub(part: str) -> tuple[np.ndarray, np.ndarray]:
+    ds = datasets.load_dataset("uoft-cs/cifar10", split=part)
+    images = np.stack([np.asarray(im.convert("RGB")) for im in ds["img"]])  # [N, 32, 32, 3]
+    return images.transpose(0, 3, 1, 2), np.asarray(ds["label"], np.int64)
+
+
+def grayscale(rgb: np.ndarray) -> np.ndarray:
+    """[N, 3, H, W] uint8 RGB -> [N, H*W] uint8 luma (ITU-R 601 weights, rounded)."""
+    gray = np.einsum("nchw,c->nhw", rgb.astype(np.float64), GRAY)
+    return np.clip(np.rint(gray), 0, 255).astype(np.uint8).reshape(len(rgb), -1)
+
+
+def image(split: str, root: str | None = None, *, size: int | None = None,
+          val_fraction: float = 0.1, seed: int = 0) -> Split:
+    """LRA Image: CIFAR-10 in grayscale, 1024 pixel tokens (0-255) per image, 10 classes."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1) (0: validate on the test set), got "
+                         f"{val_fraction}")
+    part = "test" if split == "test" or (split == "val" and val_fraction == 0) else "train"
+    source = Path(root).expanduser().resolve() if root else None
+    if source is None and _offline():
+        raise _missing("image", "a directory of your choice",
+                       "cifar-10-batches-py/{data_batch_1..5,test_batch}", "uoft-cs/cifar10")
+    key = dict(task="image", split=split, size=size, val_fraction=val_fraction, seed=seed,
+               root=str(source), version=VERSION)
+
+    def build() -> datasets.Dataset:
+        rgb, labels = _cifar_files(source, part) if source else _cifar_hub(part)
+        rows = np.arange(len(rgb))
+        if part == "train" and val_fraction > 0:
+            rows = _select(len(rgb), split, val_fraction, seed)
+        pixels = grayscale(rgb[rows])
+        inputs = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), 1024)
+        return _finish(pa.table({"inputs": inputs, "label": pa.array(labels[rows])}), size, seed)
+
+    info = TaskInfo(task="classify", n_classes=10, vocab_size=256, input_dim=None,
+                    max_length=1024)
+    return Split(data=cached("lra-image", None, key, build), info=info)
