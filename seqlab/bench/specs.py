@@ -110,7 +110,7 @@ def _normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def _torch(*xs: Any) -> tuple[Any, ...]:
     import torch
 
-    return tuple(None if x is None else torch.from_numpy(np.asarray(x)) for x in xs)
+    return tuple(None if x is None else torch.from_numpy(np.array(x)) for x in xs)
 
 
 def _log2(n: float) -> float:
@@ -466,9 +466,11 @@ def _topk_op(d: Dims, key: jax.Array) -> Call:
 def _dsa_inputs(d: Dims, key: jax.Array):
     q, k, v = _attn_inputs(d, key)
     k1, k2, k3 = _keys(jax.random.fold_in(key, 3), 3)
-    q_idx = _normal(k1, (d.batch, d.length, d.idx_heads, d.idx_dim))
-    k_idx = _normal(k2, (d.batch, d.length, d.idx_dim))
-    w_idx = _normal(k3, (d.batch, d.length, d.idx_heads))
+    # Shifted to mostly-positive index scores: with zero-mean inputs many ReLU scores are 0 and
+    # tie, and implementations may then select different (equally valid) keys.
+    q_idx = _normal(k1, (d.batch, d.length, d.idx_heads, d.idx_dim)) + 2.0
+    k_idx = _normal(k2, (d.batch, d.length, d.idx_dim)) + 2.0
+    w_idx = jnp.abs(_normal(k3, (d.batch, d.length, d.idx_heads))) + 0.1
     return q, k, v, q_idx, k_idx, w_idx
 
 
