@@ -8,11 +8,15 @@ Causal mixers add ``init_cache(batch_size, max_length, dtype)`` and ``decode(x, 
 from flax import nnx
 
 from seqlab.layers.hydra import Hydra, Mamba2
+from seqlab.layers.s4 import S4
 from seqlab.layers.s4d import S4D, S4PTD
+from seqlab.layers.s5 import S5
 
 MIXERS: dict[str, type[nnx.Module]] = {
     "hydra": Hydra,
     "mamba2": Mamba2,
     "s4d": S4D,
     "s4-ptd": S4PTD,
+    "s4": S4,
+    "s5": S5,
 }

@@ -88,8 +88,7 @@ class S4D(nnx.Module):
         dropout: float = 0.0,
         mode: str = "fft",
     ):
-        self.d_model, self.d_state, self.dtype = d_model, d_state, dtype
-        self.init = _choice("init", init, hippo.DIAGONAL_INITS)
+        self.d_model, self.d_state, self.dtype, self.init = d_model, d_state, dtype, init
         self.disc = _choice("disc", disc, DISCRETIZATIONS)
         self.real_param = _choice("real_param", real_param, REAL_PARAMS)
         self.activation = _choice("activation", activation, tuple(ACTIVATIONS))
@@ -123,7 +122,7 @@ class S4D(nnx.Module):
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         """(Lambda [N/2], B [N/2], basis for C [N, N/2] or None) from ``ops.hippo``."""
-        Lambda, B = hippo.diagonal_init(self.init, N)
+        Lambda, B = hippo.diagonal_init(_choice("init", self.init, hippo.DIAGONAL_INITS), N)
         if np.any(Lambda.real >= 0) and self.real_param == "exp":
             raise ValueError(f"init {self.init!r} has Re(Lambda) >= 0; use real_param='clip'")
         return Lambda, B, None
@@ -195,10 +194,20 @@ class S4D(nnx.Module):
             "pos": jnp.zeros((), jnp.int32),
         }
 
+    def _recurrence(self, u: jax.Array, h0: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``x_k = dA x_{k-1} + dB u_k``, ``2 Re(C x_k)`` (S4D eq. (5)) from state h0.
+
+        u: [batch, t, H] float32; h0: [batch, H, N/2] -> (y [batch, t, H], last state).
+        """
+        A, B, C, dt = self.ssm()
+        dA, dB = discretize(A, B, dt, self.disc)
+        h = linear_scan(dA[None, None], dB * u[..., None], h0=h0)
+        return 2 * jnp.einsum("hn,blhn->blh", C[0], h).real, h[:, -1]
+
     def decode(self, x: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
         """Recurrent mode: x [batch, t, d_model] (t >= 1) -> (y [batch, t, d_model], cache).
 
-        ``x_k = dA x_{k-1} + dB u_k``, ``y_k = 2 Re(C x_k) + D u_k`` (S4D eq. (5)).
+        Token-by-token decode reproduces ``__call__`` on the whole sequence.
         """
         if self.bidirectional:
             raise ValueError(
@@ -207,12 +216,9 @@ class S4D(nnx.Module):
             )
         check_input(x, self.d_model, type(self).__name__)
         u = x.astype(jnp.float32)
-        A, B, C, dt = self.ssm()
-        dA, dB = discretize(A, B, dt, self.disc)
-        h = linear_scan(dA[None, None], dB * u[..., None], h0=cache["state"])
-        y = 2 * jnp.einsum("hn,blhn->blh", C[0], h).real + self.D[...] * u
-        new = {"state": h[:, -1].astype(jnp.complex64), "pos": cache["pos"] + x.shape[1]}
-        return self._block(y), new
+        y, h = self._recurrence(u, cache["state"])
+        new = {"state": h.astype(jnp.complex64), "pos": cache["pos"] + x.shape[1]}
+        return self._block(y + self.D[...] * u), new
 
 
 class S4PTD(S4D):

@@ -96,3 +96,69 @@ def fft_conv(
     if D is not None:
         y = y + D.astype(f) * u32
     return y
+
+
+def dplr_dense(Lambda: jax.Array, P: jax.Array) -> jax.Array:
+    """``A = diag(Lambda) - sum_r P_r conj(P_r)^T``: Lambda [H, N], P [r, H, N] -> A [H, N, N]."""
+    A = jnp.einsum("rhn,rhm->hnm", P, P.conj())
+    return jax.vmap(jnp.diag)(Lambda) - A
+
+
+def bilinear_dense(A: jax.Array, B: jax.Array, dt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Bilinear discretisation of a dense system (S4 eq. (3)). A [H, N, N], B [H, N], dt [H].
+
+    ``dA = (I - dt/2 A)^-1 (I + dt/2 A)``, ``dB = (I - dt/2 A)^-1 dt B``.
+    """
+    eye = jnp.eye(A.shape[-1], dtype=A.dtype)
+    half = (dt / 2)[:, None, None] * A
+    inv = jnp.linalg.inv(eye - half)
+    return inv @ (eye + half), jnp.einsum("hnm,hm->hn", inv, dt[:, None] * B)
+
+
+def _matrix_power(M: jax.Array, n: int) -> jax.Array:
+    """M^n for a static n >= 1 by repeated squaring. M: [..., N, N]."""
+    result, base = None, M
+    while True:
+        if n & 1:
+            result = base if result is None else result @ base
+        n >>= 1
+        if not n:
+            return result
+        base = base @ base
+
+
+def kernel_dplr(
+    Lambda: jax.Array, P: jax.Array, B: jax.Array, C: jax.Array, dt: jax.Array, length: int
+) -> jax.Array:
+    """Bilinear S4 kernel of a DPLR system (S4, Alg. 1 and Lemma C.3) -> K [H, length].
+
+    Lambda, B, C: [H, N] complex; P: [r, H, N] complex; dt: [H]. The system is
+    ``A = diag(Lambda) - sum_r P_r P_r^H`` and the kernel ``K_l = 2 Re(C dA^l dB)``, l < length.
+
+    1. ``C~ = C (I - dA^length)`` (dense ``dA^length`` by repeated squaring), so the truncated
+       generating function ``K^(z) = sum_{l<L} K_l z^l = C~ (I - dA z)^-1 dB`` is exact.
+    2. At the roots of unity ``z_k = exp(-2 pi i k / L)``, using
+       ``(I - dA z)^-1 dB = [(1 - z) I - (dt/2)(1 + z) A]^-1 dt B`` and the Woodbury identity
+       with ``a = (dt/2)(1 + z)``, ``R = diag(1 / ((1 - z) - a Lambda))`` (the Cauchy kernel):
+       ``K^(z) = dt [C~ R B - a (C~ R P)(I_r + a P^H R P)^-1 (P^H R B)]``.
+       (This scaling of S4's ``2/(1+z) (g(z) - A)^-1`` stays finite at z = -1.)
+    3. ``k = ifft(K^)`` (the truncated generating function is the DFT of k) and ``K = 2 Re k``.
+    """
+    if length < 1:
+        raise ValueError(f"kernel length must be >= 1, got {length}")
+    r = P.shape[0]
+    dA, _ = bilinear_dense(dplr_dense(Lambda, P), B, dt)
+    C_t = C - jnp.einsum("hm,hmn->hn", C, _matrix_power(dA, length))
+    z = jnp.exp(-2j * jnp.pi * jnp.arange(length) / length).astype(Lambda.dtype)  # [L]
+    a = (dt / 2)[:, None] * (1 + z)  # [H, L]
+    R = 1 / ((1 - z)[None, None, :] - a[:, None, :] * Lambda[:, :, None])  # [H, N, L]
+    # Cauchy sums k(u, v)[h, l] = sum_n u[h,n] v[h,n] R[h,n,l] for u in {C~, P^H}, v in {B, P}
+    left = jnp.concatenate([C_t[None], P.conj()], axis=0)  # [1 + r, H, N]
+    right = jnp.concatenate([B[None], P], axis=0)  # [1 + r, H, N]
+    w = jnp.einsum("ihn,jhn->hijn", left, right)  # [H, 1+r, 1+r, N]
+    k = jnp.einsum("hijn,hnl->hlij", w, R, precision=jax.lax.Precision.HIGHEST)  # [H, L, 1+r, 1+r]
+    k00, k01, k10, k11 = k[..., 0, 0], k[..., 0, 1:], k[..., 1:, 0], k[..., 1:, 1:]
+    eye = jnp.eye(r, dtype=k.dtype)
+    corr = jnp.linalg.solve(eye + a[..., None, None] * k11, k10[..., None])[..., 0]  # [H, L, r]
+    K_hat = dt[:, None] * (k00 - a * jnp.einsum("hlr,hlr->hl", k01, corr))
+    return 2 * jnp.fft.ifft(K_hat, axis=-1).real

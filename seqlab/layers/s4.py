@@ -1,0 +1,83 @@
+"""S4: a diagonal-plus-low-rank state-space layer (Gu et al. 2022, 'Efficiently Modeling Long
+Sequences with Structured State Spaces').
+
+Per channel h, the HiPPO matrix in its DPLR form ``A = diag(Lambda) - P P^H`` (N/2 complex modes
+of the conjugate-symmetric eigenbasis, ``ops.hippo.dplr``), bilinear discretisation, kernel by
+Cauchy + Woodbury at the roots of unity (``ops.ssm.kernel_dplr``), FFT convolution, and the
+same block as S4D (activation, dropout, GLU output projection).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from seqlab.layers.common import SSMParam
+from seqlab.layers.s4d import _CLIP_MAX, S4D, _as_complex, _choice, _complex_param
+from seqlab.ops import hippo
+from seqlab.ops.ssm import bilinear_dense, dplr_dense, kernel_dplr
+
+
+class S4(S4D):
+    """S4 mixer: x [batch, length, d_model] -> y [batch, length, d_model].
+
+    Options: ``measure`` in ``legs | legt | lagt | fout`` (default ``legs``); ``d_state`` (N, even),
+    ``real_param``, ``dt_min``/``dt_max``, ``bidirectional``, ``activation``, ``out``,
+    ``dropout`` as in :class:`S4D`. Discretisation is bilinear (S4's kernel algorithm needs it).
+
+    Trainable SSM parameters (``SSMParam``): ``log_dt [H]``, ``Lambda_re, Lambda_im [H, N/2]``
+    (Re Lambda kept negative by ``real_param``; measures whose Re Lambda is 0 start at -1e-4),
+    ``P [r, H, N/2, 2]``, ``B [H, N/2, 2]``; ``C [dirs, H, N/2, 2]`` and ``D [H]`` are ordinary.
+    The kernel uses the true C (``kernel_dplr`` applies the ``C~ = C (I - dA^L)`` correction),
+    so ``decode`` runs the discretised DPLR recurrence with the same C.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+        measure: str = "legs",
+        **options,
+    ):
+        for fixed, value in (("init", "measure"), ("mode", "fft"), ("disc", "bilinear")):
+            if fixed in options and (fixed == "init" or options[fixed] != value):
+                raise ValueError(
+                    f"S4 does not take {fixed}={options[fixed]!r}"
+                    + (" (use measure=...)" if fixed == "init" else f"; it is always {value!r}")
+                )
+        options = {k: v for k, v in options.items() if k not in ("mode", "disc")}
+        super().__init__(d_model, rngs=rngs, dtype=dtype, init=measure, disc="bilinear", **options)
+        H = d_model
+        self.P = SSMParam(_complex_param(np.tile(self._P0[:, None, :], (1, H, 1))))
+        del self._P0
+        self.measure = measure
+
+    def _diagonal_init(self, N: int, rngs: nnx.Rngs):
+        Lambda, P, B = hippo.dplr(_choice("measure", self.init, hippo.MEASURES), N)
+        self._P0 = P
+        return np.minimum(Lambda.real, _CLIP_MAX) + 1j * Lambda.imag, B, None
+
+    def kernel(self, length: int) -> jax.Array:
+        """K [dirs, H, length] (S4, Alg. 1)."""
+        A, B, C, dt = self.ssm()
+        P = _as_complex(self.P[...])
+        return jnp.stack([kernel_dplr(A, P, B, c, dt, length) for c in C])
+
+    def _recurrence(self, u: jax.Array, h0: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Discretised DPLR recurrence (S4 eq. (3)): ``x_k = dA x_{k-1} + dB u_k``.
+
+        u: [batch, t, H] float32; h0: [batch, H, N/2] -> (2 Re(C x) [batch, t, H], last state).
+        """
+        A, B, C, dt = self.ssm()
+        dA, dB = bilinear_dense(dplr_dense(A, _as_complex(self.P[...])), B, dt)
+
+        def step(h, u_k):  # h: [batch, H, N/2], u_k: [batch, H]
+            h = jnp.einsum("hnm,bhm->bhn", dA, h) + dB * u_k[..., None]
+            return h, 2 * jnp.einsum("hn,bhn->bh", C[0], h).real
+
+        h, y = jax.lax.scan(step, h0.astype(dA.dtype), jnp.swapaxes(u, 0, 1))
+        return jnp.swapaxes(y, 0, 1), h

@@ -1,0 +1,165 @@
+"""S5: a MIMO diagonal state-space layer computed with a parallel scan (Smith et al. 2023,
+'Simplified State Space Layers for Sequence Modeling').
+
+One state of P complex modes shared by all H channels (P/2 kept by conjugate symmetry):
+``x_k = dLambda x_{k-1} + dB u_k``, ``y_k = 2 Re(C~ x_k) + D u_k`` with
+``dLambda = exp(Lambda dt)``, ``dB = (dLambda - 1) / Lambda * B~`` (ZOH, S5 eq. (6)), the states
+computed by ``ops.scan.linear_scan``. Initialised from block-diagonal HiPPO-N (S5 Sec. 4.2):
+``Lambda, V`` of the normal part of HiPPO-LegS in each of J blocks, ``B~ = V^H B``, ``C~ = C V``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from seqlab.layers.common import SSMParam, apply_mask, check_input
+from seqlab.layers.s4d import (
+    _CLIP_MAX,
+    ACTIVATIONS,
+    OUTPUTS,
+    REAL_PARAMS,
+    S4D,
+    _as_complex,
+    _choice,
+    _complex_param,
+    init_log_dt,
+)
+from seqlab.ops import hippo
+from seqlab.ops.scan import linear_scan
+
+
+def block_hippo_n(P: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block-diagonal HiPPO-N eigendecomposition, conjugate-symmetric half (S5 Sec. 4.2).
+
+    Returns ``Lambda [P/2]`` and ``V [P, P/2]`` (columns orthonormal): per block of size P/J,
+    the eigenvalues with positive imaginary part of ``A_LegS + p p^T`` and their eigenvectors.
+    """
+    if blocks < 1 or P % blocks or (P // blocks) % 2:
+        raise ValueError(
+            f"S5 needs d_state divisible by blocks into blocks of even size, got d_state={P}, "
+            f"blocks={blocks}"
+        )
+    size = P // blocks
+    Lambda, _, _, V = hippo.nplr("legs", size)
+    keep = Lambda.imag > 0
+    Lambda, V = Lambda[keep], V[:, keep]
+    V_full = np.zeros((P, P // 2), np.complex128)
+    for j in range(blocks):
+        V_full[j * size : (j + 1) * size, j * (size // 2) : (j + 1) * (size // 2)] = V
+    return np.tile(Lambda, blocks), V_full
+
+
+class S5(nnx.Module):
+    """S5 mixer: x [batch, length, d_model] -> y [batch, length, d_model].
+
+    Options: ``d_state`` (P, even; P/2 complex modes), ``blocks`` (J, HiPPO-N blocks),
+    ``real_param`` (exp | clip), ``dt_min``/``dt_max`` (per-mode log-uniform step),
+    ``bidirectional`` (a reverse scan with its own C~, summed), ``activation``, ``out``,
+    ``dropout`` (as in S4D).
+
+    SSM parameters (``SSMParam``): ``Lambda_re, Lambda_im [P/2]``, ``B [P/2, H, 2]``,
+    ``log_dt [P/2]``; ordinary: ``C [dirs, H, P/2, 2]``, ``D [H]``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+        d_state: int = 64,
+        blocks: int = 4,
+        real_param: str = "exp",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        bidirectional: bool = False,
+        activation: str = "gelu",
+        out: str = "glu",
+        dropout: float = 0.0,
+    ):
+        H, self.d_model, self.d_state, self.dtype = d_model, d_model, d_state, dtype
+        self.real_param = _choice("real_param", real_param, REAL_PARAMS)
+        self.activation = _choice("activation", activation, tuple(ACTIVATIONS))
+        self.out = _choice("out", out, OUTPUTS)
+        self.bidirectional = bool(bidirectional)
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"S5 needs an even d_state >= 2 (conjugate pairs), got {d_state}")
+        Lambda, V = block_hippo_n(d_state, blocks)
+        re = np.log(-Lambda.real) if self.real_param == "exp" else Lambda.real
+        self.Lambda_re = SSMParam(jnp.asarray(re, jnp.float32))
+        self.Lambda_im = SSMParam(jnp.asarray(Lambda.imag, jnp.float32))
+        self.log_dt = SSMParam(init_log_dt(rngs.params(), d_state // 2, dt_min, dt_max))
+        # B ~ lecun normal [P, H] in the HiPPO basis, then B~ = V^H B
+        B = np.asarray(jax.random.normal(rngs.params(), (d_state, H))) / math.sqrt(H)
+        self.B = SSMParam(_complex_param(V.conj().T @ B))
+        dirs = 2 if self.bidirectional else 1
+        # C ~ normal [dirs, H, P] with variance 1/P, then C~ = C V
+        C = np.asarray(jax.random.normal(rngs.params(), (dirs, H, d_state))) / math.sqrt(d_state)
+        self.C = nnx.Param(_complex_param(C @ V))
+        self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
+        self.act = ACTIVATIONS[self.activation]
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        if self.out == "glu":
+            self.proj = nnx.Linear(H, 2 * H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        elif self.out == "linear":
+            self.proj = nnx.Linear(H, H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        else:
+            self.proj = None
+
+    _block = S4D._block
+
+    def discrete(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """ZOH (S5 eq. (6)): (dLambda [P/2], dB [P/2, H], C~ [dirs, H, P/2]) complex."""
+        p = self.Lambda_re[...]
+        re = -jnp.exp(p) if self.real_param == "exp" else jnp.minimum(p, _CLIP_MAX)
+        Lambda = jax.lax.complex(re, self.Lambda_im[...])
+        dLambda = jnp.exp(Lambda * jnp.exp(self.log_dt[...]))
+        dB = ((dLambda - 1) / Lambda)[:, None] * _as_complex(self.B[...])
+        return dLambda, dB, _as_complex(self.C[...])
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x: [batch, length, d_model]; mask: [batch, length] bool -> y [batch, length, d_model].
+
+        Padded inputs are zeroed, so the forward scan ignores them and the reverse scan reaches
+        each sequence's true end with a zero state.
+        """
+        check_input(x, self.d_model, "S5")
+        u = apply_mask(x, mask).astype(jnp.float32)
+        dLambda, dB, C = self.discrete()
+        Bu = jnp.einsum("ph,blh->blp", dB, u)  # [batch, length, P/2]
+        y = 2 * jnp.einsum("hp,blp->blh", C[0], linear_scan(dLambda, Bu)).real
+        if self.bidirectional:
+            y = y + 2 * jnp.einsum("hp,blp->blh", C[1], linear_scan(dLambda, Bu, reverse=True)).real
+        return apply_mask(self._block(y + self.D[...] * u), mask)
+
+    def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
+        """{'state': [batch, P/2] complex64, 'pos': int32 scalar}; no length limit."""
+        self._check_causal()
+        del max_length, dtype
+        return {
+            "state": jnp.zeros((batch_size, self.d_state // 2), jnp.complex64),
+            "pos": jnp.zeros((), jnp.int32),
+        }
+
+    def decode(self, x: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+        """Recurrent mode: x [batch, t, d_model] -> (y [batch, t, d_model], cache)."""
+        self._check_causal()
+        check_input(x, self.d_model, "S5")
+        u = x.astype(jnp.float32)
+        dLambda, dB, C = self.discrete()
+        h = linear_scan(dLambda, jnp.einsum("ph,blh->blp", dB, u), h0=cache["state"])
+        y = 2 * jnp.einsum("hp,blp->blh", C[0], h).real + self.D[...] * u
+        new = {"state": h[:, -1].astype(jnp.complex64), "pos": cache["pos"] + x.shape[1]}
+        return self._block(y), new
+
+    def _check_causal(self) -> None:
+        if self.bidirectional:
+            raise ValueError(
+                "S5(bidirectional=True) sees future inputs and has no recurrent decode; "
+                "build it with bidirectional=False"
+            )
