@@ -190,7 +190,7 @@ def _s4d_tutorial(d: Dims, key: jax.Array) -> Call:
 
 def _s5_inputs(d: Dims, key: jax.Array):
     k1, k2, k3 = _keys(key, 3)
-    p = d.state
+    p = max(d.state // 2, 1)  # complex modes (conjugate pairs implied), as S5 keeps them
     lam = jnp.exp(-jax.random.uniform(k1, (p,), minval=1e-3, maxval=1e-1))
     a = jnp.broadcast_to(lam * jnp.exp(1j * 0.1), (d.batch, d.length, p)).astype(jnp.complex64)
     b = (_normal(k2, (d.batch, d.length, p)) + 1j * _normal(k3, (d.batch, d.length, p)))
@@ -199,7 +199,7 @@ def _s5_inputs(d: Dims, key: jax.Array):
 
 def _s5_cost(d: Dims) -> tuple[float, float]:
     # h_t = a h_{t-1} + B u_t ; y_t = Re(C h_t): complex B [P, H] and C [H, P] products + the scan.
-    b, length, h, p = d.batch, d.length, d.d_model, d.state
+    b, length, h, p = d.batch, d.length, d.d_model, max(d.state // 2, 1)
     flops = b * length * (2 * 8 * h * p + 8 * p)
     return flops, F32 * 2 * b * length * h
 
