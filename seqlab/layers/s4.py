@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from seqlab.layers.common import SSMParam
-from seqlab.layers.s4d import _CLIP_MAX, S4D, _as_complex, _choice, _complex_param
+from seqlab.layers.s4d import S4D, _as_complex, _choice, _complex_param
 from seqlab.ops import hippo
 from seqlab.ops.ssm import bilinear_dense, dplr_dense, kernel_dplr
 
@@ -59,7 +59,7 @@ class S4(S4D):
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         Lambda, P, B = hippo.dplr(_choice("measure", self.init, hippo.MEASURES), N)
         self._P0 = P
-        return np.minimum(Lambda.real, _CLIP_MAX) + 1j * Lambda.imag, B, None
+        return Lambda, B, None
 
     def kernel(self, length: int) -> jax.Array:
         """K [dirs, H, length] (S4, Alg. 1)."""

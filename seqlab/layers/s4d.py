@@ -65,6 +65,9 @@ class S4D(nnx.Module):
     time-reversed direction, outputs summed), ``activation`` (gelu | silu | relu | identity),
     ``out`` (glu | linear | none: output projection), ``dropout``, ``mode`` (fft | scan).
 
+    ``Re(Lambda)`` is floored at -1e-4 at init (strictly stable). S4-PTD may keep a few more
+    than N/2 modes (``n_modes``; see ``ops.hippo.ptd``); below, N/2 stands for ``n_modes``.
+
     Trainable SSM parameters (``SSMParam``: own lr, no weight decay): ``log_dt [H]``,
     ``Lambda_re, Lambda_im [H, N/2]``, ``B [H, N/2, 2]``. ``C [dirs, H, N/2, 2]`` and ``D [H]``
     are ordinary parameters, as in S4.
@@ -96,16 +99,17 @@ class S4D(nnx.Module):
         self.mode = _choice("mode", mode, MODES)
         self.bidirectional = bool(bidirectional)
         Lambda, B, C0 = self._diagonal_init(d_state, rngs)
-        H = d_model
+        H, M = d_model, len(Lambda)
+        self.n_modes = M
         self.log_dt = SSMParam(init_log_dt(rngs.params(), H, dt_min, dt_max))
-        re = np.tile(Lambda.real, (H, 1))
+        re = np.tile(np.minimum(Lambda.real, _CLIP_MAX), (H, 1))  # strictly stable at init
         re = np.log(-re) if self.real_param == "exp" else re
         self.Lambda_re = SSMParam(jnp.asarray(re, jnp.float32))
         self.Lambda_im = SSMParam(jnp.asarray(np.tile(Lambda.imag, (H, 1)), jnp.float32))
         self.B = SSMParam(_complex_param(np.tile(B, (H, 1))))
         dirs = 2 if self.bidirectional else 1
         if C0 is None:  # C ~ complex standard normal (variance 1/2 per part), as in S4
-            C = jax.random.normal(rngs.params(), (dirs, H, d_state // 2, 2)) * math.sqrt(0.5)
+            C = jax.random.normal(rngs.params(), (dirs, H, M, 2)) * math.sqrt(0.5)
         else:  # a change of basis (S4-PTD: C~ = C V with C real standard normal)
             C_real = np.asarray(jax.random.normal(rngs.params(), (dirs, H, d_state)))
             C = _complex_param(C_real @ C0)
@@ -123,8 +127,6 @@ class S4D(nnx.Module):
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         """(Lambda [N/2], B [N/2], basis for C [N, N/2] or None) from ``ops.hippo``."""
         Lambda, B = hippo.diagonal_init(_choice("init", self.init, hippo.DIAGONAL_INITS), N)
-        if np.any(Lambda.real >= 0) and self.real_param == "exp":
-            raise ValueError(f"init {self.init!r} has Re(Lambda) >= 0; use real_param='clip'")
         return Lambda, B, None
 
     # ---- SSM parameters ----------------------------------------------------------------------
@@ -190,7 +192,7 @@ class S4D(nnx.Module):
             )
         del max_length, dtype
         return {
-            "state": jnp.zeros((batch_size, self.d_model, self.d_state // 2), jnp.complex64),
+            "state": jnp.zeros((batch_size, self.d_model, self.n_modes), jnp.complex64),
             "pos": jnp.zeros((), jnp.int32),
         }
 
@@ -224,7 +226,7 @@ class S4D(nnx.Module):
 class S4PTD(S4D):
     """S4-PTD (Yu et al. 2023): S4D initialised by perturb-then-diagonalise of HiPPO-LegS.
 
-    ``A + E = V Lambda V^-1`` with ``||E||_2 = eps ||A||_2`` (option ``eps``, default 1e-2;
+    ``A + E = V Lambda V^-1`` with ``||E||_2 = eps ||A||_2`` (option ``eps``, default 1e-3;
     ``ptd_seed`` fixes E): Lambda, ``V^-1 B`` and ``C~ = C V`` (C real Gaussian) initialise the
     diagonal system. ``self.cond_V`` reports the condition number of V. Other options as S4D.
     """
@@ -235,7 +237,7 @@ class S4PTD(S4D):
         *,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
-        eps: float = 1e-2,
+        eps: float = 1e-3,
         ptd_seed: int = 0,
         **options,
     ):

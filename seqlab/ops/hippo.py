@@ -137,15 +137,33 @@ def dplr(measure: str, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return Lambda[idx], (Vh @ P.T).T[:, idx], (Vh @ B)[idx]
 
 
-def ptd(
-    N: int, eps: float = 1e-2, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Perturb-then-diagonalise HiPPO-LegS (Yu et al. 2023, eq. (6)): ``A + E = V Lambda V^-1``.
+def conjugate_reduce(
+    Lambda: np.ndarray, B: np.ndarray, V: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep one mode per conjugate pair of a real system's eigendecomposition.
 
-    E is a real Gaussian matrix scaled to spectral norm ``eps * ||A||_2`` (deterministic given
-    ``seed``). Returns the conjugate-symmetric half: ``Lambda [N//2]``, ``Bt = (V^-1 B) [N//2]``,
-    ``V [N, N//2]`` (columns of unit norm; the layer initialises ``C~ = C V``) and the
-    condition number ``kappa(V)`` of the full eigenvector matrix.
+    ``Lambda [N]``, ``B = V^-1 B [N]``, ``V [N, N]`` -> the modes with ``Im Lambda > 0`` and every
+    real mode with its B halved, so that ``2 Re(sum_kept C V B / (z - Lambda))`` equals the full
+    sum over all N modes for real C (exactly). Returns M = N/2 + (number of real modes)/2 modes.
+    """
+    tol = 1e-9 * max(1.0, np.abs(Lambda).max())
+    real = np.abs(Lambda.imag) <= tol
+    keep = real | (Lambda.imag > tol)
+    B = np.where(real, B.real / 2, B)
+    V = np.where(real[None], V.real, V)
+    return np.where(real, Lambda.real, Lambda)[keep], B[keep], V[:, keep]
+
+
+def ptd(
+    N: int, eps: float = 1e-3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Perturb-then-diagonalise HiPPO-LegS (Yu et al. 2023, Sec. 3): ``A + E = V Lambda V^-1``.
+
+    E is a real Gaussian matrix scaled to ``||E||_2 = eps ||A||_2`` (deterministic given
+    ``seed``). Returns the conjugate-reduced system (:func:`conjugate_reduce`):
+    ``Lambda [M]``, ``Bt = V^-1 B [M]``, ``V [N, M]`` (unit-norm eigenvectors; a diagonal layer
+    initialises ``C~ = C V``), M = N/2 plus half the number of real eigenvalues of A + E
+    (usually 0 to 3), and the condition number ``kappa(V)`` of the full eigenvector matrix.
     """
     _check_even(N, "ptd")
     if not eps > 0:
@@ -155,14 +173,14 @@ def ptd(
     E *= eps * np.linalg.norm(A, 2) / np.linalg.norm(E, 2)
     Lambda, V = np.linalg.eig(A + E)
     V = V / np.linalg.norm(V, axis=0, keepdims=True)
-    Bt = np.linalg.solve(V, B)
     cond = float(np.linalg.cond(V))
-    idx = _positive_half(Lambda)
-    return Lambda[idx], Bt[idx], V[:, idx], cond
+    return (*conjugate_reduce(Lambda, np.linalg.solve(V, B), V), cond)
 
 
 def diagonal_init(kind: str, N: int) -> tuple[np.ndarray, np.ndarray]:
     """Diagonal SSM initialisation ``(Lambda [N//2], B [N//2])`` (complex128), N = state size.
+
+    (For ``ptd``, ``N//2 + k/2`` modes when A + E has k real eigenvalues: see :func:`ptd`.)
 
     - ``lin`` (S4D-Lin, S4D eq. (8)): ``Lambda_n = -1/2 + i pi n``, ``B_n = 1``.
     - ``inv`` (S4D-Inv, S4D eq. (9)): ``Lambda_n = -1/2 + i (N/pi) (N/(2n+1) - 1)``, ``B_n = 1``.
