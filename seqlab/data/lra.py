@@ -94,7 +94,14 @@ def _imdb_files(root: Path, part: str) -> tuple[list[bytes], list[int]]:
     return texts, labels
 
 
-def _imdb_hub(part: str) -> tuple[list[bytes], list[int]]:
+def _imdb(source: Path | None, part: str) -> tuple[list[bytes], list[int]]:
+    """Reviews and labels from the local folders, else (online) from the hub."""
+    if source is not None and (source / "aclImdb" / part).is_dir():
+        return _imdb_files(source, part)
+    if _offline():
+        raise _missing("text", str(source or "a directory of your choice"),
+                       "the IMDB folders aclImdb/{train,test}/{pos,neg}/*.txt (from "
+                       "aclImdb_v1.tar.gz)", "stanfordnlp/imdb")
     ds = datasets.load_dataset("stanfordnlp/imdb", split=part)
     return [t.encode("utf-8") for t in ds["text"]], list(ds["label"])
 
@@ -107,14 +114,11 @@ def text(split: str, root: str | None = None, *, size: int | None = None,
                          f"{val_fraction}")
     part = "test" if split == "test" or (split == "val" and val_fraction == 0) else "train"
     source = Path(root).expanduser().resolve() if root else None
-    if source is None and _offline():
-        raise _missing("text", "a directory of your choice", "the IMDB folders "
-                       "aclImdb/{train,test}/{pos,neg}/*.txt", "stanfordnlp/imdb")
     key = dict(task="text", split=split, size=size, max_length=max_length,
                val_fraction=val_fraction, seed=seed, root=str(source), version=VERSION)
 
     def build() -> datasets.Dataset:
-        texts, labels = _imdb_files(source, part) if source else _imdb_hub(part)
+        texts, labels = _imdb(source, part)
         rows = np.arange(len(texts))
         if part == "train" and val_fraction > 0:
             rows = _select(len(texts), split, val_fraction, seed)
@@ -196,7 +200,14 @@ def _cifar_files(root: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _cifar_hub(part: str) -> tuple[np.ndarray, np.ndarray]:
+def _cifar(source: Path | None, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """[N, 3, 32, 32] uint8 images and labels from the local batches, else from the hub."""
+    if source is not None and (source / "cifar-10-batches-py").is_dir():
+        return _cifar_files(source, part)
+    if _offline():
+        raise _missing("image", str(source or "a directory of your choice"),
+                       "cifar-10-batches-py/{data_batch_1..5,test_batch} (from "
+                       "cifar-10-python.tar.gz)", "uoft-cs/cifar10")
     ds = datasets.load_dataset("uoft-cs/cifar10", split=part)
     images = np.stack([np.asarray(im.convert("RGB")) for im in ds["img"]])  # [N, 32, 32, 3]
     return images.transpose(0, 3, 1, 2), np.asarray(ds["label"], np.int64)
@@ -216,14 +227,11 @@ def image(split: str, root: str | None = None, *, size: int | None = None,
                          f"{val_fraction}")
     part = "test" if split == "test" or (split == "val" and val_fraction == 0) else "train"
     source = Path(root).expanduser().resolve() if root else None
-    if source is None and _offline():
-        raise _missing("image", "a directory of your choice",
-                       "cifar-10-batches-py/{data_batch_1..5,test_batch}", "uoft-cs/cifar10")
     key = dict(task="image", split=split, size=size, val_fraction=val_fraction, seed=seed,
                root=str(source), version=VERSION)
 
     def build() -> datasets.Dataset:
-        rgb, labels = _cifar_files(source, part) if source else _cifar_hub(part)
+        rgb, labels = _cifar(source, part)
         rows = np.arange(len(rgb))
         if part == "train" and val_fraction > 0:
             rows = _select(len(rgb), split, val_fraction, seed)

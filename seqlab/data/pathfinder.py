@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 
 import datasets
 import numpy as np
@@ -234,7 +235,10 @@ def generate(split: str, size: int, *, resolution: int = 32, difficulty: str = "
         bar = tqdm(total=size, desc=f"pathfinder{resolution} {split}", unit="img")
     pool = None
     if workers > 1 and size > CHUNK:
-        pool = multiprocessing.get_context("spawn").Pool(workers)
+        # fork is fastest but unsafe once JAX's threads run; spawn then (a script calling
+        # this needs the usual ``if __name__ == "__main__":`` guard).
+        safe_fork = "jax" not in sys.modules and sys.platform == "linux"
+        pool = multiprocessing.get_context("fork" if safe_fork else "spawn").Pool(workers)
     try:
         index = 0
         while count < size:
