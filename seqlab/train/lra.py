@@ -1,0 +1,225 @@
+"""``seqlab lra``: run a Long Range Arena task x model grid, then tabulate and plot it.
+
+Each run trains ``configs/lra/<task>/<model>.yaml`` in ``WORKDIR/<task>/<model>`` with
+``seqlab.train.run.train``. The grid is resumable: a run with a finished ``results.json`` is
+skipped, an unfinished one resumes from its last checkpoint. After the runs (or with
+``--report``), ``WORKDIR/results.md`` lists test accuracy next to the published numbers and
+``WORKDIR/curves.png`` plots every run's ``metrics.jsonl`` (training loss, validation accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+MODELS = ("s4", "s4d", "s4-ptd", "hydra", "deltaproduct", "mla", "topk")
+TASK_TITLES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
+               "pathfinder": "Pathfinder", "pathx": "Path-X"}
+
+# Published test accuracy (%), in TASKS order; None = failed (chance) or not reported.
+PUBLISHED: dict[str, tuple[tuple[float | None, ...], str]] = {
+    "Transformer": ((36.37, 64.27, 57.46, 42.44, 71.40, None),
+                    "Tay et al. 2021, LRA Table 1 (Path-X: fail)"),
+    "S4 (v1)": ((58.35, 76.02, 87.09, 87.26, 86.05, 88.10), "Gu et al. 2022a, first version"),
+    "S4-LegS": ((59.60, 86.82, 90.90, 88.65, 94.20, 96.35),
+                "Gu et al. 2022a (final) / Gu et al. 2023, 'How to Train Your HiPPO'"),
+    "S4D-LegS": ((60.47, 86.18, 89.46, 88.19, 93.06, 91.95), "Gu et al. 2022b, Table 3"),
+    "S4D-Inv": ((60.18, 87.34, 91.09, 87.83, 93.78, 92.80), "Gu et al. 2022b, Table 3"),
+    "S5": ((62.15, 89.31, 91.40, 88.00, 95.33, 98.58), "Smith et al. 2023, Table 1"),
+    "S4-PTD": ((60.65, 88.32, 91.07, 88.27, 94.79, 96.39), "Yu et al. 2023, Table 2"),
+}
+PUBLISHED_AVERAGE_ONLY = {"S5-PTD": (87.6, "Yu et al. 2023 (average of the six tasks)")}
+
+
+def default_configs() -> Path:
+    """``configs/lra`` of the source tree (seqlab is installed editable), else of the cwd."""
+    tree = Path(__file__).resolve().parents[2] / "configs" / "lra"
+    return tree if tree.is_dir() else Path.cwd() / "configs" / "lra"
+
+
+def _pick(values: Sequence[str], valid: tuple[str, ...], what: str) -> list[str]:
+    items = [v for item in values for v in item.split(",") if v]
+    if items in ([], ["all"]):
+        return list(valid)
+    bad = [v for v in items if v not in valid]
+    if bad:
+        raise ValueError(f"unknown {what} {', '.join(bad)}; valid: {', '.join(valid)} or all")
+    return items
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """A run's ``results.json`` if it finished, else None."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    return results if results.get("finished") else None
+
+
+def run_grid(tasks: Sequence[str], models: Sequence[str], workdir: Path,
+             overrides: Sequence[str] = (), configs: Path | None = None) -> dict:
+    """Train every (task, model) run that has not finished. Returns {(task, model): status}."""
+    from seqlab.train.config import load_config
+    from seqlab.train.run import train
+
+    configs = configs or default_configs()
+    status = {}
+    for task in tasks:
+        for model in models:
+            run_dir = workdir / task / model
+            if read_results(run_dir) is not None:
+                status[task, model] = "done (skipped)"
+                print(f"lra: {task}/{model}: finished earlier, skipped")
+                continue
+            config = configs / task / f"{model}.yaml"
+            print(f"lra: {task}/{model}: training {config} in {run_dir}"
+                  + (" (resuming)" if (run_dir / "config.yaml").exists() else ""))
+            try:
+                cfg = load_config(config, overrides)
+                result = train(cfg, run_dir)
+            except Exception as e:  # one failed run must not stop the grid
+                status[task, model] = f"failed: {e}"
+                print(f"lra: {task}/{model} failed: {e}", file=sys.stderr)
+                if not isinstance(e, (ValueError, FileNotFoundError)):
+                    traceback.print_exc()
+                continue
+            status[task, model] = "done" if result.get("finished") else "paused"
+    return status
+
+
+def _fmt(x: float | None) -> str:
+    return "fail" if x is None else f"{x:.2f}"
+
+
+def _average(values: Sequence[float | None], fail: float | None = 50.0) -> str:
+    """Mean of ``values``; a failed task (None) counts as ``fail`` (None: left out)."""
+    nums = [fail if v is None else v for v in values]
+    nums = [v for v in nums if v is not None]
+    return f"{sum(nums) / len(nums):.2f}" if nums else ""
+
+
+def results_table(workdir: Path, tasks: Sequence[str], models: Sequence[str]) -> str:
+    """Markdown: our test accuracy per (model, task), then the published rows."""
+    head = "| model | " + " | ".join(TASK_TITLES[t] for t in tasks) + " | avg |"
+    rule = "|---" * (len(tasks) + 2) + "|"
+    lines = ["## Test accuracy (%)", "", head, rule]
+    for model in models:
+        cells, values = [], []
+        for task in tasks:
+            results = read_results(workdir / task / model)
+            if results is None:
+                partial = (workdir / task / model / "config.yaml").exists()
+                cells.append("running" if partial else "—")
+                continue
+            acc = 100 * results["test"]["accuracy"]
+            values.append(acc)
+            cells.append(f"{acc:.2f}")
+        avg = _average(values) if len(values) == len(tasks) else ""
+        lines.append(f"| **{model}** (seqlab) | " + " | ".join(cells) + f" | {avg} |")
+    for name, (accs, source) in PUBLISHED.items():
+        row = [accs[TASKS.index(t)] for t in tasks]
+        lines.append(f"| {name} ({source}) | " + " | ".join(map(_fmt, row)) + " | "
+                     + _average(row, None if name == "Transformer" else 50.0) + " |")
+    for name, (avg, source) in PUBLISHED_AVERAGE_ONLY.items():
+        shown = avg if len(tasks) == len(TASKS) else "—"  # an average of all six tasks
+        lines.append(f"| {name} ({source}) | " + " | ".join("—" for _ in tasks)
+                     + f" | {shown} |")
+    lines += ["", "Published averages count a failed task as 50% (chance), except the "
+              "Transformer's, which is over the five tasks it did not fail."]
+    return "\n".join(lines) + "\n"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(workdir: Path, tasks: Sequence[str], models: Sequence[str],
+                path: Path) -> Path | None:
+    """Training loss and validation accuracy against step, one column per task."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("lra: matplotlib is not installed (pip install 'seqlab[bench]'); no plot",
+              file=sys.stderr)
+        return None
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), squeeze=False)
+    for col, task in enumerate(tasks):
+        for model in models:
+            records = read_metrics(workdir / task / model)
+            for row, (split, key) in enumerate((("train", "loss"), ("val", "accuracy"))):
+                pts = [(r["step"], r[key]) for r in records
+                       if r.get("split") == split and isinstance(r.get(key), (int, float))
+                       and math.isfinite(r[key])]
+                if pts:
+                    xs, ys = zip(*pts, strict=True)
+                    axes[row, col].plot(xs, ys, label=model)
+        axes[0, col].set_title(TASK_TITLES[task])
+        axes[0, col].set_ylabel("train loss")
+        axes[1, col].set_ylabel("val accuracy")
+        axes[1, col].set_xlabel("step")
+        if axes[1, col].lines:
+            axes[1, col].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def report(workdir: Path, tasks: Sequence[str], models: Sequence[str]) -> None:
+    table = results_table(workdir, tasks, models)
+    (workdir / "results.md").write_text(table)
+    print(table)
+    plot = plot_curves(workdir, tasks, models, workdir / "curves.png")
+    print(f"lra: wrote {workdir / 'results.md'}" + (f" and {plot}" if plot else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqlab lra",
+        description="Train a Long Range Arena grid (configs/lra/<task>/<model>.yaml), resumably, "
+        "and write WORKDIR/results.md (test accuracy next to published numbers) and "
+        "WORKDIR/curves.png.")
+    p.add_argument("--tasks", nargs="+", default=["all"],
+                   help=f"tasks (space or comma separated): {', '.join(TASKS)} or all")
+    p.add_argument("--models", nargs="+", default=["all"],
+                   help=f"models: {', '.join(MODELS)} or all")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every run's config, e.g. train.steps=1000")
+    p.add_argument("--workdir", default="runs/lra", help="grid directory (default runs/lra)")
+    p.add_argument("--configs", default=None,
+                   help="directory of <task>/<model>.yaml (default: the repository's "
+                   "configs/lra)")
+    p.add_argument("--report", action="store_true",
+                   help="only rebuild results.md and curves.png from existing runs")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """``seqlab lra ...``; returns the exit status (1 when a run failed)."""
+    args = build_parser().parse_args(argv)
+    tasks = _pick(args.tasks, TASKS, "task")
+    models = _pick(args.models, MODELS, "model")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    if not args.report:
+        configs = Path(args.configs) if args.configs else None
+        status = run_grid(tasks, models, workdir, args.set, configs)
+        failed = [f"{t}/{m}: {s}" for (t, m), s in status.items() if s.startswith("failed")]
+    report(workdir, tasks, models)
+    if failed:
+        print("lra: failed runs:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
