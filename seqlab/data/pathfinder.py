@@ -89,37 +89,39 @@ def _grow(rng: np.random.Generator, g: Geometry, forbidden: np.ndarray, growing:
     Paints into ``painted``/``footprint`` (``[B, H, W]``, in place). Returns (done [B]: all
     paddles drawn, end [B, 2]: the last painted pixel).
     """
-    b, n = len(growing), g.size
-    rows = np.arange(b)
+    n = g.size
     pos, angle, growing = pos.astype(np.float64), angle.copy(), growing.copy()
     end = np.rint(pos).astype(np.int64)
     steps = np.arange(1, g.gap + g.dash + 1)
     paint = steps > g.gap
     ahead = np.arange(1, LOOKAHEAD * len(steps) + 1)
     for _ in range(n_paddles):
-        heading = angle[:, None] + rng.uniform(-MAX_TURN, MAX_TURN, (b, TRIES))  # [B, K]
-        py = pos[:, None, None, 0] + np.sin(heading)[..., None] * steps  # [B, K, P]
-        px = pos[:, None, None, 1] + np.cos(heading)[..., None] * steps
+        rows = np.flatnonzero(growing)  # work only on the paths still growing
+        heading = angle[rows, None] + rng.uniform(-MAX_TURN, MAX_TURN, (len(rows), TRIES))
+        sin, cos = np.sin(heading)[..., None], np.cos(heading)[..., None]  # [G, K, 1]
+        py = pos[rows, None, None, 0] + sin * steps  # [G, K, P]
+        px = pos[rows, None, None, 1] + cos * steps
         iy, ix = np.rint(py).astype(np.int64), np.rint(px).astype(np.int64)
         inside = (iy >= 0) & (iy < n) & (ix >= 0) & (ix < n)
         hit = forbidden[rows[:, None, None], iy.clip(0, n - 1), ix.clip(0, n - 1)]
         valid = (inside & ~hit).all(-1)
         # Look ahead: how far each valid candidate could go straight on (up to LOOKAHEAD
         # paddles); take the first candidate with the most room, so paths avoid dead ends.
-        qy = np.rint(py[..., -1:] + np.sin(heading)[..., None] * ahead).astype(np.int64)
-        qx = np.rint(px[..., -1:] + np.cos(heading)[..., None] * ahead).astype(np.int64)
+        qy = np.rint(py[..., -1:] + sin * ahead).astype(np.int64)
+        qx = np.rint(px[..., -1:] + cos * ahead).astype(np.int64)
         clear = (qy >= 0) & (qy < n) & (qx >= 0) & (qx < n)
         clear &= ~forbidden[rows[:, None, None], qy.clip(0, n - 1), qx.clip(0, n - 1)]
         room = np.where(valid, np.cumprod(clear, -1).sum(-1), -1)
-        growing &= valid.any(1)
-        k = room.argmax(1)[growing]
-        g_rows = rows[growing]
-        sy, sx = iy[g_rows, k], ix[g_rows, k]  # [G, P]
-        footprint[g_rows[:, None], sy, sx] = True
-        painted[g_rows[:, None], sy[:, paint], sx[:, paint]] = True
-        end[growing] = np.stack([sy[:, -1], sx[:, -1]], 1)
-        pos[growing] = np.stack([py[g_rows, k, -1], px[g_rows, k, -1]], 1)
-        angle[growing] = heading[g_rows, k]
+        moved = valid.any(1)
+        growing[rows[~moved]] = False
+        sel, k = np.flatnonzero(moved), room.argmax(1)[moved]
+        rows = rows[moved]
+        sy, sx = iy[sel, k], ix[sel, k]  # [G', P]
+        footprint[rows[:, None], sy, sx] = True
+        painted[rows[:, None], sy[:, paint], sx[:, paint]] = True
+        end[rows] = np.stack([sy[:, -1], sx[:, -1]], 1)
+        pos[rows] = np.stack([py[sel, k, -1], px[sel, k, -1]], 1)
+        angle[rows] = heading[sel, k]
     return growing, end
 
 

@@ -29,7 +29,7 @@ def components(ink: np.ndarray, radius: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("resolution, difficulty, n", [(32, "hard", 256), (32, "easy", 128),
-                                                       (128, "hard", 24)])
+                                                       (128, "hard", 48)])
 def test_labels_match_connectivity(resolution, difficulty, n):
     g = Geometry(resolution)
     rng = np.random.default_rng(7)
