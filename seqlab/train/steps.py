@@ -46,7 +46,7 @@ def make_train_step(graphdef, state_shardings):
 
         (loss, sums), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
-        metrics = dict(sums, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(sums, loss=loss, grad_norm=optax.tree.norm(grads))
         return nnx.state((model, optimizer)), metrics
 
     return train_step
