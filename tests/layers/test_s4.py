@@ -1,0 +1,79 @@
+"""S4 (DPLR) layer: conv == recurrent decode, padding invariance, gradients, options, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from seqlab.layers import MIXERS
+from seqlab.layers.common import SSMParam
+from seqlab.layers.s4 import S4
+
+H, N = 6, 8
+fwd = nnx.jit(lambda m, x, mask=None: m(x, mask))
+dec = nnx.jit(lambda m, x, c: m.decode(x, c))
+
+
+def _x(b=2, L=13, seed=1):
+    return jax.random.normal(jax.random.key(seed), (b, L, H))
+
+
+def test_registry_defaults():
+    m = MIXERS["s4"](d_model=H, rngs=nnx.Rngs(0))
+    assert m.measure == "legs" and m.d_state == 64 and m.disc == "bilinear"
+    assert fwd(m, jnp.ones((1, 5, H))).shape == (1, 5, H)
+    ssm = {path for path, _ in nnx.to_flat_state(nnx.state(m, SSMParam))}
+    assert ssm == {("log_dt",), ("Lambda_re",), ("Lambda_im",), ("B",), ("P",)}
+
+
+@pytest.mark.parametrize("measure", ["legs", "fout"])
+def test_conv_equals_decode(measure):
+    m = S4(H, rngs=nnx.Rngs(0), d_state=N, measure=measure)
+    x = _x()
+    y = fwd(m, x)
+    cache = m.init_cache(2, 13)
+    y1, cache = dec(m, x[:, :6], cache)  # prefill
+    ys = [y1]
+    for t in range(6, 13):
+        yt, cache = dec(m, x[:, t : t + 1], cache)
+        ys.append(yt)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(ys, 1)), np.asarray(y), atol=3e-5)
+
+
+def test_bidirectional_padding_invariance_and_no_decode():
+    m = S4(H, rngs=nnx.Rngs(0), d_state=N, bidirectional=True)
+    L = 13
+    x = _x(L=L)
+    mask = jnp.arange(L)[None] < jnp.asarray([13, 7])[:, None]
+    y = fwd(m, jnp.where(mask[..., None], x, 50.0), mask)
+    y_alone = fwd(m, x[1:, :7])
+    np.testing.assert_allclose(np.asarray(y[1, :7]), np.asarray(y_alone[0]), atol=3e-5)
+    assert np.abs(np.asarray(y[0, :3] - fwd(m, x[:1, :7])[0, :3])).max() > 1e-4  # sees the future
+    with pytest.raises(ValueError, match="bidirectional"):
+        m.init_cache(2, L)
+
+
+def test_gradients_reach_every_parameter():
+    m = S4(H, rngs=nnx.Rngs(0), d_state=N)
+    x = _x()
+    grads = nnx.jit(nnx.grad(lambda model: jnp.sum(model(x) ** 2)))(m)
+    for path, g in nnx.to_flat_state(nnx.state(grads, nnx.Param)):
+        g = np.asarray(g[...])
+        assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, path
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(d_state=7), "even"),
+        (dict(measure="fourier"), "legs, legt, lagt, fout"),
+        (dict(init="legs"), "measure"),
+        (dict(disc="zoh"), "bilinear"),
+        (dict(mode="scan"), "fft"),
+        (dict(dt_min=-1.0), "dt_min"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        S4(H, rngs=nnx.Rngs(0), **kwargs)
