@@ -44,8 +44,8 @@ def _offline() -> bool:
 
 
 def _missing(task: str, where: str, files: str, hub: str | None) -> FileNotFoundError:
-    online = (f" or, on a machine with internet access, leave data.root unset to download "
-              f"{hub} from the HF hub") if hub else ""
+    online = (f", or run on a machine with internet access, where {hub} is downloaded from "
+              "the HF hub instead") if hub else ""
     state = " (this machine is offline)" if hub and _offline() else ""
     return FileNotFoundError(
         f"LRA {task}: no data found{state}. Place {files} under {where} and set data.root to "
