@@ -23,13 +23,14 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from seqlab.bench.probe import DeviceProbe, bound_seconds, probe
-from seqlab.bench.specs import Call, Dims, MixerSpec, dims_of, spec_for
+from seqlab.bench.specs import SPECS, Call, Dims, MixerSpec, dims_of, spec_for
 from seqlab.bench.timing import Timing, is_oom, time_fn, time_python
 
 __all__ = ["SCHEMA", "ROW_KEYS", "DECODE_KEYS", "run", "format_table", "plot", "cli_main"]
@@ -43,7 +44,8 @@ ROW_KEYS = (
 )  # fmt: skip
 """Keys of every row of ``report["results"]``. ``op`` and ``reference`` are ``{name, s, note}``
 or None; ``peers`` a list of ``{name, s, note, op_speedup}``; ``status`` is ``ok``, ``oom``,
-``budget``, ``error`` or ``skipped``."""
+``budget``, ``error``, ``skipped`` or ``op-only`` (a known op whose mixer is not registered yet:
+named explicitly on the command line, it gets the op-level comparisons only)."""
 DECODE_KEYS = (
     "mixer", "context", "batch", "status", "note", "step_s", "tokens_per_s", "cache_bytes",
     "cache_bytes_per_token",
@@ -69,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time seqlab's mixers against their naive references, the device's physical "
         "bound (measured in the same run) and peers.",
     )
-    p.add_argument("mixers", nargs="*", metavar="MIXER", help="mixer names (default: all)")
+    p.add_argument("mixers", nargs="*", metavar="MIXER",
+                   help="mixer names (default: all registered; a name with a bench spec but no "
+                   "registered mixer yet gets op-level rows only)")
     p.add_argument("--lengths", nargs="+", type=_parse_size,
                    default=[1024, 2048, 4096, 8192, 16384], help="sequence lengths (4096 or 4k)")
     p.add_argument("--batch", type=int, default=1)
@@ -237,10 +241,20 @@ def bench_mixer(
     """All rows of one mixer: one per length, stopping at OOM or the time budget."""
     from flax import nnx
 
+    from seqlab.layers import MIXERS
+
     spec = spec_for(name)
     growth = GROWTH[spec.complexity]
     budget = _Budget(args.budget, args.repeats + args.warmup)
     rows: list[dict[str, Any]] = []
+    if name not in MIXERS:  # a known op whose mixer has not landed: op-level rows only
+        for length in args.lengths:
+            row = _empty_row(name, length, args, spec)
+            row.update(status="op-only", note="mixer not registered: op-level comparison only")
+            dims = replace(Dims(args.batch, length, args.d_model), **spec.defaults)
+            _compare(row, spec, dims, budget, growth, args, max_bytes)
+            rows.append(row)
+        return rows
     try:
         mixer, dtype = _build(name, args)
     except Exception as e:  # noqa: BLE001
@@ -306,16 +320,21 @@ def bench_mixer(
             bound, by = bound_seconds(row["flops"], row["bytes"], p)
             row.update(bound_s=bound, bound_by=by, frac_of_bound=bound / tf.median_s)
         if not args.no_ops:
-            row["op"] = _component(spec.op, dims, "op", budget, growth, args, max_bytes)
-            row["reference"] = _component(spec.reference, dims, "ref", budget, growth, args,
-                                          max_bytes)
-            op_s = (row["op"] or {}).get("s")
-            for builder in spec.peers:
-                peer = _component(builder, dims, "peer", budget, growth, args, max_bytes)
-                if peer is not None:
-                    peer["op_speedup"] = peer["s"] / op_s if peer["s"] and op_s else None
-                    row["peers"].append(peer)
+            _compare(row, spec, dims, budget, growth, args, max_bytes)
     return rows
+
+
+def _compare(row: dict, spec: MixerSpec, dims: Dims, budget: _Budget, growth: float,
+             args: argparse.Namespace, max_bytes: int | None) -> None:
+    """Fill a row's op / reference / peers entries (op-level timings at the row's sizes)."""
+    row["op"] = _component(spec.op, dims, "op", budget, growth, args, max_bytes)
+    row["reference"] = _component(spec.reference, dims, "ref", budget, growth, args, max_bytes)
+    op_s = (row["op"] or {}).get("s")
+    for builder in spec.peers:
+        peer = _component(builder, dims, "peer", budget, growth, args, max_bytes)
+        if peer is not None:
+            peer["op_speedup"] = peer["s"] / op_s if peer["s"] and op_s else None
+            row["peers"].append(peer)
 
 
 def bench_decode(name: str, args: argparse.Namespace, max_bytes: int | None) -> list[dict]:
@@ -373,7 +392,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from seqlab.layers import MIXERS
 
     names = list(args.mixers) or sorted(MIXERS)
-    unknown = [n for n in names if n not in MIXERS]
+    unknown = [n for n in names if n not in MIXERS and n not in SPECS]
     if unknown:
         raise ValueError(f"unknown mixer(s) {', '.join(unknown)}; registered: "
                          f"{', '.join(sorted(MIXERS)) or '(none)'}")
@@ -456,7 +475,7 @@ def format_table(report: dict[str, Any]) -> str:
         peers = "; ".join(
             f"P{i + 1} {_ratio(pe['op_speedup'])}" for i, pe in enumerate(r["peers"])
         )
-        notes = [r["note"]] if r["status"] != "ok" else []
+        notes = [r["note"]] if r["status"] not in ("ok", "op-only") else []
         notes += [f"{k}: {c['note']}" for k, c in (("op", op), ("ref", ref)) if c.get("note")]
         notes += [f"P{i + 1}: {pe['note']}" for i, pe in enumerate(r["peers"]) if pe["note"]]
         if op or ref:
@@ -470,7 +489,7 @@ def format_table(report: dict[str, Any]) -> str:
             bound if r["bound_by"] else "-",
             "-" if r["frac_of_bound"] is None else f"{100 * r['frac_of_bound']:.1f}%",
             _ms(op.get("s")), _ms(ref.get("s")), _ratio(speed), peers or "-",
-            (r["status"] + ": " if r["status"] != "ok" else "") + " | ".join(notes)[:110],
+            (r["status"] + " " if r["status"] != "ok" else "") + " | ".join(notes)[:110],
         ])
     out.append(_table(header, rows) if rows else "(no results)")
     if legend:
