@@ -12,10 +12,12 @@ import pytest
 
 from seqlab.ops.ssd import materialize, quasiseparable, segsum, ssd
 
-# compiled once per shape: eager op-by-op dispatch would dominate these tiny tests
-ssd_jit = jax.jit(ssd, static_argnames="chunk_size")
-quasiseparable_jit = jax.jit(quasiseparable, static_argnames="chunk_size")
-materialize_jit = jax.jit(materialize)
+# Compiled once per shape (eager op-by-op dispatch would dominate these tiny tests), without
+# XLA's expensive optimisation passes: these tests check values, not speed.
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+ssd_jit = jax.jit(ssd, static_argnames="chunk_size", compiler_options=FAST)
+quasiseparable_jit = jax.jit(quasiseparable, static_argnames="chunk_size", compiler_options=FAST)
+materialize_jit = jax.jit(materialize, compiler_options=FAST)
 
 
 def _inputs(seed, b, length, h, p, g, n, dt_max=0.6):
@@ -45,7 +47,7 @@ def ssd_sequential(x, dt, A, B, C, h0):
     return jnp.moveaxis(ys, 0, 1), final
 
 
-ssd_sequential_jit = jax.jit(ssd_sequential)
+ssd_sequential_jit = jax.jit(ssd_sequential, compiler_options=FAST)
 
 
 @pytest.mark.parametrize(
@@ -80,12 +82,13 @@ def test_ssd_gradients_match_sequential():
             return ssd(x, dt, A, B, C, chunk_size=4, initial_state=h0)
 
         args = (a["x"], a["dt"], a["A"], a["B"], a["C"], h0)
-        g = jax.jit(jax.grad(loss(chunked), argnums=range(6)))(*args)
-        g_ref = jax.jit(jax.grad(loss(ssd_sequential), argnums=range(6)))(*args)
+        g = jax.jit(jax.grad(loss(chunked), argnums=range(6)), compiler_options=FAST)(*args)
+        g_ref = jax.jit(jax.grad(loss(ssd_sequential), argnums=range(6)),
+                        compiler_options=FAST)(*args)
         for name, gi, ri in zip("x dt A B C h0".split(), g, g_ref, strict=True):
             np.testing.assert_allclose(gi, ri, rtol=1e-9, atol=1e-10, err_msg=name)
         # and the chunked op's gradient against a central finite difference along a direction
-        f = jax.jit(loss(chunked))
+        f = jax.jit(loss(chunked), compiler_options=FAST)
         v = [jnp.asarray(rng.standard_normal(t.shape)) for t in args]
         eps = 1e-6
         fd = (f(*(t + eps * d for t, d in zip(args, v, strict=True)))
@@ -247,10 +250,12 @@ def test_quasiseparable_gradients_match_matrix_form():
     with jax.enable_x64(True):
         args = [jnp.asarray(q[k]) for k in names]
         np.testing.assert_allclose(quasiseparable_jit(*args, chunk_size=3),
-                                   jax.jit(dense)(*args), rtol=1e-10, atol=1e-11)
+                                   jax.jit(dense, compiler_options=FAST)(*args),
+                                   rtol=1e-10, atol=1e-11)
         g = jax.jit(jax.grad(lambda *a: jnp.sum(w * quasiseparable(*a, chunk_size=3)),
-                             argnums=range(9)))(*args)
-        g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(w * dense(*a)), argnums=range(9)))(*args)
+                             argnums=range(9)), compiler_options=FAST)(*args)
+        g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(w * dense(*a)), argnums=range(9)),
+                        compiler_options=FAST)(*args)
         for name, gi, ri in zip(names, g, g_ref, strict=True):
             np.testing.assert_allclose(gi, ri, rtol=1e-9, atol=1e-10, err_msg=name)
 
