@@ -398,6 +398,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          f"{', '.join(sorted(MIXERS)) or '(none)'}")
     device = _device(args.device)
     max_bytes = _memory_limit(device)
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")  # of the start
     started = time.perf_counter()
     with jax.default_device(device):
         if args.probe == "quick":
@@ -412,7 +413,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 decode += bench_decode(name, args, max_bytes)
     return {
         "schema": SCHEMA,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": date,
         "command": "seqlab bench " + " ".join(getattr(args, "argv", [])),
         "environment": {
             "jax": jax.__version__,
