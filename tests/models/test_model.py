@@ -1,0 +1,111 @@
+"""Model composition: padding invariance, pooling, patterns, heads, LM decode == forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from seqlab.data.types import TaskInfo
+from seqlab.models import ModelBuildError, build_model
+from seqlab.models.blocks import Block, Norm
+from seqlab.train.config import ModelConfig
+
+CLS = TaskInfo("classify", n_classes=5, vocab_size=13, input_dim=None, max_length=64)
+SMALL = {"d_state": 8, "init": "inv"}
+
+
+@nnx.jit
+def apply(model, *args):
+    return model(*args)
+
+
+def _padded_pair(b=3, length=11, extra=6, seed=0):
+    """Sequences of different true lengths, once exactly padded with zeros and once padded
+    with random garbage (masked) to a longer length."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array([length, length - 4, 3])[:b]
+    x = rng.integers(0, 13, size=(b, length + extra))
+    mask = np.arange(length + extra)[None] < lengths[:, None]
+    clean = np.where(mask, x, 0)[:, :length]
+    return (jnp.asarray(clean), jnp.asarray(mask[:, :length])), (jnp.asarray(x), jnp.asarray(mask))
+
+
+@pytest.mark.parametrize(
+    "norm, prenorm, pool, ffn",
+    [("layer", True, "mean", "none"), ("batch", False, "last", "glu"), ("rms", True, "cls", "mlp")],
+)
+def test_padding_does_not_change_predictions(norm, prenorm, pool, ffn):
+    cfg = ModelConfig(mixer="s4d", d_model=16, n_layers=2, norm=norm, prenorm=prenorm,
+                      pool=pool, ffn=ffn, mixer_args=dict(SMALL, bidirectional=True))
+    model = build_model(cfg, CLS, rngs=nnx.Rngs(0))
+    (x1, m1), (x2, m2) = _padded_pair()
+    for mode in ("train", "eval"):  # train: BatchNorm statistics over real positions only
+        getattr(model, mode)()
+        a, b = apply(model, x1, m1), apply(model, x2, m2)
+        assert a.shape == (3, 5)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+
+
+def test_pattern_builds_alternating_mixers_with_their_args():
+    cfg = ModelConfig(mixer="s4d", d_model=32, n_layers=3, pattern=("s4d", "hydra"),
+                      mixer_args={"s4d": SMALL, "hydra": {"d_state": 8, "headdim": 16}})
+    model = build_model(cfg, CLS, rngs=nnx.Rngs(0))
+    kinds = [type(b.mixer).__name__ for b in model.backbone.blocks]
+    assert kinds == ["S4D", "Hydra", "S4D"]
+    assert model.backbone.blocks[0].mixer.d_state == 8
+    with pytest.raises(ModelBuildError, match="not in the pattern"):
+        build_model(ModelConfig(pattern=("s4d",), mixer_args={"hydra": {}}), CLS,
+                    rngs=nnx.Rngs(0))
+
+
+def test_bad_model_configs_are_clear():
+    with pytest.raises(ModelBuildError, match="Did you mean 's4d'"):
+        build_model(ModelConfig(mixer="s4dd"), CLS, rngs=nnx.Rngs(0))
+    with pytest.raises(ModelBuildError, match="Did you mean 'd_state'"):
+        build_model(ModelConfig(mixer="s4d", mixer_args={"dstate": 4}), CLS, rngs=nnx.Rngs(0))
+    with pytest.raises(ModelBuildError, match="valid norms"):
+        Norm("group", 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ModelBuildError, match="unknown ffn"):
+        Block("s4d", 8, SMALL, ffn="moe", rngs=nnx.Rngs(0))
+
+
+def test_retrieval_head_and_feature_inputs():
+    info = TaskInfo("retrieval", n_classes=2, vocab_size=13, input_dim=None, max_length=64)
+    model = build_model(ModelConfig(mixer="s4d", d_model=16, n_layers=1, mixer_args=SMALL),
+                        info, rngs=nnx.Rngs(0))
+    (x1, m1), (x2, m2) = _padded_pair()
+    out = apply(model, x1, m1, x2[:, :9], m2[:, :9])
+    assert out.shape == (3, 2) and out.dtype == jnp.float32
+    # the second sequence's padding is masked too
+    (y1, n1), (y2, n2) = _padded_pair(seed=1)
+    np.testing.assert_allclose(apply(model, x1, m1, y1, n1), apply(model, x1, m1, y2, n2),
+                               rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="inputs2"):
+        model(x1, m1)
+    feats = TaskInfo("classify", n_classes=3, vocab_size=None, input_dim=2, max_length=64)
+    model = build_model(ModelConfig(mixer="s4d", d_model=8, n_layers=1, mixer_args=SMALL),
+                        feats, rngs=nnx.Rngs(0))
+    assert apply(model, jnp.ones((2, 7, 2)), jnp.ones((2, 7), bool)).shape == (2, 3)
+
+
+def test_language_model_decode_equals_forward():
+    info = TaskInfo("token", n_classes=13, vocab_size=13, input_dim=None, max_length=64,
+                    causal=True)
+    cfg = ModelConfig(mixer="s4d", d_model=32, n_layers=2, pattern=("s4d", "mamba2"),
+                      ffn="glu", mixer_args={"s4d": SMALL, "mamba2": {"d_state": 8,
+                                                                      "headdim": 16}})
+    model = build_model(cfg, info, rngs=nnx.Rngs(0))
+    model.eval()
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 13)
+    full = apply(model, tokens, jnp.ones((2, 9), bool))
+    assert full.shape == (2, 9, 13)
+    decode = nnx.jit(lambda m, x, c: m.decode(x, c))
+    cache = model.init_cache(2, 16)
+    prefill, cache = decode(model, tokens[:, :4], cache)
+    steps = [prefill]
+    for t in range(4, 9):
+        logits, cache = decode(model, tokens[:, t : t + 1], cache)
+        steps.append(logits)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full),
+                               rtol=2e-4, atol=2e-4)
