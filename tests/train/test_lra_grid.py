@@ -79,3 +79,40 @@ def test_bad_names():
         lra.cli_main(["--tasks", "pathy"])
     with pytest.raises(ValueError, match="unknown model"):
         lra.cli_main(["--models", "s6"])
+
+
+def accepted_options(cls) -> set[str]:
+    """Keyword names a mixer class accepts, following ``**options`` up its base classes."""
+    import inspect
+
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def test_every_config_loads_and_its_options_exist():
+    """All 42 configs parse; data options belong to their source; mixer_args name options the
+    mixer class accepts (for the mixers registered so far)."""
+    from seqlab.data import source_options
+    from seqlab.layers import MIXERS
+    from seqlab.train.config import load_config
+
+    configs = lra.default_configs()
+    checked = set()
+    for task in lra.TASKS:
+        for model in lra.MODELS:
+            cfg = load_config(configs / task / f"{model}.yaml")
+            assert cfg.model.mixer == model
+            valid = source_options(cfg.data.name)
+            assert set(cfg.data.options) <= set(valid), (task, model, cfg.data.options)
+            if model in MIXERS:
+                unknown = set(cfg.model.mixer_args) - accepted_options(MIXERS[model])
+                assert not unknown, (task, model, unknown)
+                checked.add(model)
+    assert {"s4", "s4d", "s4-ptd", "hydra"} <= checked
