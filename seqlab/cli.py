@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import datasets
+
+    datasets.disable_progress_bars()  # HF's per-save bars; seqlab's own bars stay
     try:
         return args.fn(args)
     except USER_ERRORS as e:

@@ -1,0 +1,60 @@
+"""The seqlab command: help, check, user errors without tracebacks, eval."""
+
+import subprocess
+import sys
+
+import pytest
+
+from seqlab.cli import main
+
+SMALL = ["--set", "data.sizes={train: 64, val: 16, test: 16}", "--set", "data.max_length=64",
+         "--set", "data.min_length=16"]
+
+
+def test_help_everywhere():
+    for args in ([], ["train"], ["eval"], ["check"]):
+        out = subprocess.run([sys.executable, "-m", "seqlab.cli", *args, "--help"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: seqlab" in out.stdout
+
+
+def test_check_demo(capsys):
+    assert main(["check", "configs/demo.yaml", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "# ok: 2 layers of s4d" in out and "64 train examples" in out
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["check", "configs/demo.yaml", "--set", "model.d_modle=3"], ["model.d_modle", "d_model"]),
+        (["check", "configs/demo.yaml", "--set", "model.mixer=s4dd"], ["'s4d'", "Registered"]),
+        (["check", "configs/demo.yaml", "--set", "data.max_lenght=9"], ["max_length"]),
+        (["check", "configs/demo.yaml", "--set", "data.name=listop"], ["'listops'"]),
+        (["check", "configs/nope.yaml"], ["does not exist"]),
+        (["train", "configs/demo.yaml", "--set", "train.batch_size=3", "--set", "mesh.data=2"],
+         ["divisible"]),
+        (["eval", "/nonexistent/workdir"], ["not a seqlab workdir"]),
+    ],
+)
+def test_user_errors_are_one_paragraph(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"seqlab {argv[0]}: error:"), err
+    for w in words:
+        assert w in err
+
+
+def test_train_then_eval(tmp_path, capsys):
+    import json
+
+    argv = ["train", "configs/demo.yaml", *SMALL, "--set", "train.steps=2", "--set",
+            "train.eval_every=2", "--set", "train.progress=false", "--set", "model.d_model=16",
+            "--workdir", str(tmp_path)]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["finished"] and result["test"]["count"] == 16
+    assert main(["eval", str(tmp_path), "--split", "test"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) >= {"accuracy", "loss"} and out["accuracy"] == result["test"]["accuracy"]

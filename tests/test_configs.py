@@ -1,0 +1,28 @@
+"""Every shipped YAML config is valid: keys, types, data source options, mixer arguments."""
+
+from pathlib import Path
+
+import pytest
+
+from seqlab.data import source_options
+from seqlab.models.blocks import check_mixer_args, layer_mixers, mixer_args_for
+from seqlab.train.config import load_config
+
+CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert "configs/demo.yaml" in CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_config_is_valid(path):
+    cfg = load_config(path)
+    valid = source_options(cfg.data.name)
+    assert not set(cfg.data.options) - set(valid), f"{path}: unknown data options"
+    if cfg.data.sizes:
+        assert "size" in valid and set(cfg.data.sizes) <= {"train", "val", "test"}
+    m = cfg.model
+    for name in set(layer_mixers(m.mixer, m.n_layers, m.pattern)):
+        check_mixer_args(name, mixer_args_for(name, m.mixer_args, m.pattern))
+    assert cfg.train.batch_size % cfg.mesh.data == 0
