@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -11,11 +13,17 @@ from seqlab.train.config import ConfigError, MeshConfig
 
 
 def maybe_initialize_distributed(cfg: MeshConfig) -> None:
-    """Multi-host: connect the processes (coordinator address, process count and id come from
-    the environment, e.g. JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or a
-    cluster scheduler JAX detects such as SLURM). See scripts/multihost_launch.sh."""
-    if cfg.distributed and jax.process_count() == 1:
-        jax.distributed.initialize()
+    """Multi-host: connect the processes. The coordinator address comes from
+    JAX_COORDINATOR_ADDRESS, the process count and id from JAX_NUM_PROCESSES / JAX_PROCESS_ID;
+    unset values are detected by JAX on clusters it knows (SLURM, Cloud TPU, MPI).
+    See scripts/multihost_launch.sh."""
+    if not cfg.distributed or jax.distributed.is_initialized():
+        return
+    env = {k: os.environ.get(k) for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
+    jax.distributed.initialize(
+        num_processes=int(env["JAX_NUM_PROCESSES"]) if env["JAX_NUM_PROCESSES"] else None,
+        process_id=int(env["JAX_PROCESS_ID"]) if env["JAX_PROCESS_ID"] else None,
+    )
 
 
 def make_mesh(cfg: MeshConfig) -> Mesh:
