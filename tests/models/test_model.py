@@ -109,3 +109,16 @@ def test_language_model_decode_equals_forward():
         steps.append(logits)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full),
                                rtol=2e-4, atol=2e-4)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
+    cfg = ModelConfig(mixer="s4d", d_model=16, n_layers=2, mixer_args=SMALL, ffn="glu")
+    (x, m), _ = _padded_pair()
+    ref = apply(build_model(cfg, CLS, rngs=nnx.Rngs(0)), x, m)
+    model = build_model(ModelConfig(**{**cfg.__dict__, "dtype": "bfloat16"}), CLS,
+                        rngs=nnx.Rngs(0))
+    assert {str(p.dtype) for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {"float32"}
+    out = apply(model, x, m)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=0.1, rtol=0.1)
+    assert not np.allclose(np.asarray(out), np.asarray(ref), atol=1e-6, rtol=0)  # really bf16
