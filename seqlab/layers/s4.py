@@ -17,7 +17,7 @@ from flax import nnx
 from seqlab.layers.common import SSMParam
 from seqlab.layers.s4d import S4D, _as_complex, _choice, _complex_param
 from seqlab.ops import hippo
-from seqlab.ops.ssm import bilinear_dense, dplr_dense, kernel_dplr
+from seqlab.ops.ssm import CAUCHY_METHODS, bilinear_dense, dplr_dense, kernel_dplr
 
 
 class S4(S4D):
@@ -25,7 +25,9 @@ class S4(S4D):
 
     Options: ``measure`` in ``legs | legt | lagt | fout`` (default ``legs``); ``d_state`` (N, even),
     ``real_param``, ``dt_min``/``dt_max``, ``bidirectional``, ``activation``, ``out``,
-    ``dropout`` as in :class:`S4D`. Discretisation is bilinear (S4's kernel algorithm needs it).
+    ``dropout`` as in :class:`S4D`; ``cauchy`` (direct | fft: how ``kernel_dplr`` evaluates the
+    Cauchy sums; ``fft`` is faster, ``direct`` robust in float32 for any Lambda). Discretisation
+    is bilinear (S4's kernel algorithm needs it).
 
     Trainable SSM parameters (``SSMParam``): ``log_dt [H]``, ``Lambda_re, Lambda_im [H, N/2]``
     (Re Lambda kept negative by ``real_param``; measures whose Re Lambda is 0 start at -1e-4),
@@ -41,6 +43,7 @@ class S4(S4D):
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
         measure: str = "legs",
+        cauchy: str = "direct",
         **options,
     ):
         for fixed, value in (("init", "measure"), ("mode", "fft"), ("disc", "bilinear")):
@@ -55,6 +58,7 @@ class S4(S4D):
         self.P = SSMParam(_complex_param(np.tile(self._P0[:, None, :], (1, H, 1))))
         del self._P0
         self.measure = measure
+        self.cauchy = _choice("cauchy", cauchy, CAUCHY_METHODS)
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         Lambda, P, B = hippo.dplr(_choice("measure", self.init, hippo.MEASURES), N)
@@ -65,7 +69,7 @@ class S4(S4D):
         """K [dirs, H, length] (S4, Alg. 1)."""
         A, B, C, dt = self.ssm()
         P = _as_complex(self.P[...])
-        return jnp.stack([kernel_dplr(A, P, B, c, dt, length) for c in C])
+        return jnp.stack([kernel_dplr(A, P, B, c, dt, length, self.cauchy) for c in C])
 
     def _recurrence(self, u: jax.Array, h0: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Discretised DPLR recurrence (S4 eq. (3)): ``x_k = dA x_{k-1} + dB u_k``.

@@ -43,24 +43,36 @@ def kernel_diag(
     A, B, C: [H, N] complex (the N modes kept from conjugate pairs); dt: [H] (> 0).
     ``K[h, l] = 2 Re(sum_n C[h,n] dB[h,n] dA[h,n]^l)``, ``dA^l = exp(l log dA)``.
 
-    The Vandermonde matrix ``dA^l`` is factored as ``dA^(m a + b) = dA^b (dA^m)^a`` with
-    ``m ~ sqrt(length)``, so the kernel is one batched real matrix product
-    ``[H, m, 2N] x [H, 2N, ceil(length/m)]`` instead of ``H N length`` complex exponentials.
+    The Vandermonde product is computed by :func:`vandermonde` (factored powers, a matmul).
     """
     if length < 1:
         raise ValueError(f"kernel length must be >= 1, got {length}")
     dA, dB = discretize(A, B, dt, method)
     log_dA = dt[:, None] * A if method == "zoh" else jnp.log(dA)
+    return 2 * vandermonde(C * dB, log_dA, length, real=True)
+
+
+def vandermonde(w: jax.Array, log_z: jax.Array, length: int, real: bool = False) -> jax.Array:
+    """``V[..., l] = sum_n w[..., n] exp(l log_z[..., n])`` for l < length (complex, or its real
+    part only with ``real=True``). w, log_z: [..., N] complex.
+
+    ``z^(m a + b) = z^b (z^m)^a`` with ``m ~ sqrt(length)`` turns the ``N length`` complex
+    exponentials into ``2 N sqrt(length)`` and one batched real matrix product
+    ``[..., m, 2N] x [..., 2N, ceil(length/m)]`` per output part (re, im).
+    """
     m = max(1, math.isqrt(length - 1) + 1)
     n_hi = -(-length // m)
-    w = C * dB  # [H, N]
-    lo = w[:, :, None] * jnp.exp(log_dA[:, :, None] * jnp.arange(m))  # [H, N, m]   C dB dA^b
-    hi = jnp.exp(log_dA[:, :, None] * (m * jnp.arange(n_hi)))  # [H, N, n_hi]  dA^(m a)
-    # 2 Re(lo * hi) = 2 (Re lo Re hi - Im lo Im hi): one real contraction over [re; im] modes.
-    lo_ri = jnp.concatenate([lo.real, -lo.imag], axis=1)
-    hi_ri = jnp.concatenate([hi.real, hi.imag], axis=1)
-    K = 2 * jnp.einsum("hnb,hna->hab", lo_ri, hi_ri, precision=jax.lax.Precision.HIGHEST)
-    return K.reshape(K.shape[0], m * n_hi)[:, :length]
+    lo = w[..., None] * jnp.exp(log_z[..., None] * jnp.arange(m))  # [..., N, m]
+    hi = jnp.exp(log_z[..., None] * (m * jnp.arange(n_hi)))  # [..., N, n_hi]
+    # (lo hi) = (Re lo Re hi - Im lo Im hi) + i (Im lo Re hi + Re lo Im hi): real contractions
+    hi_ri = jnp.concatenate([hi.real, hi.imag], axis=-2)  # [..., 2N, n_hi]
+    lo_re = jnp.concatenate([lo.real, -lo.imag], axis=-2)
+    hp = jax.lax.Precision.HIGHEST
+    V = jnp.einsum("...nb,...na->...ab", lo_re, hi_ri, precision=hp)
+    if not real:
+        lo_im = jnp.concatenate([lo.imag, lo.real], axis=-2)
+        V = jax.lax.complex(V, jnp.einsum("...nb,...na->...ab", lo_im, hi_ri, precision=hp))
+    return V.reshape(*V.shape[:-2], m * n_hi)[..., :length]
 
 
 def fft_conv(
@@ -127,8 +139,31 @@ def _matrix_power(M: jax.Array, n: int) -> jax.Array:
         base = base @ base
 
 
+CAUCHY_METHODS = ("direct", "fft")
+
+
+def _solve_small(M: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve ``M x = b`` for many tiny systems: M [..., r, r], b [..., r] (Cramer for r <= 2;
+    a batched LU of millions of 1x1 / 2x2 systems is far slower on CPU)."""
+    r = M.shape[-1]
+    if r == 1:
+        return b / M[..., 0]
+    if r == 2:
+        det = M[..., 0, 0] * M[..., 1, 1] - M[..., 0, 1] * M[..., 1, 0]
+        x0 = (M[..., 1, 1] * b[..., 0] - M[..., 0, 1] * b[..., 1]) / det
+        x1 = (M[..., 0, 0] * b[..., 1] - M[..., 1, 0] * b[..., 0]) / det
+        return jnp.stack([x0, x1], axis=-1)
+    return jnp.linalg.solve(M, b[..., None])[..., 0]
+
+
 def kernel_dplr(
-    Lambda: jax.Array, P: jax.Array, B: jax.Array, C: jax.Array, dt: jax.Array, length: int
+    Lambda: jax.Array,
+    P: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    dt: jax.Array,
+    length: int,
+    cauchy: str = "direct",
 ) -> jax.Array:
     """Bilinear S4 kernel of a DPLR system (S4, Alg. 1 and Lemma C.3) -> K [H, length].
 
@@ -143,22 +178,39 @@ def kernel_dplr(
        ``K^(z) = dt [C~ R B - a (C~ R P)(I_r + a P^H R P)^-1 (P^H R B)]``.
        (This scaling of S4's ``2/(1+z) (g(z) - A)^-1`` stays finite at z = -1.)
     3. ``k = ifft(K^)`` (the truncated generating function is the DFT of k) and ``K = 2 Re k``.
+
+    ``cauchy`` chooses how the Cauchy sums ``sum_n u_n v_n R_n(z_k)`` are evaluated:
+    ``direct`` forms ``R`` on all [H, N, L] nodes (S4's algorithm, O(H N L) divisions);
+    ``fft`` uses ``R_n(z) = 1 / ((1 - dt Lambda_n/2)(1 - z dA_n))`` and ``z^L = 1``:
+    ``sum_n q_n R_n(z_k) = DFT_l(sum_n q_n dA_n^l / ((1 - dt Lambda_n/2)(1 - dA_n^L)))``, a
+    Vandermonde product and an FFT (much faster; loses float32 accuracy on modes with
+    ``|1 - dA_n^L| << 1``, i.e. ``dt |Re Lambda| L << 1`` and ``L Im(log dA) ~ 0 mod 2 pi``).
     """
     if length < 1:
         raise ValueError(f"kernel length must be >= 1, got {length}")
+    if cauchy not in CAUCHY_METHODS:
+        raise ValueError(
+            f"unknown Cauchy evaluation {cauchy!r}; valid choices: {', '.join(CAUCHY_METHODS)}"
+        )
     r = P.shape[0]
     dA, _ = bilinear_dense(dplr_dense(Lambda, P), B, dt)
     C_t = C - jnp.einsum("hm,hmn->hn", C, _matrix_power(dA, length))
     z = jnp.exp(-2j * jnp.pi * jnp.arange(length) / length).astype(Lambda.dtype)  # [L]
     a = (dt / 2)[:, None] * (1 + z)  # [H, L]
-    R = 1 / ((1 - z)[None, None, :] - a[:, None, :] * Lambda[:, :, None])  # [H, N, L]
     # Cauchy sums k(u, v)[h, l] = sum_n u[h,n] v[h,n] R[h,n,l] for u in {C~, P^H}, v in {B, P}
     left = jnp.concatenate([C_t[None], P.conj()], axis=0)  # [1 + r, H, N]
     right = jnp.concatenate([B[None], P], axis=0)  # [1 + r, H, N]
     w = jnp.einsum("ihn,jhn->hijn", left, right)  # [H, 1+r, 1+r, N]
-    k = jnp.einsum("hijn,hnl->hlij", w, R, precision=jax.lax.Precision.HIGHEST)  # [H, L, 1+r, 1+r]
+    if cauchy == "direct":
+        R = 1 / ((1 - z)[None, None, :] - a[:, None, :] * Lambda[:, :, None])  # [H, N, L]
+        k = jnp.einsum("hijn,hnl->hlij", w, R, precision=jax.lax.Precision.HIGHEST)
+    else:
+        half = 1 - (dt / 2)[:, None] * Lambda  # [H, N]
+        log_dA = jnp.log((2 - half) / half)  # log of the diagonal bilinear dA_n
+        q = w / (half * (1 - jnp.exp(length * log_dA)))[:, None, None, :]
+        s = vandermonde(q, jnp.broadcast_to(log_dA[:, None, None, :], q.shape), length)
+        k = jnp.moveaxis(jnp.fft.fft(s, axis=-1), -1, 1)  # [H, L, 1+r, 1+r]
     k00, k01, k10, k11 = k[..., 0, 0], k[..., 0, 1:], k[..., 1:, 0], k[..., 1:, 1:]
-    eye = jnp.eye(r, dtype=k.dtype)
-    corr = jnp.linalg.solve(eye + a[..., None, None] * k11, k10[..., None])[..., 0]  # [H, L, r]
+    corr = _solve_small(jnp.eye(r, dtype=k.dtype) + a[..., None, None] * k11, k10)  # [H, L, r]
     K_hat = dt[:, None] * (k00 - a * jnp.einsum("hlr,hlr->hl", k01, corr))
     return 2 * jnp.fft.ifft(K_hat, axis=-1).real

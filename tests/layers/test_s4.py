@@ -27,9 +27,9 @@ def test_registry_defaults():
     assert ssm == {("log_dt",), ("Lambda_re",), ("Lambda_im",), ("B",), ("P",)}
 
 
-@pytest.mark.parametrize("measure", ["legs", "fout"])
-def test_conv_equals_decode(measure):
-    m = S4(H, rngs=nnx.Rngs(0), d_state=N, measure=measure)
+@pytest.mark.parametrize("measure, cauchy", [("legs", "fft"), ("fout", "direct")])
+def test_conv_equals_decode(measure, cauchy):
+    m = S4(H, rngs=nnx.Rngs(0), d_state=N, measure=measure, cauchy=cauchy)
     x = _x()
     y = fwd(m, x)
     cache = m.init_cache(2, 13)
@@ -72,6 +72,7 @@ def test_gradients_reach_every_parameter():
         (dict(disc="zoh"), "bilinear"),
         (dict(mode="scan"), "fft"),
         (dict(dt_min=-1.0), "dt_min"),
+        (dict(cauchy="fmm"), "direct, fft"),
     ],
 )
 def test_bad_options(kwargs, match):

@@ -10,7 +10,7 @@ from seqlab.ops import ssm
 
 # jit whole ops: one compilation instead of one per primitive (much faster on a loaded CPU)
 kernel_diag = jax.jit(ssm.kernel_diag, static_argnums=(4, 5))
-kernel_dplr = jax.jit(ssm.kernel_dplr, static_argnums=5)
+kernel_dplr = jax.jit(ssm.kernel_dplr, static_argnums=(5, 6))
 fft_conv = jax.jit(ssm.fft_conv)
 
 
@@ -68,6 +68,8 @@ def test_kernel_diag_methods_differ_and_bad_method():
         kernel_diag(A, B, C, dt, 9, "euler")
     with pytest.raises(ValueError, match="length"):
         kernel_diag(A, B, C, dt, 0)
+    with pytest.raises(ValueError, match="direct, fft"):
+        ssm.kernel_dplr(A, A[None], B, C, dt, 4, "vandermonde")
 
 
 def test_kernel_diag_gradients():
@@ -155,8 +157,9 @@ def test_kernel_dplr_matches_dense_bilinear_recurrence(r, length):
     system = _random_dplr(rng, 3, 4, r)
     ref = _dense_bilinear_kernel(*system, length)
     with jax.enable_x64(True):
-        K = kernel_dplr(*map(jnp.asarray, system), length)
-        np.testing.assert_allclose(np.asarray(K), ref, rtol=1e-10, atol=1e-12)
+        for cauchy in ("direct", "fft"):
+            K = kernel_dplr(*map(jnp.asarray, system), length, cauchy)
+            np.testing.assert_allclose(np.asarray(K), ref, rtol=1e-10, atol=1e-12)
     K32 = kernel_dplr(*(jnp.asarray(v, jnp.complex64) for v in system[:4]),
                           jnp.asarray(system[4], jnp.float32), length)
     assert K32.dtype == jnp.float32
