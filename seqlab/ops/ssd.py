@@ -88,9 +88,7 @@ def ssd(
     f = jnp.promote_types(x.dtype, jnp.float32)
     b, length, h, p = x.shape
     reps = h // B.shape[2]
-    B = jnp.repeat(B.astype(f), reps, axis=2)  # [b, L, h, n]
-    C = jnp.repeat(C.astype(f), reps, axis=2)
-    dt = dt.astype(f)
+    B, C, dt = B.astype(f), C.astype(f), dt.astype(f)
     X = x.astype(f) * dt[..., None]  # discretised input dt_t x_t
     a = dt * A.astype(f)  # log of the discretised decay exp(dt_t A)
 
@@ -102,20 +100,25 @@ def ssd(
         t = jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))
         return t.reshape((b, c, l) + t.shape[2:])
 
+    def per_head(t: jax.Array, axis: int) -> jax.Array:  # group g serves heads g*reps...
+        return jnp.repeat(t, reps, axis=axis)
+
     X, a, B, C = chunk(X), chunk(a), chunk(B), chunk(C)
-    a = jnp.moveaxis(a, -1, 1)  # [b, h, c, l]
+    a = jnp.swapaxes(a, 2, 3)  # [b, c, h, l]
     a_cum = jnp.cumsum(a, axis=-1)
 
     # 1. diagonal blocks: y_l = sum_{s<=l} C_l . B_s exp(a_{s+1} + ... + a_l) X_s
-    decay = jnp.exp(segsum(a))  # [b, h, c, l, s]
-    y_diag = jnp.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C, B, decay, X)
+    decay = jnp.exp(segsum(a))  # [b, c, h, l, s]
+    CB = per_head(jnp.einsum("bclgn,bcsgn->bcgls", C, B), axis=2)  # [b, c, h, l, s]
+    y_diag = jnp.einsum("bchls,bcshp->bclhp", CB * decay, X)
 
     # 2. chunk states: the state each chunk ends in, started from zero (last row of `decay`)
-    decay_to_end = decay[..., -1, :]  # [b, h, c, l]: exp(a_{l+1} + ... + a_last)
-    states = jnp.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, X)
+    decay_to_end = jnp.swapaxes(decay[..., -1, :], 2, 3)  # [b, c, s, h]: exp(a_{s+1..last})
+    B, C = per_head(B, axis=3), per_head(C, axis=3)  # [b, c, l, h, n]
+    states = jnp.einsum("bcshn,bcshp->bchpn", B, X * decay_to_end[..., None])
 
     # 3. inter-chunk recurrence: S_c = exp(sum of a over chunk c) S_{c-1} + states_c
-    chunk_decay = jnp.moveaxis(jnp.exp(a_cum[..., -1]), 1, 2)[..., None, None]  # [b, c, h, 1, 1]
+    chunk_decay = jnp.exp(a_cum[..., -1])[..., None, None]  # [b, c, h, 1, 1]
     if initial_state is not None:
         h0 = initial_state.astype(f)
     else:
@@ -129,16 +132,12 @@ def ssd(
     final_state = ends[:, -1]
     entering = jnp.concatenate([h0[:, None], ends[:, :-1]], axis=1)  # [b, c, h, p, n]
 
-    # 4. state -> output: y_l += C_l . exp(a_1 + ... + a_l) S_{c-1}
-    y_off = jnp.einsum("bclhn,bchpn,bhcl->bclhp", C, entering, jnp.exp(a_cum))
+    # 4. state -> output: y_l += exp(a_1 + ... + a_l) C_l . S_{c-1}
+    decay_in = jnp.swapaxes(jnp.exp(a_cum), 2, 3)[..., None]  # [b, c, l, h, 1]
+    y_off = jnp.einsum("bclhn,bchpn->bclhp", C, entering) * decay_in
 
     y = (y_diag + y_off).reshape(b, c * l, h, p)[:, :length]
     return y.astype(out_dtype), final_state
-
-
-def _shift(y: jax.Array) -> jax.Array:
-    """shift: y'[:, t] = y[:, t-1], y'[:, 0] = 0 (axis 1 is time)."""
-    return jnp.pad(y[:, :-1], [(0, 0), (1, 0)] + [(0, 0)] * (y.ndim - 2))
 
 
 def quasiseparable(
@@ -171,8 +170,9 @@ def quasiseparable(
 
     y, _ = ssd(both(x, x), both(dt_fw, dt_bw), A, both(B_fw, B_bw), both(C_fw, C_bw),
                chunk_size=chunk_size)
-    y = _shift(y)
-    y_fw, y_bw = y[:b], jnp.flip(y[b:], axis=1)
+    no_pad = [(0, 0), (0, 0)]
+    y_fw = jnp.pad(y[:b, :-1], [(0, 0), (1, 0)] + no_pad)  # shift: row t reads t-1, row 0 = 0
+    y_bw = jnp.pad(jnp.flip(y[b:, :-1], axis=1), [(0, 0), (0, 1)] + no_pad)  # flip(shift(.))
     return y_fw + y_bw + (diag[..., None] * x).astype(y.dtype)
 
 
