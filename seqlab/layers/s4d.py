@@ -39,9 +39,10 @@ def _choice(name: str, value: str, valid) -> str:
     return value
 
 
-def _complex_param(z: np.ndarray) -> jax.Array:
-    """complex [...] -> float32 [..., 2] (real, imag): parameters are real float32 arrays."""
-    return jnp.asarray(np.stack([z.real, z.imag], axis=-1), jnp.float32)
+def _complex_param(z) -> jax.Array:
+    """complex [...] -> float32 [..., 2] (real, imag): parameters are real float32 arrays.
+    (jnp, not np: layers are also built abstractly under ``nnx.eval_shape``.)"""
+    return jnp.stack([jnp.real(z), jnp.imag(z)], axis=-1).astype(jnp.float32)
 
 
 def _as_complex(p: jax.Array) -> jax.Array:
@@ -111,8 +112,8 @@ class S4D(nnx.Module):
         if C0 is None:  # C ~ complex standard normal (variance 1/2 per part), as in S4
             C = jax.random.normal(rngs.params(), (dirs, H, M, 2)) * math.sqrt(0.5)
         else:  # a change of basis (S4-PTD: C~ = C V with C real standard normal)
-            C_real = np.asarray(jax.random.normal(rngs.params(), (dirs, H, d_state)))
-            C = _complex_param(C_real @ C0)
+            C_real = jax.random.normal(rngs.params(), (dirs, H, d_state))
+            C = _complex_param(C_real @ jnp.asarray(C0, jnp.complex64))
         self.C = nnx.Param(C)
         self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
         self.act = ACTIVATIONS[self.activation]

@@ -95,12 +95,12 @@ class S5(nnx.Module):
         self.Lambda_im = SSMParam(jnp.asarray(Lambda.imag, jnp.float32))
         self.log_dt = SSMParam(init_log_dt(rngs.params(), d_state // 2, dt_min, dt_max))
         # B ~ lecun normal [P, H] in the HiPPO basis, then B~ = V^H B
-        B = np.asarray(jax.random.normal(rngs.params(), (d_state, H))) / math.sqrt(H)
-        self.B = SSMParam(_complex_param(V.conj().T @ B))
+        B = jax.random.normal(rngs.params(), (d_state, H)) / math.sqrt(H)
+        self.B = SSMParam(_complex_param(jnp.asarray(V.conj().T, jnp.complex64) @ B))
         dirs = 2 if self.bidirectional else 1
         # C ~ normal [dirs, H, P] with variance 1/P, then C~ = C V
-        C = np.asarray(jax.random.normal(rngs.params(), (dirs, H, d_state))) / math.sqrt(d_state)
-        self.C = nnx.Param(_complex_param(C @ V))
+        C = jax.random.normal(rngs.params(), (dirs, H, d_state)) / math.sqrt(d_state)
+        self.C = nnx.Param(_complex_param(C @ jnp.asarray(V, jnp.complex64)))
         self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
         self.act = ACTIVATIONS[self.activation]
         self.drop = nnx.Dropout(dropout, rngs=rngs)

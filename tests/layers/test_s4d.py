@@ -158,3 +158,10 @@ def test_bad_input_shape():
     m = S4D(H, rngs=nnx.Rngs(0), d_state=N)
     with pytest.raises(ValueError, match="d_model=6"):
         m(jnp.ones((2, 5, H + 1)))  # eager: the shape check runs before any compute
+
+
+def test_all_ssm_mixers_build_abstractly():
+    """``seqlab check`` builds models under nnx.eval_shape: no numpy conversion of tracers."""
+    for name in ("s4d", "s4-ptd", "s4", "s5"):
+        m = nnx.eval_shape(lambda n=name: MIXERS[n](d_model=H, rngs=nnx.Rngs(0), d_state=N))
+        assert m.D[...].shape == (H,)
