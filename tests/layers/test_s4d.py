@@ -164,4 +164,4 @@ def test_all_ssm_mixers_build_abstractly():
     """``seqlab check`` builds models under nnx.eval_shape: no numpy conversion of tracers."""
     for name in ("s4d", "s4-ptd", "s4", "s5"):
         m = nnx.eval_shape(lambda n=name: MIXERS[n](d_model=H, rngs=nnx.Rngs(0), d_state=N))
-        assert m.D[...].shape == (H,)
+        assert m.D.shape == (H,)
