@@ -72,6 +72,7 @@ def _acc_dtype(*xs) -> jnp.dtype:
     return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
 
 
+@jax.custom_vjp
 def unit_lower_inverse(lower: jax.Array) -> jax.Array:
     """Inverse of unit lower-triangular matrices ``[..., c, c]``.
 
@@ -96,6 +97,21 @@ def unit_lower_inverse(lower: jax.Array) -> jax.Array:
         inv = jnp.concatenate([top, jnp.concatenate([t21, t22], -1)], -2)
         size *= 2
     return inv[..., 0, :n, :n]
+
+
+def _inverse_fwd(lower):
+    inv = unit_lower_inverse(lower)
+    return inv, inv
+
+
+def _inverse_bwd(inv, ct):
+    """d(L^-1) = -L^-1 dL L^-1, so dL_bar = -T^T T_bar T^T on the strictly lower part."""
+    n = inv.shape[-1]
+    grad = -(jnp.swapaxes(inv, -1, -2) @ ct @ jnp.swapaxes(inv, -1, -2))
+    return (jnp.where(jnp.tri(n, k=-1, dtype=bool), grad, 0.0),)
+
+
+unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
 def delta_product_recurrent(
@@ -173,48 +189,50 @@ def delta_product(
     pad = nc * c - t
     cn = c * n  # micro-steps per chunk
 
-    def chunks(x, steps):  # [B, T*steps, H, ...] -> [B, H, nc, c*steps, ...], padded with zeros
+    # Chunks are batched along one flat axis z = (chunk, batch, head): XLA's CPU matmuls (and
+    # their transposes in the backward pass) are several times faster with one batch dimension.
+    def chunks(x, steps):  # [B, T*steps, H, ...] -> [nc*B*H, c*steps, ...], padded with zeros
         x = jnp.pad(x.astype(acc), [(0, 0), (0, pad * steps)] + [(0, 0)] * (x.ndim - 2))
         x = x.reshape(b, nc, c * steps, h, *x.shape[3:])
-        return jnp.moveaxis(x, 3, 1)
+        return jnp.moveaxis(x, (1, 3), (0, 2)).reshape(nc * b * h, c * steps, *x.shape[4:])
 
-    q_c = chunks(q, 1) * scale  # [B, H, nc, c, K]
-    k_c, v_c, b_c = chunks(k, n), chunks(v, n), chunks(beta, n)  # [B, H, nc, cn, (K|V)]
+    q_c = chunks(q, 1) * scale  # [z, c, K]
+    k_c, v_c, b_c = chunks(k, n), chunks(v, n), chunks(beta, n)  # [z, cn, (K|V)], [z, cn]
     if g is None:
-        g_c = jnp.zeros((b, h, nc, cn), acc)
+        g_c = jnp.zeros((nc * b * h, cn), acc)
     else:  # the token's gate sits at its first micro-step
         g_c = chunks(g, 1)[..., None]
         g_c = jnp.concatenate([g_c, jnp.zeros(g_c.shape[:-1] + (n - 1,), acc)], -1)
-        g_c = g_c.reshape(b, h, nc, cn)
-    gam = jnp.cumsum(g_c, axis=-1)  # G_r: [B, H, nc, cn]
+        g_c = g_c.reshape(nc * b * h, cn)
+    gam = jnp.cumsum(g_c, axis=-1)  # G_r: [z, cn]
     gam_q = gam[..., n - 1 :: n]  # G at each token's last micro-step (its query): [.., c]
 
-    r = jnp.arange(cn)
-    strict = r[:, None] > r[None, :]  # s < r
-    diff = jnp.where(strict, gam[..., :, None] - gam[..., None, :], 0.0)
-    a = jnp.where(strict, jnp.exp(diff), 0.0) * jnp.einsum("...rk,...sk->...rs", k_c, k_c)
+    # decay[r, s] = exp(G_r - G_s) for s <= r, else 0: one exp serves A (s < r) and the
+    # queries, which sit at rows n-1, 2n-1, ... with the same causal rule s <= r.
+    lower = jnp.tri(cn, dtype=bool)
+    decay = jnp.where(lower, jnp.exp(jnp.where(lower, gam[:, :, None] - gam[:, None, :], 0.0)), 0.0)
+    a = jnp.where(lower & ~jnp.eye(cn, dtype=bool), decay, 0.0) * jnp.einsum(
+        "zrk,zsk->zrs", k_c, k_c
+    )
     t_inv = unit_lower_inverse(jnp.eye(cn, dtype=acc) + b_c[..., :, None] * a)
-    u = t_inv @ (b_c[..., None] * v_c)  # U = T diag(beta) V: [.., cn, V]
-    w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)  # W = T diag(beta exp(G)) K: [.., cn, K]
+    u = t_inv @ (b_c[..., None] * v_c)  # U = T diag(beta) V: [z, cn, V]
+    w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)  # W = T diag(beta exp(G)) K: [z, cn, K]
 
-    causal = r[None, :] <= (jnp.arange(c) * n + n - 1)[:, None]  # s <= query step of token i
-    diff_q = jnp.where(causal, gam_q[..., :, None] - gam[..., None, :], 0.0)
-    p = jnp.where(causal, jnp.exp(diff_q), 0.0) * jnp.einsum("...ik,...sk->...is", q_c, k_c)
-    q_eff = jnp.exp(gam_q)[..., None] * q_c - p @ w  # [.., c, K]: O = q_eff S_0 + P U
-    o_intra = p @ u  # [.., c, V]
+    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # (M * Q K^T): [z, c, cn]
+    q_eff = jnp.exp(gam_q)[..., None] * q_c - p @ w  # [z, c, K]: O = q_eff S_0 + P U
+    o_intra = p @ u  # [z, c, V]
     g_last = gam[..., -1:]
-    k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # [.., K, cn]
-    # S_c = M S_0 + N with M = exp(G_c) I - K_dec W  [K, K] and N = K_dec U  [K, V]
-    m = jnp.exp(g_last)[..., None] * jnp.eye(dk, dtype=acc) - k_dec @ w
-    nst = k_dec @ u
+    k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # [z, K, cn]
+    s0 = jnp.zeros((b * h, dk, dv), acc)
+    if initial_state is not None:
+        s0 = initial_state.astype(acc).reshape(b * h, dk, dv)
 
-    s0 = jnp.zeros((b, h, dk, dv), acc) if initial_state is None else initial_state.astype(acc)
+    def chunk_step(s, xs):  # s: [B*H, K, V], the state entering the chunk
+        u_j, w_j, k_j, d_j = xs
+        return d_j[..., None] * s + k_j @ (u_j - w_j @ s), s
 
-    def chunk_step(s, xs):
-        m_j, n_j = xs
-        return m_j @ s + n_j, s
-
-    s, s_in = lax.scan(chunk_step, s0, (jnp.moveaxis(m, 2, 0), jnp.moveaxis(nst, 2, 0)))
-    o = q_eff @ jnp.moveaxis(s_in, 0, 2) + o_intra  # [B, H, nc, c, V]
-    o = o.reshape(b, h, nc * c, dv)[:, :, :t]  # [B, H, T, V]
-    return jnp.moveaxis(o, 1, 2).astype(q.dtype), s
+    xs = (u, w, k_dec, jnp.exp(g_last))
+    s, s_in = lax.scan(chunk_step, s0, [x.reshape(nc, b * h, *x.shape[1:]) for x in xs], unroll=4)
+    o = q_eff @ s_in.reshape(nc * b * h, dk, dv) + o_intra  # [z, c, V]
+    o = jnp.moveaxis(o.reshape(nc, b, h, c, dv), (0, 2), (1, 3)).reshape(b, nc * c, h, dv)
+    return o[:, :t].astype(q.dtype), s.reshape(b, h, dk, dv)
