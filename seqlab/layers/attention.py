@@ -1,0 +1,125 @@
+"""Multi-head softmax attention with grouped KV heads (MHA / GQA / MQA), RoPE and a KV cache."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from seqlab.layers.common import apply_mask, check_input
+from seqlab.ops.attention import apply_rope, attention
+
+
+def _linear(d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def cache_positions(cache: dict, t: int) -> jax.Array:
+    """Absolute positions [t] of the next t tokens of a decode cache."""
+    return cache["pos"] + jnp.arange(t)
+
+
+def write_cache(buf: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
+    """Write new [batch, t, ...] into buf [batch, max_length, ...] at time index pos."""
+    start = (0, pos) + (0,) * (buf.ndim - 2)
+    return lax.dynamic_update_slice(buf, new.astype(buf.dtype), start)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Softmax attention (Vaswani et al. 2017) with ``n_kv_heads`` key/value heads.
+
+    x: [batch, length, d_model] -> y: [batch, length, d_model].
+    q = x W_Q: [b, t, n_heads, head_dim]; k, v = x W_K, x W_V: [b, t, n_kv_heads, head_dim];
+    RoPE on q and k (``rope=True``); y = attention(q, k, v) W_O. ``n_kv_heads`` divides
+    ``n_heads``: equal is MHA, 1 is MQA (Shazeer 2019), in between GQA (Ainslie et al. 2023).
+    ``causal=True`` (default) has a KV cache: ``init_cache`` / ``decode``; ``causal=False`` is
+    bidirectional (padding keys masked out).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        n_heads: int = 4,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        causal: bool = True,
+        rope: bool = True,
+        rope_base: float = 10000.0,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(
+                f"n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({n_kv_heads})"
+            )
+        head_dim = d_model // n_heads if head_dim is None else head_dim
+        if head_dim < 1 or (rope and head_dim % 2):
+            raise ValueError(f"head_dim must be positive (and even with RoPE), got {head_dim}")
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = (
+            d_model, n_heads, n_kv_heads, head_dim,
+        )
+        self.causal, self.rope, self.rope_base, self.dtype = causal, rope, rope_base, dtype
+        self.scale = head_dim**-0.5
+        self.wq = _linear(d_model, n_heads * head_dim, dtype, rngs)
+        self.wk = _linear(d_model, n_kv_heads * head_dim, dtype, rngs)
+        self.wv = _linear(d_model, n_kv_heads * head_dim, dtype, rngs)
+        self.wo = _linear(n_heads * head_dim, d_model, dtype, rngs)
+
+    def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x: [b, t, d_model], positions [t] -> q [b,t,Hq,D], k [b,t,H,D], v [b,t,H,D] (RoPE'd)."""
+        b, t, _ = x.shape
+        x = x.astype(self.dtype)
+        q = self.wq(x).reshape(b, t, self.n_heads, self.head_dim)
+        k = self.wk(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        if self.rope:
+            q = apply_rope(q, positions, self.rope_base)
+            k = apply_rope(k, positions, self.rope_base)
+        return q, k, v
+
+    def output(self, o: jax.Array) -> jax.Array:
+        """o: [b, t, Hq, D] -> [b, t, d_model]."""
+        return self.wo(o.reshape(*o.shape[:2], -1))
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        check_input(x, self.d_model, type(self).__name__)
+        x = apply_mask(x, mask)
+        q, k, v = self.qkv(x, jnp.arange(x.shape[1]))
+        return self.output(self.attend(q, k, v, mask=mask))
+
+    def attend(self, q, k, v, *, mask=None, q_offset=0) -> jax.Array:
+        """The attention op of this layer (subclasses swap it: top-k)."""
+        return attention(
+            q, k, v, causal=self.causal, scale=self.scale, mask=mask, q_offset=q_offset
+        )
+
+    def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32) -> dict:
+        """{"k", "v": [batch, max_length, n_kv_heads, head_dim], "pos": int32 scalar}."""
+        if not self.causal:
+            raise ValueError(f"{type(self).__name__} with causal=False has no decode")
+        shape = (batch_size, max_length, self.n_kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                "pos": jnp.zeros((), jnp.int32)}
+
+    def decode_qkv(self, x: jax.Array, cache: dict) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
+        """Project the new tokens, write them to the cache; return (q [b,t,Hq,D], the cached
+        k, v [b, max_length, H, D], the new cache). Queries sit at positions pos..pos+t-1."""
+        if not self.causal:
+            raise ValueError(f"{type(self).__name__} with causal=False has no decode")
+        check_input(x, self.d_model, type(self).__name__)
+        pos = cache["pos"]
+        q, k, v = self.qkv(x, cache_positions(cache, x.shape[1]))
+        kc, vc = write_cache(cache["k"], k, pos), write_cache(cache["v"], v, pos)
+        new = {"k": kc, "v": vc, "pos": pos + x.shape[1]}
+        return q, kc.astype(q.dtype), vc.astype(q.dtype), new
+
+    def decode_output(self, o: jax.Array) -> jax.Array:
+        return self.output(o)
+
+    def decode(self, x: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+        """x: [batch, t, d_model] new tokens (t > 1 = prefill) -> (y [batch, t, d_model], cache)."""
+        q, k, v, new = self.decode_qkv(x, cache)
+        return self.decode_output(self.attend(q, k, v, q_offset=cache["pos"])), new
