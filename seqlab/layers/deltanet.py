@@ -1,0 +1,214 @@
+"""DeltaNet, Gated DeltaNet and DeltaProduct mixers (causal), on ``seqlab.ops.delta``.
+
+Per token t (heads in parallel), the layer computes (Yang et al. 2024a, sec. 3; Yang et al.
+2024b, sec. 3; Siems et al. 2025, sec. 3):
+
+    q_t, k_tj, v_tj = SiLU(ShortConv(W x))        j = 0..n-1 (n = num_householder)
+    q_t, k_tj       <- q_t / |q_t|, k_tj / |k_tj|   (L2 norm per head)
+    beta_tj          = sigmoid(w_b x_t)  (x 2 when allow_neg_eigval: eigenvalues of each
+                                          Householder factor I - beta k k^T in [-1, 1];
+                                          Grazzi et al. 2025)
+    g_t              = -exp(A_log) softplus(w_a x_t + dt_bias)   (gated variants, Mamba-2 style)
+    o_t              = delta_product(q, k, v, beta, g)            (state [H, K, V] per sequence)
+    y_t              = W_o (RMSNorm(o_t) * SiLU(W_g x_t))         (output gate optional)
+
+Padding (mask False) is exact: padded inputs are zeroed before the convolutions and get
+beta = 0, g = 0 there, so a padded step leaves the state untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqlab.layers.common import ShortConv, SSMParam, apply_mask, check_input
+from seqlab.ops.delta import delta_product, delta_product_recurrent
+
+
+def _l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+class _DeltaRuleMixer(nnx.Module):
+    """Shared implementation: n Householder steps per token, optional forget gate."""
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+        num_heads: int = 4,
+        head_dim: int | None = None,
+        expand_v: float = 1.0,
+        num_householder: int = 1,
+        use_forget_gate: bool = False,
+        use_output_gate: bool = True,
+        allow_neg_eigval: bool = False,
+        conv_size: int = 4,
+        chunk_size: int = 64,
+        norm_eps: float = 1e-5,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+    ):
+        name = type(self).__name__
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ValueError(f"{name}: num_heads={num_heads} must divide d_model={d_model} "
+                                 "(or pass head_dim)")
+            head_dim = d_model // num_heads
+        v_dim = int(head_dim * expand_v)
+        if num_heads < 1 or head_dim < 1 or v_dim < 1:
+            raise ValueError(f"{name}: need num_heads, head_dim, head_dim*expand_v >= 1, got "
+                             f"{num_heads}, {head_dim}, {v_dim}")
+        if num_householder < 1:
+            raise ValueError(f"{name}: num_householder must be >= 1, got {num_householder}")
+        if conv_size < 1 or chunk_size < 1:
+            raise ValueError(f"{name}: conv_size and chunk_size must be >= 1, got "
+                             f"{conv_size}, {chunk_size}")
+        lo, hi = A_init_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"{name}: A_init_range must satisfy 0 < low <= high, got "
+                             f"{A_init_range}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        self.d_model, self.heads, self.k_dim, self.v_dim = d_model, num_heads, head_dim, v_dim
+        self.n, self.chunk_size, self.dtype, self.eps = num_householder, chunk_size, dtype, norm_eps
+        self.allow_neg_eigval = allow_neg_eigval
+        h, n = num_heads, num_householder
+
+        def linear(d_out):
+            return nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
+
+        self.q_proj, self.k_proj = linear(h * head_dim), linear(n * h * head_dim)
+        self.v_proj, self.b_proj = linear(n * h * v_dim), linear(n * h)
+        self.q_conv = ShortConv(h * head_dim, conv_size, use_bias=False, rngs=rngs)
+        self.k_conv = ShortConv(n * h * head_dim, conv_size, use_bias=False, rngs=rngs)
+        self.v_conv = ShortConv(n * h * v_dim, conv_size, use_bias=False, rngs=rngs)
+        if use_forget_gate:
+            self.a_proj = linear(h)
+            self.A_log = SSMParam(
+                jnp.log(jax.random.uniform(rngs.params(), (h,), minval=lo, maxval=hi))
+            )
+            u = jax.random.uniform(rngs.params(), (h,))
+            dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            self.dt_bias = SSMParam(dt + jnp.log(-jnp.expm1(-dt)))  # softplus^-1(dt)
+        else:
+            self.a_proj = self.A_log = self.dt_bias = None
+        self.g_proj = linear(h * v_dim) if use_output_gate else None
+        self.o_norm = nnx.Param(jnp.ones((v_dim,)))
+        self.o_proj = nnx.Linear(h * v_dim, d_model, use_bias=False, dtype=dtype, rngs=rngs)
+
+    def _gates(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        """beta: [B, T*n, H] and g: [B, T, H] (float32), zero at padded positions."""
+        b, t, _ = x.shape
+        beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))  # [B, T, n*H]
+        if self.allow_neg_eigval:
+            beta = 2.0 * beta
+        beta = apply_mask(beta, mask).reshape(b, t * self.n, self.heads)
+        if self.a_proj is None:
+            return beta, None
+        a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...]
+        g = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a)
+        return beta, apply_mask(g, mask)
+
+    def _qkv(self, q, k, v):
+        b, t, _ = q.shape
+        q = jax.nn.silu(q).astype(jnp.float32).reshape(b, t, self.heads, self.k_dim)
+        k = jax.nn.silu(k).astype(jnp.float32).reshape(b, t * self.n, self.heads, self.k_dim)
+        v = jax.nn.silu(v).reshape(b, t * self.n, self.heads, self.v_dim)
+        return _l2norm(q).astype(self.dtype), _l2norm(k).astype(self.dtype), v
+
+    def _out(self, o: jax.Array, x: jax.Array) -> jax.Array:
+        """RMSNorm per head (float32), optional SiLU output gate, output projection."""
+        o = o.astype(jnp.float32)
+        o = o * jax.lax.rsqrt(jnp.mean(o * o, -1, keepdims=True) + self.eps) * self.o_norm[...]
+        o = o.reshape(o.shape[0], o.shape[1], -1)
+        if self.g_proj is not None:
+            o = o * jax.nn.silu(self.g_proj(x).astype(jnp.float32))
+        return self.o_proj(o.astype(self.dtype))
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x: [batch, length, d_model] -> y: [batch, length, d_model]; mask: [batch, length]."""
+        check_input(x, self.d_model, type(self).__name__)
+        x = x.astype(self.dtype)
+        q, k, v = self._qkv(
+            self.q_conv(self.q_proj(x), mask),
+            self.k_conv(self.k_proj(x), mask),
+            self.v_conv(self.v_proj(x), mask),
+        )
+        beta, g = self._gates(x, mask)
+        o, _ = delta_product(q, k, v, beta, g, num_householder=self.n, chunk_size=self.chunk_size)
+        return self._out(o, x)
+
+    def init_cache(self, batch_size: int, max_length: int = 0,
+                   dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
+        """Conv tails ``[B, conv_size-1, channels]`` and the state ``[B, H, K, V]`` (float32).
+
+        The state has a fixed size, so ``max_length`` is not needed (kept for the protocol).
+        """
+        del max_length
+        return {
+            "q_conv": self.q_conv.init_cache(batch_size, dtype),
+            "k_conv": self.k_conv.init_cache(batch_size, dtype),
+            "v_conv": self.v_conv.init_cache(batch_size, dtype),
+            "state": jnp.zeros((batch_size, self.heads, self.k_dim, self.v_dim), jnp.float32),
+        }
+
+    def decode(self, x: jax.Array, cache: dict[str, jax.Array]
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """x: [batch, t, d_model] new tokens (t >= 1) -> (y [batch, t, d_model], new cache)."""
+        check_input(x, self.d_model, type(self).__name__)
+        x = x.astype(self.dtype)
+        q, cq = self.q_conv.decode(self.q_proj(x), cache["q_conv"])
+        k, ck = self.k_conv.decode(self.k_proj(x), cache["k_conv"])
+        v, cv = self.v_conv.decode(self.v_proj(x), cache["v_conv"])
+        q, k, v = self._qkv(q, k, v)
+        beta, g = self._gates(x, None)
+        op = delta_product if x.shape[1] >= self.chunk_size else delta_product_recurrent
+        o, state = op(q, k, v, beta, g, num_householder=self.n, chunk_size=self.chunk_size,
+                      initial_state=cache["state"])
+        return self._out(o, x), {"q_conv": cq, "k_conv": ck, "v_conv": cv, "state": state}
+
+
+class DeltaNet(_DeltaRuleMixer):
+    """DeltaNet (Schlag et al. 2021; Yang et al. 2024a): one delta-rule step per token.
+
+    Options: num_heads=4, head_dim=d_model/num_heads, expand_v=1, use_output_gate=False,
+    allow_neg_eigval=False (beta in [0, 1]; True: [0, 2]), conv_size=4, chunk_size=64.
+    """
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
+                 use_output_gate: bool = False, **options):
+        super().__init__(d_model, rngs=rngs, dtype=dtype, num_householder=1,
+                         use_forget_gate=False, use_output_gate=use_output_gate, **options)
+
+
+class GatedDeltaNet(_DeltaRuleMixer):
+    """Gated DeltaNet (Yang et al. 2024b): a Mamba-2 decay exp(g_t) before each delta step.
+
+    Options as ``DeltaNet`` (output gate on by default) plus the gate init A_init_range=(1, 16),
+    dt_min=0.001, dt_max=0.1 (A_log and dt_bias are SSMParams).
+    """
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
+                 **options):
+        super().__init__(d_model, rngs=rngs, dtype=dtype, num_householder=1,
+                         use_forget_gate=True, **options)
+
+
+class DeltaProduct(_DeltaRuleMixer):
+    """DeltaProduct (Siems et al. 2025): n_h delta steps (Householder factors) per token.
+
+    Options as ``DeltaNet`` plus num_householder=2 and use_forget_gate=False (True: Gated
+    DeltaProduct with the Gated DeltaNet decay); output gate on by default.
+    """
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
+                 num_householder: int = 2, use_forget_gate: bool = False, **options):
+        super().__init__(d_model, rngs=rngs, dtype=dtype, num_householder=num_householder,
+                         use_forget_gate=use_forget_gate, **options)
