@@ -49,6 +49,15 @@ def _as_complex(p: jax.Array) -> jax.Array:
     return jax.lax.complex(p[..., 0], p[..., 1])
 
 
+def check_length(length: int, max_length: int | None, name: str) -> None:
+    """Raise a clear error when a sequence is longer than a layer's configured ``max_length``."""
+    if max_length is not None and length > max_length:
+        raise ValueError(
+            f"{name} was configured with max_length={max_length} but got length {length}; "
+            "raise mixer_args.max_length or shorten the sequences"
+        )
+
+
 def init_log_dt(key: jax.Array, H: int, dt_min: float, dt_max: float) -> jax.Array:
     """log dt [H] uniform in [log dt_min, log dt_max] (S4, Sec. 4 / appendix)."""
     if not (0 < dt_min <= dt_max):
@@ -64,7 +73,8 @@ class S4D(nnx.Module):
     ``real_param`` in ``exp`` (Re Lambda = -exp(p)) | ``clip`` (Re Lambda = min(p, -1e-4)),
     ``dt_min``/``dt_max`` (log-uniform init of dt), ``bidirectional`` (a second C for the
     time-reversed direction, outputs summed), ``activation`` (gelu | silu | relu | identity),
-    ``out`` (glu | linear | none: output projection), ``dropout``, ``mode`` (fft | scan).
+    ``out`` (glu | linear | none: output projection), ``dropout``, ``mode`` (fft | scan),
+    ``max_length`` (optional: longer inputs are a clear error).
 
     ``Re(Lambda)`` is floored at -1e-4 at init (strictly stable). S4-PTD may keep a few more
     than N/2 modes (``n_modes``; see ``ops.hippo.ptd``); below, N/2 stands for ``n_modes``.
@@ -91,6 +101,7 @@ class S4D(nnx.Module):
         out: str = "glu",
         dropout: float = 0.0,
         mode: str = "fft",
+        max_length: int | None = None,
     ):
         self.d_model, self.d_state, self.dtype, self.init = d_model, d_state, dtype, init
         self.disc = _choice("disc", disc, DISCRETIZATIONS)
@@ -99,6 +110,7 @@ class S4D(nnx.Module):
         self.out = _choice("out", out, OUTPUTS)
         self.mode = _choice("mode", mode, MODES)
         self.bidirectional = bool(bidirectional)
+        self.max_length = max_length
         Lambda, B, C0 = self._diagonal_init(d_state, rngs)
         H, M = d_model, len(Lambda)
         self.n_modes = M
@@ -168,6 +180,7 @@ class S4D(nnx.Module):
         from zero at the true end: padding never changes the outputs at real positions.
         """
         check_input(x, self.d_model, type(self).__name__)
+        check_length(x.shape[1], self.max_length, type(self).__name__)
         u = apply_mask(x, mask).astype(jnp.float32)
         D = self.D[...]
         if self.mode == "fft":
@@ -184,14 +197,16 @@ class S4D(nnx.Module):
     def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
         """{'state': [batch, H, N/2] complex64 (zeros), 'pos': int32 scalar}.
 
-        The recurrence has no length limit; ``max_length`` is accepted for the protocol.
+        The recurrence itself has no length limit; ``max_length`` is checked against the
+        layer's own ``max_length`` option when one is set.
         """
         if self.bidirectional:
             raise ValueError(
                 f"{type(self).__name__}(bidirectional=True) sees future inputs and has no "
                 "recurrent decode; build it with bidirectional=False"
             )
-        del max_length, dtype
+        check_length(max_length, self.max_length, type(self).__name__)
+        del dtype
         return {
             "state": jnp.zeros((batch_size, self.d_model, self.n_modes), jnp.complex64),
             "pos": jnp.zeros((), jnp.int32),

@@ -27,6 +27,7 @@ from seqlab.layers.s4d import (
     _as_complex,
     _choice,
     _complex_param,
+    check_length,
     init_log_dt,
 )
 from seqlab.ops import hippo
@@ -60,7 +61,7 @@ class S5(nnx.Module):
     Options: ``d_state`` (P, even; P/2 complex modes), ``blocks`` (J, HiPPO-N blocks),
     ``real_param`` (exp | clip), ``dt_min``/``dt_max`` (per-mode log-uniform step),
     ``bidirectional`` (a reverse scan with its own C~, summed), ``activation``, ``out``,
-    ``dropout`` (as in S4D).
+    ``dropout``, ``max_length`` (as in S4D).
 
     SSM parameters (``SSMParam``): ``Lambda_re, Lambda_im [P/2]``, ``B [P/2, H, 2]``,
     ``log_dt [P/2]``; ordinary: ``C [dirs, H, P/2, 2]``, ``D [H]``.
@@ -81,12 +82,14 @@ class S5(nnx.Module):
         activation: str = "gelu",
         out: str = "glu",
         dropout: float = 0.0,
+        max_length: int | None = None,
     ):
         H, self.d_model, self.d_state, self.dtype = d_model, d_model, d_state, dtype
         self.real_param = _choice("real_param", real_param, REAL_PARAMS)
         self.activation = _choice("activation", activation, tuple(ACTIVATIONS))
         self.out = _choice("out", out, OUTPUTS)
         self.bidirectional = bool(bidirectional)
+        self.max_length = max_length
         if d_state < 2 or d_state % 2:
             raise ValueError(f"S5 needs an even d_state >= 2 (conjugate pairs), got {d_state}")
         Lambda, V = block_hippo_n(d_state, blocks)
@@ -129,6 +132,7 @@ class S5(nnx.Module):
         each sequence's true end with a zero state.
         """
         check_input(x, self.d_model, "S5")
+        check_length(x.shape[1], self.max_length, "S5")
         u = apply_mask(x, mask).astype(jnp.float32)
         dLambda, dB, C = self.discrete()
         Bu = jnp.einsum("ph,blh->blp", dB, u)  # [batch, length, P/2]
@@ -138,9 +142,11 @@ class S5(nnx.Module):
         return apply_mask(self._block(y + self.D[...] * u), mask)
 
     def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
-        """{'state': [batch, P/2] complex64, 'pos': int32 scalar}; no length limit."""
+        """{'state': [batch, P/2] complex64, 'pos': int32 scalar} (``max_length`` is checked
+        against the layer's own ``max_length`` option when one is set)."""
         self._check_causal()
-        del max_length, dtype
+        check_length(max_length, self.max_length, "S5")
+        del dtype
         return {
             "state": jnp.zeros((batch_size, self.d_state // 2), jnp.complex64),
             "pos": jnp.zeros((), jnp.int32),

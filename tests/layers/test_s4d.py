@@ -154,7 +154,13 @@ def test_bad_options(kwargs, match):
         S4D(H, rngs=nnx.Rngs(0), **kwargs)
 
 
-def test_bad_input_shape():
+def test_bad_input_shape_and_length():
+    for name in ("s4d", "s5"):
+        m = MIXERS[name](d_model=H, rngs=nnx.Rngs(0), d_state=N, max_length=8)
+        with pytest.raises(ValueError, match="max_length=8"):
+            m(jnp.ones((1, 9, H)))
+        with pytest.raises(ValueError, match="max_length=8"):
+            m.init_cache(1, 16)
     m = S4D(H, rngs=nnx.Rngs(0), d_state=N)
     with pytest.raises(ValueError, match="d_model=6"):
         m(jnp.ones((2, 5, H + 1)))  # eager: the shape check runs before any compute
