@@ -194,7 +194,9 @@ class S4D(nnx.Module):
         return apply_mask(self._block(y), mask)
 
     # ---- recurrent decode --------------------------------------------------------------------
-    def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
+    def init_cache(
+        self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32
+    ) -> dict:
         """{'state': [batch, H, N/2] complex64 (zeros), 'pos': int32 scalar}.
 
         The recurrence itself has no length limit; ``max_length`` is checked against the

@@ -141,7 +141,9 @@ class S5(nnx.Module):
             y = y + 2 * jnp.einsum("hp,blp->blh", C[1], linear_scan(dLambda, Bu, reverse=True)).real
         return apply_mask(self._block(y + self.D[...] * u), mask)
 
-    def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
+    def init_cache(
+        self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32
+    ) -> dict:
         """{'state': [batch, P/2] complex64, 'pos': int32 scalar} (``max_length`` is checked
         against the layer's own ``max_length`` option when one is set)."""
         self._check_causal()
