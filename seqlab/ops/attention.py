@@ -279,6 +279,7 @@ def sparse_attention(
     stay in cache and no [T, S] array exists. Gradients flow to q, k, v (the gather transposes
     to a scatter-add), none to the integer indices.
     """
+    q, k, v, indices = map(jnp.asarray, (q, k, v, indices))
     g = _check_heads(q, k, v)
     if indices.shape[:2] != q.shape[:2] or indices.ndim != 3:
         raise ValueError(f"indices must be [batch, T, K] with q {q.shape}, got {indices.shape}")
@@ -348,7 +349,8 @@ def dsa(
                 # visible keys first, in index order; the empty slots -1 after them
                 order = jnp.argsort(~vis, axis=-1, stable=True).astype(jnp.int32)
                 sel = jnp.take_along_axis(jnp.where(vis, ar, -1), order, axis=-1)
-                idxs.append(jnp.pad(sel, ((0, 0), (0, 0), (0, topk - t1)), constant_values=-1))
+                sel = jnp.pad(sel, ((0, 0), (0, 0), (0, topk - t1)), constant_values=-1)
+                idxs.append(jnp.broadcast_to(sel, (q.shape[0], t1 - t0, topk)))
         else:
             w = None if w_idx is None else w_idx[:, t0:t1]
             idx = dsa_indexer(
@@ -360,7 +362,7 @@ def dsa(
         outs.append(o)
     o = jnp.concatenate(outs, axis=1)
     if return_indices:
-        return o, jnp.broadcast_to(jnp.concatenate(idxs, axis=1), (q.shape[0], t, topk))
+        return o, jnp.concatenate(idxs, axis=1)
     return o
 
 
