@@ -16,11 +16,13 @@ from seqlab.data.listops import listops
 from seqlab.data.loader import Loader
 from seqlab.data.lra import image, retrieval, text
 from seqlab.data.pathfinder import pathfinder
+from seqlab.data.synthetic import modular, mqar, parity, permutation
 from seqlab.data.types import Split, TaskInfo
 
 SOURCES: dict[str, Callable[..., Split]] = {
     "arrays": arrays, "listops": listops, "pathfinder": pathfinder, "text": text,
     "retrieval": retrieval, "image": image,
+    "parity": parity, "modular": modular, "permutation": permutation, "mqar": mqar,
 }
 
 SPLITS = ("train", "val", "test")
