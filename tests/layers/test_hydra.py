@@ -153,32 +153,35 @@ def test_hydra_beats_causal_mamba2_on_a_bidirectional_task():
         tokens = jax.random.randint(key, (n, length), 0, vocab)
         return tokens, tokens[:, :-2] * vocab + tokens[:, 2:]
 
-    def train_and_eval(cls, steps=40):
-        model = Net(cls, nnx.Rngs(0))
-        opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-        graphdef, state = nnx.split((model, opt))
+    def train_and_eval(cls, steps=30, last=5):
+        """Adam on fresh random batches; accuracy of the last ``last`` steps, each measured on
+        its batch before the update (so on sequences the model has never seen)."""
 
-        @jax.jit(compiler_options=FAST)
-        def run(state):
+        @jax.jit(compiler_options=FAST)  # initialisation included: one compiled program
+        def run():
+            model = Net(cls, nnx.Rngs(0))
+            graphdef, state = nnx.split((model, nnx.Optimizer(model, optax.adam(1e-2),
+                                                               wrt=nnx.Param)))
+
             def step(state, key):
                 model, opt = nnx.merge(graphdef, state)
                 tokens, labels = batch(key, 16)
 
                 def loss(m):
                     logits = m(tokens)
-                    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                    accuracy = jnp.mean(logits.argmax(-1) == labels)
+                    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                    return ce, accuracy
 
-                value, grads = nnx.value_and_grad(loss)(model)
+                (_, accuracy), grads = nnx.value_and_grad(loss, has_aux=True)(model)
                 opt.update(model, grads)
-                return nnx.state((model, opt)), value
+                return nnx.state((model, opt)), accuracy
 
-            state, _ = jax.lax.scan(step, state, jax.random.split(jax.random.key(1), steps))
-            model, _ = nnx.merge(graphdef, state)
-            tokens, labels = batch(jax.random.key(2), 256)  # fresh sequences
-            return jnp.mean(model(tokens).argmax(-1) == labels)
+            _, accuracy = jax.lax.scan(step, state, jax.random.split(jax.random.key(1), steps))
+            return jnp.mean(accuracy[-last:])
 
-        return float(run(state))
+        return float(run())
 
     hydra, mamba2 = train_and_eval(Hydra), train_and_eval(Mamba2)
     assert hydra > 0.95, hydra
-    assert mamba2 < 0.3, mamba2  # the causal ceiling is 0.25 (+ sampling noise on 3584 labels)
+    assert mamba2 < 0.32, mamba2  # causal ceiling 0.25; 1120 fresh labels: std ~0.013
