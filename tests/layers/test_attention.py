@@ -1,0 +1,78 @@
+"""MultiHeadAttention: float64 reference from its weights, decode == forward, padding, cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from seqlab.layers import MIXERS
+from seqlab.layers.attention import MultiHeadAttention
+
+
+def np_rope(x, pos):
+    half = x.shape[-1] // 2
+    ang = pos[:, None] * 10000.0 ** (-np.arange(half) * 2 / x.shape[-1])
+    c, s = np.cos(ang)[None, :, None], np.sin(ang)[None, :, None]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+
+def test_mha_matches_reference_gqa():
+    layer = MultiHeadAttention(24, n_heads=6, n_kv_heads=2, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(1).standard_normal((2, 7, 24))
+    w = {n: np.asarray(getattr(layer, n).kernel[...], np.float64) for n in ("wq", "wk", "wv", "wo")}
+    pos = np.arange(7)
+    q = np_rope((x @ w["wq"]).reshape(2, 7, 6, 4), pos)
+    k = np_rope((x @ w["wk"]).reshape(2, 7, 2, 4), pos)
+    v = (x @ w["wv"]).reshape(2, 7, 2, 4)
+    o = np.zeros((2, 7, 6, 4))
+    for h in range(6):
+        lg = np.einsum("btd,bsd->bts", q[:, :, h], k[:, :, h // 3]) / 2
+        lg = lg + np.where(np.tri(7), 0, -np.inf)
+        p = np.exp(lg - lg.max(-1, keepdims=True))
+        o[:, :, h] = np.einsum("bts,bsd->btd", p / p.sum(-1, keepdims=True), v[:, :, h // 3])
+    want = o.reshape(2, 7, 24) @ w["wo"]
+    np.testing.assert_allclose(layer(jnp.asarray(x, jnp.float32)), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("kv", [4, 1])
+def test_mha_decode_equals_forward(kv):
+    layer = MIXERS["mha"](d_model=16, n_kv_heads=kv, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 9, 16))
+    y = layer(x)
+    cache = layer.init_cache(2, 12)
+    ys = []
+    for t in range(9):
+        yt, cache = layer.decode(x[:, t : t + 1], cache)
+        ys.append(yt)
+    np.testing.assert_allclose(jnp.concatenate(ys, 1), y, atol=2e-6)
+    cache = layer.init_cache(2, 12)
+    y1, cache = jax.jit(layer.decode)(x[:, :4], cache)
+    y2, cache = jax.jit(layer.decode)(x[:, 4:], cache)
+    np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, atol=2e-6)
+    assert int(cache["pos"]) == 9
+    per_token = sum(a.nbytes for n, a in cache.items() if n != "pos") / (2 * 12)
+    assert per_token == 2 * kv * 4 * 4  # k and v, kv heads of dim 4, float32
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_mha_padding_does_not_change_real_outputs(causal):
+    layer = MultiHeadAttention(16, causal=causal, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 16))
+    mask = jnp.array([[True] * 8, [True] * 5 + [False] * 3])
+    y = layer(x, mask)
+    short = layer(x[1:, :5])
+    np.testing.assert_allclose(y[1, :5], short[0], atol=2e-6)
+    garbage = x.at[1, 5:].set(100.0)
+    np.testing.assert_allclose(layer(garbage, mask)[1, :5], short[0], atol=2e-6)
+    if not causal:
+        with pytest.raises(ValueError, match="no decode"):
+            layer.init_cache(1, 4)
+
+
+def test_mha_bad_options():
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        MultiHeadAttention(16, n_heads=4, n_kv_heads=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="d_model=16"):
+        MultiHeadAttention(16, rngs=nnx.Rngs(0))(jnp.zeros((1, 3, 8)))
