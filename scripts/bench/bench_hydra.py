@@ -10,13 +10,15 @@
     .venv/bin/python scripts/bench/bench_hydra.py --length 8192 --batch 8 --json out.json
 
 Every number: compiled once, warmed up, median of --repeats calls (seqlab.bench.timing),
-best of --rounds alternating rounds (this machine is shared; alternation keeps ratios fair).
+best of --rounds alternating rounds, and the median process CPU time (steadier on a shared
+machine); ratios are given for both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import jax
@@ -76,17 +78,39 @@ def compiled(fn, *xs):
     return (lambda: c(*xs)), time.perf_counter() - t0
 
 
-def compare(name_a: str, a, name_b: str, b, *, rounds: int, repeats: int) -> tuple[float, float]:
-    """Median seconds of two compiled calls, measured in alternating rounds so that a busy
-    machine's load drifts into both alike; the reported time is the best round's median."""
-    ta, tb = [], []
+def cpu_seconds(fn, repeats: int) -> float:
+    """Median process CPU time of one call (all threads): steadier than wall time when other
+    jobs share the cores, since time spent descheduled is not counted."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        jax.block_until_ready(fn())
+        times.append(time.process_time() - t0)
+    return statistics.median(times)
+
+
+def compare(name_a: str, a, name_b: str, b, *, rounds: int, repeats: int):
+    """Two compiled calls measured in alternating rounds, so that a busy machine's load
+    drifts into both alike. Returns ((wall_a, cpu_a), (wall_b, cpu_b)): the best round's
+    median wall time and the median CPU time over all rounds."""
+    wall: dict[str, list[float]] = {name_a: [], name_b: []}
+    cpu: dict[str, list[float]] = {name_a: [], name_b: []}
     for _ in range(rounds):
-        ta.append(time_python(a, repeats=repeats).median_s)
-        tb.append(time_python(b, repeats=repeats).median_s)
-    best_a, best_b = min(ta), min(tb)
-    for name, t in ((name_a, best_a), (name_b, best_b)):
-        print(f"{name:<44} {1e3 * t:10.2f} ms")
-    return best_a, best_b
+        for name, fn in ((name_a, a), (name_b, b)):
+            wall[name].append(time_python(fn, repeats=repeats).median_s)
+            cpu[name].append(cpu_seconds(fn, repeats))
+    out = []
+    for name in (name_a, name_b):
+        w, c = min(wall[name]), statistics.median(cpu[name])
+        print(f"{name:<44} wall {1e3 * w:9.1f} ms   cpu {1e3 * c:9.1f} ms")
+        out.append((w, c))
+    return out
+
+
+def ratio_line(label: str, num, den, note: str = "") -> dict[str, float]:
+    wall, cpu = num[0] / den[0], num[1] / den[1]
+    print(f"  -> {label}: {wall:.2f}x wall, {cpu:.2f}x cpu{note}")
+    return {"wall": wall, "cpu": cpu}
 
 
 def main() -> None:
@@ -109,7 +133,7 @@ def main() -> None:
     qs_args = (a["x"], a["dt"], a["dt_bw"], a["A"], a["B"], a["C"], a["B_bw"], a["C_bw"],
                a["diag"])
     timing = dict(rounds=args.rounds, repeats=args.repeats)
-    results: dict[str, float] = {}
+    results: dict[str, dict[str, float]] = {}
     print(f"backend {jax.default_backend()}, batch {b}, length {length}, heads {h}, "
           f"headdim {p}, d_state {n}, chunk {chunk}")
 
@@ -124,9 +148,8 @@ def main() -> None:
     qs_fb, _ = compiled(fwd_bwd(qs_y, tuple(range(9))), *qs_args)
     t_ssd, t_qs = compare("ssd fwd+bwd (one causal pass)", ssd_fb,
                           "quasiseparable fwd+bwd (two directions)", qs_fb, **timing)
-    results.update(ssd_fwd_bwd_s=t_ssd, quasiseparable_fwd_bwd_s=t_qs,
-                   ratio_quasiseparable_over_ssd=t_qs / t_ssd)
-    print(f"  -> quasiseparable / ssd = {t_qs / t_ssd:.2f}x (target <= 2.2x)")
+    results["quasiseparable_over_ssd"] = ratio_line("quasiseparable / ssd", t_qs, t_ssd,
+                                                    " (target <= 2.2x)")
 
     # 2. the layers
     u = jax.random.normal(jax.random.key(1), (b, length, args.d_model))
@@ -135,23 +158,19 @@ def main() -> None:
     g_h, p_h = layer_fwd_bwd(Hydra(args.d_model, rngs=nnx.Rngs(0), **opts))
     t_m, t_h = compare("Mamba2 layer fwd+bwd", compiled(g_m, p_m, u)[0],
                        "Hydra layer fwd+bwd", compiled(g_h, p_h, u)[0], **timing)
-    results.update(mamba2_layer_fwd_bwd_s=t_m, hydra_layer_fwd_bwd_s=t_h,
-                   ratio_hydra_over_mamba2_layer=t_h / t_m)
-    print(f"  -> Hydra / Mamba2 layer = {t_h / t_m:.2f}x")
+    results["hydra_over_mamba2_layer"] = ratio_line("Hydra / Mamba2 layer", t_h, t_m)
 
     # 3. chunked vs sequential
     t_chunk, t_seq = compare("ssd chunked fwd", compiled(ssd_y, *fw)[0],
                              "ssd sequential (lax.scan) fwd", compiled(ssd_sequential, *fw)[0],
                              **timing)
-    results.update(ssd_chunked_fwd_s=t_chunk, ssd_sequential_fwd_s=t_seq,
-                   speedup_chunked_over_sequential_fwd=t_seq / t_chunk)
-    print(f"  -> chunked / sequential speedup (fwd) = {t_seq / t_chunk:.2f}x")
+    results["chunked_speedup_fwd"] = ratio_line("chunked speedup over sequential (fwd)",
+                                                t_seq, t_chunk)
     seq_fb, _ = compiled(fwd_bwd(ssd_sequential, tuple(range(5))), *fw)
     t_chunk_b, t_seq_b = compare("ssd chunked fwd+bwd", ssd_fb,
                                  "ssd sequential (lax.scan) fwd+bwd", seq_fb, **timing)
-    results.update(ssd_sequential_fwd_bwd_s=t_seq_b,
-                   speedup_chunked_over_sequential_fwd_bwd=t_seq_b / t_chunk_b)
-    print(f"  -> chunked / sequential speedup (fwd+bwd) = {t_seq_b / t_chunk_b:.2f}x")
+    results["chunked_speedup_fwd_bwd"] = ratio_line(
+        "chunked speedup over sequential (fwd+bwd)", t_seq_b, t_chunk_b)
 
     if args.json:
         with open(args.json, "w") as f:
