@@ -10,7 +10,7 @@ The chunked algorithm (Sec. 6, 'ssd_minimal') cuts time into chunks of l steps a
 (1) the diagonal blocks of M directly (quadratic in l), (2) each chunk's final state,
 (3) the states entering every chunk by a recurrence over chunks, (4) their contribution to
 the outputs. Einsum letters: b batch, c chunk, l / s target / source step inside a chunk,
-h head, n state, p head dimension.
+h head, n state, p head dimension, g group of heads sharing B and C.
 
 Hydra (Hwang, Lahoti, Dao, Gu 2024, Sec. 3): the quasiseparable mixer
 
@@ -100,7 +100,7 @@ def ssd(
         t = jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))
         return t.reshape((b, c, l) + t.shape[2:])
 
-    def per_head(t: jax.Array, axis: int) -> jax.Array:  # group g serves heads g*reps...
+    def per_head(t: jax.Array, axis: int) -> jax.Array:  # group g -> heads [g*reps, (g+1)*reps)
         return jnp.repeat(t, reps, axis=axis)
 
     X, a, B, C = chunk(X), chunk(a), chunk(B), chunk(C)
