@@ -57,8 +57,8 @@ def make_inputs(seed, b, t, h, dk, dv, n, gate=True, init=False, neg=True):
 
 @pytest.mark.parametrize(
     "n,gate,init,t,chunk",
-    [(1, False, False, 13, 4), (1, True, True, 11, 8), (2, True, False, 9, 4),
-     (3, True, True, 7, 2), (3, False, False, 5, 16)],
+    [(1, False, False, 13, 4), (2, True, False, 9, 4), (3, True, True, 7, 2),
+     (3, False, False, 5, 16)],
 )
 def test_chunked_equals_recurrent_equals_reference_float64(n, gate, init, t, chunk):
     q, k, v, beta, g, s0 = make_inputs(n * 10 + t, 2, t, 3, 5, 4, n, gate, init)
