@@ -3,8 +3,11 @@
 from pathlib import Path
 
 import pytest
+from flax import nnx
 
 from seqlab.data import source_options
+from seqlab.data.types import TaskInfo
+from seqlab.models import build_model
 from seqlab.models.blocks import check_mixer_args, layer_mixers, mixer_args_for
 from seqlab.train.config import load_config
 
@@ -16,7 +19,7 @@ def test_there_are_configs():
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-def test_config_is_valid(path):
+def test_config_is_valid_and_its_model_builds(path):
     cfg = load_config(path)
     valid = source_options(cfg.data.name)
     assert not set(cfg.data.options) - set(valid), f"{path}: unknown data options"
@@ -26,3 +29,10 @@ def test_config_is_valid(path):
     for name in set(layer_mixers(m.mixer, m.n_layers, m.pattern)):
         check_mixer_args(name, mixer_args_for(name, m.mixer_args, m.pattern))
     assert cfg.train.batch_size % cfg.mesh.data == 0
+    # the model builds (shapes only: nnx.eval_shape, no memory, no compile)
+    task = "retrieval" if cfg.data.name == "retrieval" else "classify"
+    info = TaskInfo(task, n_classes=10, vocab_size=256, input_dim=None, max_length=4096)
+    if cfg.data.name == "text_lm":
+        info = TaskInfo("token", 256, 256, None, 4096, causal=True)
+    model = nnx.eval_shape(lambda: build_model(cfg.model, info, rngs=nnx.Rngs(0)))
+    assert len(model.backbone.blocks) == cfg.model.n_layers
