@@ -17,12 +17,14 @@ from seqlab.data.loader import Loader
 from seqlab.data.lra import image, retrieval, text
 from seqlab.data.pathfinder import pathfinder
 from seqlab.data.synthetic import modular, mqar, parity, permutation
+from seqlab.data.text_lm import text_lm
 from seqlab.data.types import Split, TaskInfo
 
 SOURCES: dict[str, Callable[..., Split]] = {
     "arrays": arrays, "listops": listops, "pathfinder": pathfinder, "text": text,
     "retrieval": retrieval, "image": image,
     "parity": parity, "modular": modular, "permutation": permutation, "mqar": mqar,
+    "text_lm": text_lm,
 }
 
 SPLITS = ("train", "val", "test")
