@@ -1,0 +1,58 @@
+"""TransMLA gqa_to_mla: exact at full rank with the same cache size; error falls with rank."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from seqlab.layers.attention import MultiHeadAttention
+from seqlab.layers.convert import gqa_to_mla
+
+
+def cache_bytes(layer):
+    return sum(a.nbytes for n, a in layer.init_cache(1, 1).items() if n != "pos")
+
+
+@pytest.mark.parametrize("hq,hk", [(4, 2), (4, 1)])
+def test_full_rank_is_exact(hq, hk):
+    gqa = MultiHeadAttention(32, n_heads=hq, n_kv_heads=hk, head_dim=8, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 9, 32))
+    calib = np.asarray(jax.random.normal(jax.random.key(1), (64, 32)))
+    mla = gqa_to_mla(gqa, calib_x=calib)
+    assert cache_bytes(mla) == cache_bytes(gqa)
+    np.testing.assert_allclose(mla(x), gqa(x), atol=2e-5)
+    cache = mla.init_cache(2, 9)
+    y1, cache = mla.decode(x[:, :4], cache)
+    y2, _ = mla.decode(x[:, 4:], cache)
+    np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), gqa(x), atol=2e-5)
+
+
+def test_error_falls_with_rank():
+    gqa = MultiHeadAttention(32, n_heads=4, n_kv_heads=2, head_dim=8, rngs=nnx.Rngs(0))
+    # correlated inputs (a decaying spectrum) as a trained model's would be
+    mix = np.asarray(jax.random.normal(jax.random.key(2), (32, 32))) * 0.8 ** np.arange(32)[:, None]
+    z = np.asarray(jax.random.normal(jax.random.key(3), (2, 12, 32)))
+    x = jnp.asarray(z @ mix, jnp.float32)
+    want = gqa(x)
+
+    def err(rank, rope_heads=None):
+        mla = gqa_to_mla(gqa, rank, rope_heads=rope_heads, calib_x=np.asarray(x).reshape(-1, 32))
+        y = jax.jit(lambda x: mla(x))(x)
+        return float(jnp.linalg.norm(y - want) / jnp.linalg.norm(want))
+
+    errors = [err(r) for r in (2, 6, 12, 16)]
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert errors[0] > 1e-2 and errors[-1] < 1e-5
+    # the paper's RoRoPE with one roped head: approximate even at full rank, better with rank
+    assert err(4, rope_heads=1) > err(24, rope_heads=1) > 1e-6
+
+
+def test_bad_arguments():
+    gqa = MultiHeadAttention(16, n_heads=2, n_kv_heads=1, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="kv_lora_rank"):
+        gqa_to_mla(gqa, 1000)
+    with pytest.raises(ValueError, match="rope_heads"):
+        gqa_to_mla(gqa, rope_heads=2)
+    with pytest.raises(ValueError, match="rope=True"):
+        gqa_to_mla(MultiHeadAttention(16, rope=False, rngs=nnx.Rngs(0)))
