@@ -77,8 +77,8 @@ def test_chunked_equals_recurrent_equals_reference_float64(n, gate, init, t, chu
 def test_scale_is_used_and_defaults_to_inverse_sqrt_k():
     q, k, v, beta, g, _ = make_inputs(0, 1, 6, 2, 4, 3, 1)
     with jax.enable_x64(True):
-        o_def, _ = delta_product(q, k, v, beta, g, chunk_size=4)
-        o_one, _ = delta_product(q, k, v, beta, g, scale=1.0, chunk_size=4)
+        o_def, _ = _jit(delta_product, chunk_size=4)(q, k, v, beta, g)
+        o_one, _ = _jit(delta_product, chunk_size=4, scale=1.0)(q, k, v, beta, g)
     np.testing.assert_allclose(o_def, reference(q, k, v, beta, g, 1)[0], rtol=1e-10)
     np.testing.assert_allclose(o_one, reference(q, k, v, beta, g, 1, scale=1.0)[0], rtol=1e-10)
 
