@@ -30,10 +30,13 @@ so ``D = U - W S_0`` with ``U = T diag(beta) V``, ``W = T diag(beta exp(G)) K`` 
     O = diag(exp(G_q)) Q S_0 + (M * Q K^T) D,       M_qs = exp(G_q - G_s) (s <= q)
     S_c = exp(G_c) S_0 + (exp(G_c - G) * K)^T D.
 
-Everything except the three ``[c, K] x [K, V]`` products with ``S_0`` is computed for all chunks
-at once with batched matmuls; a ``lax.scan`` over chunks carries the state. Reverse-mode
-autodiff of that scan stores one ``[B, H, K, V]`` state per chunk (T / chunk_size of them), which
-is small, so plain ``jax.grad`` is exact and no ``custom_vjp`` is needed.
+Only ``S_c`` needs a sequential ``lax.scan`` over chunks (two ``[c, K] x [K, V]`` products per
+step); everything else, including ``O = (diag(exp(G_q)) Q - P W) S_0 + P U`` once the entering
+states are known, is one batched matmul over all chunks. The UT inverse ``T`` is computed by
+recursive 2x2 blocking (``unit_lower_inverse``, with its own VJP): on CPU that is much faster
+than a batched triangular solve. Reverse-mode autodiff of the scan stores one ``[B, H, K, V]``
+state per chunk (T / chunk_size of them), which is small, so plain ``jax.grad`` is exact and no
+recomputing ``custom_vjp`` is needed.
 """
 
 from __future__ import annotations
