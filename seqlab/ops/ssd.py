@@ -123,14 +123,14 @@ def ssd(
         h0 = initial_state.astype(f)
     else:
         h0 = jnp.zeros((b, h, p, states.shape[-1]), f)
-    states = states.at[:, 0].add(chunk_decay[:, 0] * h0)
 
-    def combine(left, right):
-        return left[0] * right[0], right[0] * left[1] + right[1]
+    def step(state, inp):  # one chunk: returns (its end state, the state entering it)
+        decay_c, states_c = inp
+        return decay_c * state + states_c, state
 
-    _, ends = jax.lax.associative_scan(combine, (chunk_decay, states), axis=1)
-    final_state = ends[:, -1]
-    entering = jnp.concatenate([h0[:, None], ends[:, :-1]], axis=1)  # [b, c, h, p, n]
+    final_state, entering = jax.lax.scan(
+        step, h0, (jnp.moveaxis(chunk_decay, 1, 0), jnp.moveaxis(states, 1, 0)))
+    entering = jnp.moveaxis(entering, 0, 1)  # [b, c, h, p, n]
 
     # 4. state -> output: y_l += exp(a_1 + ... + a_l) C_l . S_{c-1}
     decay_in = jnp.swapaxes(jnp.exp(a_cum), 2, 3)[..., None]  # [b, c, l, h, 1]
