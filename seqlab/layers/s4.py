@@ -1,10 +1,11 @@
 """S4: a diagonal-plus-low-rank state-space layer (Gu et al. 2022, 'Efficiently Modeling Long
 Sequences with Structured State Spaces').
 
-Per channel h, the HiPPO matrix in its DPLR form ``A = diag(Lambda) - P P^H`` (N/2 complex modes
-of the conjugate-symmetric eigenbasis, ``ops.hippo.dplr``), bilinear discretisation, kernel by
-Cauchy + Woodbury at the roots of unity (``ops.ssm.kernel_dplr``), FFT convolution, and the
-same block as S4D (activation, dropout, GLU output projection).
+Per channel h, the HiPPO matrix in its DPLR form in the conjugate-symmetric eigenbasis
+(``ops.hippo.dplr``: N/2 modes ``Lambda``, ``P``, ``B`` standing for the real N-state system
+``A = diag(Lambda, conj Lambda) - p p^H``, ``p = [P; conj P]``, which is HiPPO itself), bilinear
+discretisation, kernel by Cauchy + Woodbury at the roots of unity (``ops.ssm.kernel_dplr``), FFT
+convolution, and the same block as S4D (activation, dropout, GLU output projection).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flax import nnx
 from seqlab.layers.common import SSMParam
 from seqlab.layers.s4d import S4D, _as_complex, _choice, _complex_param
 from seqlab.ops import hippo
-from seqlab.ops.ssm import CAUCHY_METHODS, bilinear_dense, dplr_dense, kernel_dplr
+from seqlab.ops.ssm import dplr_inverse, dplr_step, kernel_dplr
 
 
 class S4(S4D):
@@ -25,15 +26,15 @@ class S4(S4D):
 
     Options: ``measure`` in ``legs | legt | lagt | fout`` (default ``legs``); ``d_state`` (N, even),
     ``real_param``, ``dt_min``/``dt_max``, ``bidirectional``, ``activation``, ``out``,
-    ``dropout`` as in :class:`S4D`; ``cauchy`` (direct | fft: how ``kernel_dplr`` evaluates the
-    Cauchy sums; ``fft`` is faster, ``direct`` robust in float32 for any Lambda). Discretisation
-    is bilinear (S4's kernel algorithm needs it).
+    ``dropout``, ``max_length`` as in :class:`S4D`. Discretisation is bilinear (S4's kernel
+    algorithm needs it).
 
     Trainable SSM parameters (``SSMParam``): ``log_dt [H]``, ``Lambda_re, Lambda_im [H, N/2]``
     (Re Lambda kept negative by ``real_param``; measures whose Re Lambda is 0 start at -1e-4),
     ``P [r, H, N/2, 2]``, ``B [H, N/2, 2]``; ``C [dirs, H, N/2, 2]`` and ``D [H]`` are ordinary.
     The kernel uses the true C (``kernel_dplr`` applies the ``C~ = C (I - dA^L)`` correction),
-    so ``decode`` runs the discretised DPLR recurrence with the same C.
+    so ``decode`` runs the discretised DPLR recurrence with the same C, one step in O(H N r)
+    (``ops.ssm.dplr_step``: Woodbury, no dense [H, N, N] matrix is formed or inverted).
     """
 
     def __init__(
@@ -43,7 +44,6 @@ class S4(S4D):
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
         measure: str = "legs",
-        cauchy: str = "direct",
         **options,
     ):
         for fixed, value in (("init", "measure"), ("mode", "fft"), ("disc", "bilinear")):
@@ -58,7 +58,6 @@ class S4(S4D):
         self.P = SSMParam(_complex_param(np.tile(self._P0[:, None, :], (1, H, 1))))
         del self._P0
         self.measure = measure
-        self.cauchy = _choice("cauchy", cauchy, CAUCHY_METHODS)
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         Lambda, P, B = hippo.dplr(_choice("measure", self.init, hippo.MEASURES), N)
@@ -69,19 +68,22 @@ class S4(S4D):
         """K [dirs, H, length] (S4, Alg. 1)."""
         A, B, C, dt = self.ssm()
         P = _as_complex(self.P[...])
-        return jnp.stack([kernel_dplr(A, P, B, c, dt, length, self.cauchy) for c in C])
+        return jnp.stack([kernel_dplr(A, P, B, c, dt, length) for c in C])
 
     def _recurrence(self, u: jax.Array, h0: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Discretised DPLR recurrence (S4 eq. (3)): ``x_k = dA x_{k-1} + dB u_k``.
+        """Discretised DPLR recurrence (S4 eq. (3)): ``x_k = dA x_{k-1} + dB u_k``, output
+        ``2 Re(C x_k)``. ``(I - dt/2 A)^-1`` is set up once per call in Woodbury form (O(H N r));
+        each step is then O(H N r) (``ops.ssm.dplr_step``).
 
-        u: [batch, t, H] float32; h0: [batch, H, N/2] -> (2 Re(C x) [batch, t, H], last state).
+        u: [batch, t, H] float32; h0: [batch, H, N/2] -> (y [batch, t, H], last state).
         """
         A, B, C, dt = self.ssm()
-        dA, dB = bilinear_dense(dplr_dense(A, _as_complex(self.P[...])), B, dt)
+        P = _as_complex(self.P[...])
+        inv = dplr_inverse(A, P, dt)
 
         def step(h, u_k):  # h: [batch, H, N/2], u_k: [batch, H]
-            h = jnp.einsum("hnm,bhm->bhn", dA, h) + dB * u_k[..., None]
+            h = dplr_step(inv, P, B, dt, h, u_k)
             return h, 2 * jnp.einsum("hn,bhn->bh", C[0], h).real
 
-        h, y = jax.lax.scan(step, h0.astype(dA.dtype), jnp.swapaxes(u, 0, 1))
+        h, y = jax.lax.scan(step, h0.astype(A.dtype), jnp.swapaxes(u, 0, 1))
         return jnp.swapaxes(y, 0, 1), h

@@ -8,9 +8,11 @@ the kernel is ``K[h, l] = 2 Re(sum_n C[h,n] dA[h,n]^l dB[h,n])``. Kernels are co
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DISCRETIZATIONS = ("zoh", "bilinear")
 
@@ -110,36 +112,157 @@ def fft_conv(
     return y
 
 
-def dplr_dense(Lambda: jax.Array, P: jax.Array) -> jax.Array:
-    """``A = diag(Lambda) - sum_r P_r conj(P_r)^T``: Lambda [H, N], P [r, H, N] -> A [H, N, N]."""
-    A = jnp.einsum("rhn,rhm->hnm", P, P.conj())
-    return jax.vmap(jnp.diag)(Lambda) - A
+# ---- S4: diagonal plus low-rank (DPLR) systems ----------------------------------------------
+#
+# Lambda, B, C [H, M] and P [r, H, M] hold one mode of each conjugate pair of a real system of
+# N = 2M states (DESIGN.md): its state matrix is
+#     A = diag(Lambda, conj Lambda) - sum_r p_r p_r^H,   p_r = [P_r; conj P_r],
+# with B_full = [B; conj B] and C_full = [C; conj C], so that ``2 Re(C x)`` is its output when
+# the state is the conjugate-symmetric ``[x; conj x]``. This is the HiPPO matrix itself when
+# (Lambda, P, B) come from ``hippo.dplr`` (S4, Thm. 1; the low-rank term couples the two halves).
+# Its bilinear discretisation needs ``(I - dt/2 A)^-1``, applied in O(M r) by Woodbury.
 
 
-def bilinear_dense(A: jax.Array, B: jax.Array, dt: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Bilinear discretisation of a dense system (S4 eq. (3)). A [H, N, N], B [H, N], dt [H].
+class DPLRInverse(NamedTuple):
+    """``(I - dt/2 A)^-1`` of a conjugate-symmetric DPLR system, in Woodbury form.
 
-    ``dA = (I - dt/2 A)^-1 (I + dt/2 A)``, ``dB = (I - dt/2 A)^-1 dt B``.
+    D = 1 / (1 - dt Lambda / 2) [H, M] complex; Q = D P [r, H, M] complex;
+    S = (2/dt I_r + p^H diag(D, conj D) p)^-1 [H, r, r], real (the two halves add conjugates).
     """
-    eye = jnp.eye(A.shape[-1], dtype=A.dtype)
-    half = (dt / 2)[:, None, None] * A
-    inv = jnp.linalg.inv(eye - half)
-    return inv @ (eye + half), jnp.einsum("hnm,hm->hn", inv, dt[:, None] * B)
+
+    D: jax.Array
+    Q: jax.Array
+    S: jax.Array
 
 
-def _matrix_power(M: jax.Array, n: int) -> jax.Array:
-    """M^n for a static n >= 1 by repeated squaring. M: [..., N, N]."""
-    result, base = None, M
+def dplr_inverse(Lambda: jax.Array, P: jax.Array, dt: jax.Array) -> DPLRInverse:
+    """Woodbury form of ``(I - dt/2 A)^-1`` (S4 eq. (3) and Appendix C.2). Lambda [H, M],
+    P [r, H, M] complex, dt [H]. ``I - dt/2 A = diag(1 - dt Lambda/2, conj) + (dt/2) p p^H``."""
+    D = 1 / (1 - (dt / 2)[:, None] * Lambda)
+    Q = D * P
+    core = 2 * jnp.einsum("shm,thm->hst", P.conj(), Q).real  # p^H diag(D, conj D) p: [H, r, r]
+    eye = jnp.eye(P.shape[0], dtype=core.dtype)
+    return DPLRInverse(D, Q, _inv_small((2 / dt)[:, None, None] * eye + core))
+
+
+def dplr_apply_inverse(inv: DPLRInverse, P: jax.Array, v: jax.Array) -> jax.Array:
+    """Top half of ``(I - dt/2 A)^-1 [v; conj v]``: v [..., H, M] complex -> [..., H, M].
+
+    Woodbury: ``D v - Q S p^H [D v; conj(D v)]`` with ``p^H [u; conj u] = 2 Re(P^H u)``.
+    """
+    Dv = inv.D * v
+    proj = 2 * jnp.einsum("rhm,...hm->...hr", P.conj(), Dv).real
+    return Dv - jnp.einsum("rhm,hrs,...hs->...hm", inv.Q, inv.S.astype(inv.Q.dtype), proj)
+
+
+def dplr_step(
+    inv: DPLRInverse, P: jax.Array, B: jax.Array, dt: jax.Array, x: jax.Array, u: jax.Array
+) -> jax.Array:
+    """One step of the bilinear recurrence ``x_k = dA x_{k-1} + dB u_k`` (S4 eq. (3)) in
+    O(H M r): with ``M = I - dt/2 A``, ``dA = 2 M^-1 - I`` and ``dB = M^-1 dt B``, so
+    ``x_k = M^-1 (2 x_{k-1} + dt B u_k) - x_{k-1}``. x: [..., H, M] complex (top half of the
+    conjugate-symmetric state); u: [..., H] real; B [H, M]; dt [H]."""
+    w = 2 * x + (dt[:, None] * B) * u[..., None]
+    return dplr_apply_inverse(inv, P, w) - x
+
+
+def _dA_power_readout(
+    Lambda: jax.Array, P: jax.Array, C: jax.Array, dt: jax.Array, length: int
+) -> jax.Array:
+    """``C dA^length`` [H, M] (top half of the conjugate-symmetric row vector), for S4's
+    ``C~ = C (I - dA^L)``.
+
+    dA is real-linear on the conjugate-symmetric states, so it is written as a real
+    [2M, 2M] matrix T on ``(Re x, Im x)`` (its columns: dA applied to ``e_j`` and ``i e_j``), the
+    readout ``2 Re(C x) = c . (Re x, Im x)`` with ``c = 2 (Re C, -Im C)``, and ``c T^L`` is formed
+    by repeated squaring (``floor(log2 L)`` real [2M, 2M] products per channel).
+    """
+    H, M = Lambda.shape
+    inv = dplr_inverse(Lambda, P, dt)
+    eye = jnp.eye(M, dtype=Lambda.dtype)
+    basis = jnp.broadcast_to(jnp.concatenate([eye, 1j * eye])[:, None], (2 * M, H, M))
+    cols = dplr_apply_inverse(inv, P, 2 * basis) - basis  # dA e_j, dA (i e_j): [2M, H, M]
+    T = jnp.concatenate([cols.real, cols.imag], axis=-1).transpose(1, 2, 0)  # [H, 2M, 2M]
+    c = 2 * jnp.concatenate([C.real, -C.imag], axis=-1)  # [H, 2M]
+    n, base = length, T
     while True:
         if n & 1:
-            result = base if result is None else result @ base
+            c = jnp.einsum("hi,hij->hj", c, base)
         n >>= 1
         if not n:
-            return result
+            break
         base = base @ base
+    return jax.lax.complex(c[:, :M], -c[:, M:]) / 2  # 2 Re(C' x) = c . (Re x, Im x)
 
 
-CAUCHY_METHODS = ("direct", "fft")
+_BLOCK = 8192  # (channels x points) per block of _cauchy_sums: the working set stays in cache
+
+
+def _cauchy_sums(w: jax.Array, mu: jax.Array, t: jax.Array) -> jax.Array:
+    """Cauchy sums over conjugate pairs (S4, Sec. 3.3 / Alg. 1 step 2) at points ``i t``:
+
+        k[h, l, j] = sum_m w[h,j,m] / (i t_l - mu[h,m]) + conj(w[h,j,m]) / (i t_l - conj mu[h,m])
+
+    w: [H, J, M] complex, mu: [H, M] complex, t: [K] real -> k [H, J, K] complex.
+
+    With ``mu = a + i b``, ``y_-+ = t -+ b`` and ``q_-+ = 1 / (a^2 + y_-+^2)`` one pair adds
+    ``Re = -a Re(w) (q_- + q_+) + Im(w) (y_- q_- - y_+ q_+)`` and
+    ``Im = -a Im(w) (q_- - q_+) - Re(w) (y_- q_- + y_+ q_+)``: two real matrix products per
+    block of points over 2M basis functions each; the divisions are computed once per (h, m, l).
+    Blocks of ``_BLOCK`` (channels x points) keep the working set in cache (one channel and up
+    to 8192 points: L <= 16384 at a time); they are recomputed in the backward pass
+    (``jax.checkpoint``) instead of stored.
+    """
+    H, J, M = w.shape
+    K = t.shape[0]
+    a, b = mu.real, mu.imag
+    W_re = jnp.concatenate([-a[:, None] * w.real, w.imag], axis=-1)  # on (q_- + q_+, Y_1)
+    W_im = jnp.concatenate([-a[:, None] * w.imag, -w.real], axis=-1)  # on (q_- - q_+, Y_2)
+    tb = min(_BLOCK, K)
+    hb = min(H, _BLOCK // tb)
+    nh, nt = -(-H // hb), -(-t.shape[0] // tb)
+    pad_h = nh * hb - H
+    # padded channels: a^2 = 1 (no division by zero), zero weights
+    a2 = jnp.pad(a * a, ((0, pad_h), (0, 0)), constant_values=1).reshape(nh, hb, M, 1)
+    b = jnp.pad(b, ((0, pad_h), (0, 0))).reshape(nh, hb, M, 1)
+    Wr = jnp.pad(W_re, ((0, pad_h), (0, 0), (0, 0))).reshape(nh, hb, J, 2 * M)
+    Wi = jnp.pad(W_im, ((0, pad_h), (0, 0), (0, 0))).reshape(nh, hb, J, 2 * M)
+    t = jnp.pad(t, (0, nt * tb - t.shape[0])).reshape(nt, 1, tb)
+
+    @jax.checkpoint
+    def block(a2, b, Wr, Wi, tl):  # [hb, M, 1] x2, [hb, J, 2M] x2, [1, tb] -> [hb, J, tb] x2
+        ym, yp = tl - b, tl + b  # [hb, M, tb]
+        qm, qp = 1 / (a2 + ym * ym), 1 / (a2 + yp * yp)
+        ym, yp = ym * qm, yp * qp
+        re = jnp.einsum("hml,hjm->hjl", jnp.concatenate([qm + qp, ym - yp], 1), Wr)
+        im = jnp.einsum("hml,hjm->hjl", jnp.concatenate([qm - qp, ym + yp], 1), Wi)
+        return re, im
+
+    def channels(args):
+        a2, b, Wr, Wi = args
+        if nt == 1:
+            return jax.tree.map(lambda x: x[None], block(a2, b, Wr, Wi, t[0]))
+        return jax.lax.map(lambda tl: block(a2, b, Wr, Wi, tl), t)  # [nt, hb, J, tb] x2
+
+    if nh == 1:
+        re, im = jax.tree.map(lambda x: x[None], channels((a2[0], b[0], Wr[0], Wi[0])))
+    else:
+        re, im = jax.lax.map(channels, (a2, b, Wr, Wi))  # [nh, nt, hb, J, tb]
+    k = jax.lax.complex(re, im).transpose(0, 2, 3, 1, 4).reshape(nh * hb, J, nt * tb)
+    return k[:H, :, :K]
+
+
+def _inv_small(M: jax.Array) -> jax.Array:
+    """Inverse of many tiny matrices M [..., r, r] (closed form for r <= 2, as _solve_small)."""
+    r = M.shape[-1]
+    if r == 1:
+        return 1 / M
+    if r == 2:
+        det = M[..., 0, 0] * M[..., 1, 1] - M[..., 0, 1] * M[..., 1, 0]
+        adj = jnp.stack([jnp.stack([M[..., 1, 1], -M[..., 0, 1]], -1),
+                         jnp.stack([-M[..., 1, 0], M[..., 0, 0]], -1)], -2)
+        return adj / det[..., None, None]
+    return jnp.linalg.inv(M)
 
 
 def _solve_small(M: jax.Array, b: jax.Array) -> jax.Array:
@@ -163,55 +286,41 @@ def kernel_dplr(
     C: jax.Array,
     dt: jax.Array,
     length: int,
-    cauchy: str = "direct",
 ) -> jax.Array:
-    """Bilinear S4 kernel of a DPLR system (S4, Alg. 1 and Lemma C.3) -> K [H, length].
+    """Bilinear S4 kernel of a conjugate-symmetric DPLR system (S4, Alg. 1, Lemma C.3)
+    -> K [H, length].
 
-    Lambda, B, C: [H, N] complex; P: [r, H, N] complex; dt: [H]. The system is
-    ``A = diag(Lambda) - sum_r P_r P_r^H`` and the kernel ``K_l = 2 Re(C dA^l dB)``, l < length.
+    Lambda, B, C: [H, M] complex; P: [r, H, M] complex; dt: [H]. The system (see the comment
+    above :class:`DPLRInverse`) has N = 2M states, ``A = diag(Lambda, conj Lambda) - p p^H``,
+    and its real kernel is ``K_l = C_full dA^l dB_full = 2 Re(C (dA^l dB_full)_top)``, l < L.
 
-    1. ``C~ = C (I - dA^length)`` (dense ``dA^length`` by repeated squaring), so the truncated
-       generating function ``K^(z) = sum_{l<L} K_l z^l = C~ (I - dA z)^-1 dB`` is exact.
-    2. At the roots of unity ``z_k = exp(-2 pi i k / L)``, using
-       ``(I - dA z)^-1 dB = [(1 - z) I - (dt/2)(1 + z) A]^-1 dt B`` and the Woodbury identity
-       with ``a = (dt/2)(1 + z)``, ``R = diag(1 / ((1 - z) - a Lambda))`` (the Cauchy kernel):
-       ``K^(z) = dt [C~ R B - a (C~ R P)(I_r + a P^H R P)^-1 (P^H R B)]``.
-       (This scaling of S4's ``2/(1+z) (g(z) - A)^-1`` stays finite at z = -1.)
-    3. ``k = ifft(K^)`` (the truncated generating function is the DFT of k) and ``K = 2 Re k``.
-
-    ``cauchy`` chooses how the Cauchy sums ``sum_n u_n v_n R_n(z_k)`` are evaluated:
-    ``direct`` forms ``R`` on all [H, N, L] nodes (S4's algorithm, O(H N L) divisions);
-    ``fft`` uses ``R_n(z) = 1 / ((1 - dt Lambda_n/2)(1 - z dA_n))`` and ``z^L = 1``:
-    ``sum_n q_n R_n(z_k) = DFT_l(sum_n q_n dA_n^l / ((1 - dt Lambda_n/2)(1 - dA_n^L)))``, a
-    Vandermonde product and an FFT: ~2.5x faster on CPU but less accurate in float32 (each node
-    value comes out of a length-L DFT: relative error ~2e-3 vs ~3e-6 for ``direct`` on
-    HiPPO-LegS at L=16384, scripts/bench/bench_ssm.py; worse on modes with ``|1 - dA_n^L| << 1``).
+    1. ``C~ = C (I - dA^L)`` (``dA^L`` by repeated squaring), so that the truncated generating
+       function ``K^(z) = sum_{l<L} K_l z^l = C~ (I - dA z)^-1 dB`` is exact at ``z^L = 1``.
+    2. At ``z_k = exp(-2 pi i k / L)``: ``(I - dA z)^-1 dB = 2/(1+z) (g - A)^-1 B`` with
+       ``g = (2/dt)(1-z)/(1+z) = (2/dt) i tan(pi k / L)``, ``2/(1+z) = 1 + i tan(pi k / L)``, and
+       Woodbury with the Cauchy kernel ``R = (g - Lambda)^-1`` (both halves of every pair):
+       ``K^ = (1 + i t) [k00 - k01 (I + k11)^-1 k10]``, ``k_ij = (dt/2) u_i^T R v_j`` for
+       ``u = (C~, p^H)``, ``v = (B, p)``. K is real, so ``K^(z_{L-k}) = conj K^(z_k)``: only
+       k <= L/2 is evaluated and ``K = irfft(K^)``. At z = -1 (k = L/2, t = inf) the limit is
+       ``K^ = dt Re(sum C~ B)``.
     """
     if length < 1:
         raise ValueError(f"kernel length must be >= 1, got {length}")
-    if cauchy not in CAUCHY_METHODS:
-        raise ValueError(
-            f"unknown Cauchy evaluation {cauchy!r}; valid choices: {', '.join(CAUCHY_METHODS)}"
-        )
     r = P.shape[0]
-    dA, _ = bilinear_dense(dplr_dense(Lambda, P), B, dt)
-    C_t = C - jnp.einsum("hm,hmn->hn", C, _matrix_power(dA, length))
-    z = jnp.exp(-2j * jnp.pi * jnp.arange(length) / length).astype(Lambda.dtype)  # [L]
-    a = (dt / 2)[:, None] * (1 + z)  # [H, L]
-    # Cauchy sums k(u, v)[h, l] = sum_n u[h,n] v[h,n] R[h,n,l] for u in {C~, P^H}, v in {B, P}
-    left = jnp.concatenate([C_t[None], P.conj()], axis=0)  # [1 + r, H, N]
-    right = jnp.concatenate([B[None], P], axis=0)  # [1 + r, H, N]
-    w = jnp.einsum("ihn,jhn->hijn", left, right)  # [H, 1+r, 1+r, N]
-    if cauchy == "direct":
-        R = 1 / ((1 - z)[None, None, :] - a[:, None, :] * Lambda[:, :, None])  # [H, N, L]
-        k = jnp.einsum("hijn,hnl->hlij", w, R, precision=jax.lax.Precision.HIGHEST)
-    else:
-        half = 1 - (dt / 2)[:, None] * Lambda  # [H, N]
-        log_dA = jnp.log((2 - half) / half)  # log of the diagonal bilinear dA_n
-        q = w / (half * (1 - jnp.exp(length * log_dA)))[:, None, None, :]
-        s = vandermonde(q, jnp.broadcast_to(log_dA[:, None, None, :], q.shape), length)
-        k = jnp.moveaxis(jnp.fft.fft(s, axis=-1), -1, 1)  # [H, L, 1+r, 1+r]
+    C_t = C - _dA_power_readout(Lambda, P, C, dt, length)
+    n_points = length // 2 + 1
+    k_idx = np.arange(n_points)
+    finite = k_idx[2 * k_idx != length]  # drop z = -1 (even length)
+    t = jnp.asarray(np.tan(np.pi * finite / length), dtype=dt.dtype)  # [K]
+    left = jnp.concatenate([C_t[None], P.conj()], axis=0)  # [1 + r, H, M]
+    right = jnp.concatenate([B[None], P], axis=0)
+    w = jnp.einsum("ihm,jhm->hijm", left, right) * (dt / 2)[:, None, None, None]
+    k = _cauchy_sums(w.reshape(w.shape[0], (1 + r) ** 2, -1), (dt / 2)[:, None] * Lambda, t)
+    k = jnp.moveaxis(k.reshape(k.shape[0], 1 + r, 1 + r, -1), -1, 1)  # [H, K, 1+r, 1+r]
     k00, k01, k10, k11 = k[..., 0, 0], k[..., 0, 1:], k[..., 1:, 0], k[..., 1:, 1:]
-    corr = _solve_small(jnp.eye(r, dtype=k.dtype) + a[..., None, None] * k11, k10)  # [H, L, r]
-    K_hat = dt[:, None] * (k00 - a * jnp.einsum("hlr,hlr->hl", k01, corr))
-    return 2 * jnp.fft.ifft(K_hat, axis=-1).real
+    corr = _solve_small(jnp.eye(r, dtype=k.dtype) + k11, k10)  # [H, K, r]
+    K_hat = jax.lax.complex(jnp.ones_like(t), t) * (k00 - jnp.einsum("hkr,hkr->hk", k01, corr))
+    if n_points > t.shape[0]:  # z = -1
+        nyquist = dt * jnp.sum(C_t * B, axis=-1).real
+        K_hat = jnp.concatenate([K_hat, nyquist[:, None].astype(K_hat.dtype)], axis=-1)
+    return jnp.fft.irfft(K_hat, n=length, axis=-1)

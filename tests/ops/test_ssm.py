@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from seqlab.ops import ssm
+from seqlab.ops import hippo, ssm
 
 # jit whole ops: one compilation instead of one per primitive (much faster on a loaded CPU)
 kernel_diag = jax.jit(ssm.kernel_diag, static_argnums=(4, 5))
-kernel_dplr = jax.jit(ssm.kernel_dplr, static_argnums=(5, 6))
+kernel_dplr = jax.jit(ssm.kernel_dplr, static_argnums=5)
 fft_conv = jax.jit(ssm.fft_conv)
 
 
@@ -68,8 +68,6 @@ def test_kernel_diag_methods_differ_and_bad_method():
         kernel_diag(A, B, C, dt, 9, "euler")
     with pytest.raises(ValueError, match="length"):
         kernel_diag(A, B, C, dt, 0)
-    with pytest.raises(ValueError, match="direct, fft"):
-        ssm.kernel_dplr(A, A[None], B, C, dt, 4, "vandermonde")
 
 
 def test_kernel_diag_gradients():
@@ -128,42 +126,96 @@ def test_fft_conv_gradients_and_length_check():
         )
 
 
-def _random_dplr(rng, H, N, r):
-    Lam = -rng.uniform(0.1, 1.0, (H, N)) + 1j * rng.uniform(-8, 8, (H, N))
-    P = (rng.standard_normal((r, H, N)) + 1j * rng.standard_normal((r, H, N))) * 0.5
-    B = rng.standard_normal((H, N)) + 1j * rng.standard_normal((H, N))
-    C = rng.standard_normal((H, N)) + 1j * rng.standard_normal((H, N))
+def _random_dplr(rng, H, M, r):
+    Lam = -rng.uniform(0.1, 1.0, (H, M)) + 1j * rng.uniform(-8, 8, (H, M))
+    P = (rng.standard_normal((r, H, M)) + 1j * rng.standard_normal((r, H, M))) * 0.5
+    B = rng.standard_normal((H, M)) + 1j * rng.standard_normal((H, M))
+    C = rng.standard_normal((H, M)) + 1j * rng.standard_normal((H, M))
     dt = np.array([0.01, 0.1, 0.5][:H])
     return Lam, P, B, C, dt
 
 
-def _dense_bilinear_kernel(Lam, P, B, C, dt, length):
-    """Dense A = diag(Lambda) - sum_r P_r P_r^H, bilinear dA, dB, stepped: K_l = 2 Re(C dA^l dB)."""
-    H, N = Lam.shape
-    K = np.zeros((H, length))
-    for h in range(H):
-        A = np.diag(Lam[h]) - sum(np.outer(p[h], p[h].conj()) for p in P)
-        inv = np.linalg.inv(np.eye(N) - dt[h] / 2 * A)
-        dA, x = inv @ (np.eye(N) + dt[h] / 2 * A), inv @ (dt[h] * B[h])
-        for k in range(length):
-            K[h, k] = 2 * np.real(C[h] @ x)
-            x = dA @ x
-    return K
+def _full_system(Lam, P, B, C):
+    """One channel's real system of N = 2M states (S4 Thm. 1, conjugate-symmetric eigenbasis):
+    A = diag(Lambda, conj Lambda) - sum_r p_r p_r^H with p_r = [P_r; conj P_r], B, C likewise."""
+    p = np.concatenate([P, P.conj()], -1)  # [r, N]
+    A = np.diag(np.concatenate([Lam, Lam.conj()])) - p.T @ p.conj()
+    return A, np.concatenate([B, B.conj()]), np.concatenate([C, C.conj()])
 
 
-@pytest.mark.parametrize("r, length", [(1, 64), (2, 37)])
+def _dense_bilinear_kernel(A, B, C, dt, length):
+    """Dense bilinear dA = (I - dt/2 A)^-1 (I + dt/2 A), dB = (I - dt/2 A)^-1 dt B (S4 eq. (3)),
+    stepped on an impulse: K_l = C dA^l dB (real for a real system)."""
+    N = A.shape[0]
+    inv = np.linalg.inv(np.eye(N) - dt / 2 * A)
+    dA, x = inv @ (np.eye(N) + dt / 2 * A), inv @ (dt * B)
+    K = []
+    for _ in range(length):
+        y = C @ x
+        assert abs(np.imag(y)) <= 1e-9 * max(1.0, abs(y))
+        K.append(np.real(y))
+        x = dA @ x
+    return np.array(K)
+
+
+def _dplr_reference(Lam, P, B, C, dt, length):
+    return np.stack([
+        _dense_bilinear_kernel(*_full_system(Lam[h], P[:, h], B[h], C[h]), dt[h], length)
+        for h in range(Lam.shape[0])
+    ])
+
+
+@pytest.mark.parametrize("r, length", [(1, 64), (2, 37), (1, 2), (2, 1)])
 def test_kernel_dplr_matches_dense_bilinear_recurrence(r, length):
-    rng = np.random.default_rng(5 + r)
+    """Even (z = -1 evaluated as a limit) and odd lengths, ranks 1 and 2, dt up to 0.5 (so the
+    C~ = C (I - dA^L) correction matters), float64 exact and float32 close."""
+    rng = np.random.default_rng(5 + r + length)
     system = _random_dplr(rng, 3, 4, r)
-    ref = _dense_bilinear_kernel(*system, length)
+    ref = _dplr_reference(*system, length)
     with jax.enable_x64(True):
-        for cauchy in ("direct", "fft"):
-            K = kernel_dplr(*map(jnp.asarray, system), length, cauchy)
-            np.testing.assert_allclose(np.asarray(K), ref, rtol=1e-10, atol=1e-12)
+        K = kernel_dplr(*map(jnp.asarray, system), length)
+        np.testing.assert_allclose(np.asarray(K), ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
     K32 = kernel_dplr(*(jnp.asarray(v, jnp.complex64) for v in system[:4]),
-                          jnp.asarray(system[4], jnp.float32), length)
-    assert K32.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(K32), ref, atol=1e-5 * np.abs(ref).max())
+                      jnp.asarray(system[4], jnp.float32), length)
+    assert K32.shape == (3, length) and K32.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(K32), ref, atol=3e-6 * np.abs(ref).max())
+
+
+def test_kernel_dplr_is_the_hippo_legs_kernel():
+    """hippo.dplr's half (Lambda, P, B) with C = c V (c real) is HiPPO-LegS itself: the kernel
+    equals the dense bilinear kernel of the LegS matrices (the low-rank term couples the halves)."""
+    N, length, dt = 8, 50, 0.05
+    A, B = hippo.transition("legs", N)
+    Lam, P, B_half, V = hippo.nplr("legs", N)
+    idx = hippo._positive_half(Lam)
+    c = np.random.default_rng(10).standard_normal((2, N))
+    ref = np.stack([_dense_bilinear_kernel(A, B, ci, dt, length) for ci in c])
+    Lam_h, P_h, B_h = hippo.dplr("legs", N)
+    with jax.enable_x64(True):
+        tile = lambda v: jnp.asarray(np.repeat(v[..., None, :], 2, axis=-2))  # noqa: E731
+        K = kernel_dplr(tile(Lam_h), tile(P_h), tile(B_h), jnp.asarray(c @ V[:, idx]),
+                        jnp.full((2,), dt), length)
+    np.testing.assert_allclose(np.asarray(K), ref, rtol=1e-9, atol=1e-11 * np.abs(ref).max())
+
+
+def test_dplr_step_is_the_kernel_recurrence():
+    """x_k = dA x_{k-1} + dB u_k by dplr_step (Woodbury, no dense matrix) from an impulse:
+    2 Re(C x_k) = K_k, and a second input channel batch is independent."""
+    rng = np.random.default_rng(11)
+    Lam, P, B, C, dt = _random_dplr(rng, 3, 4, 2)
+    ref = _dplr_reference(Lam, P, B, C, dt, 9)
+    with jax.enable_x64(True):
+        Lam, P, B, C, dt = map(jnp.asarray, (Lam, P, B, C, dt))
+        inv = ssm.dplr_inverse(Lam, P, dt)
+        u = jnp.zeros((2, 9, 3)).at[0, 0].set(1.0).at[1, 0].set(-2.0)
+        step = jax.jit(lambda x, u_k: ssm.dplr_step(inv, P, B, dt, x, u_k))
+        x, ys = jnp.zeros((2, 3, 4), jnp.complex128), []
+        for k in range(9):
+            x = step(x, u[:, k])
+            ys.append(2 * jnp.einsum("hm,bhm->bh", C, x).real)
+        y = np.asarray(jnp.stack(ys, -1))
+    np.testing.assert_allclose(y[0], ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y[1], -2 * ref, rtol=1e-10, atol=1e-12)
 
 
 def test_kernel_dplr_with_zero_rank_term_is_kernel_diag_and_gradients():
@@ -176,10 +228,13 @@ def test_kernel_dplr_with_zero_rank_term_is_kernel_diag_and_gradients():
             kernel_diag(args[0], args[2], args[3], args[4], 16, "bilinear"), atol=1e-12,
         )
 
-        def f(p_re, lam_re, log_dt):
+        def f(p_re, lam_re, c_im, log_dt):
             Pc = jax.lax.complex(p_re, jnp.asarray(P.imag))
             Lc = jax.lax.complex(lam_re, jnp.asarray(Lam.imag))
-            return kernel_dplr(Lc, Pc, jnp.asarray(B), jnp.asarray(C), jnp.exp(log_dt), 9)
+            Cc = jax.lax.complex(jnp.asarray(C.real), c_im)
+            return kernel_dplr(Lc, Pc, jnp.asarray(B), Cc, jnp.exp(log_dt), 9)
 
-        check_grads(jax.jit(f), tuple(map(jnp.asarray, (P.real, Lam.real, np.log(dt)))),
+        check_grads(jax.jit(f), tuple(map(jnp.asarray, (P.real, Lam.real, C.imag, np.log(dt)))),
                     order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="length"):
+        ssm.kernel_dplr(*args, 0)
