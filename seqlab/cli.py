@@ -105,9 +105,7 @@ DELEGATED = {"lra": "seqlab.train.lra", "bench": "seqlab.bench.harness"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    import datasets
-
-    datasets.disable_progress_bars()  # HF's per-save bars; seqlab's own bars stay
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # seqlab's own bars stay
     command = argv[0] if argv else ""
     try:
         if command in DELEGATED:  # these commands own their whole argument list

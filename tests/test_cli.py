@@ -11,11 +11,15 @@ SMALL = ["--set", "data.sizes={train: 64, val: 16, test: 16}", "--set", "data.ma
          "--set", "data.min_length=16"]
 
 
-def test_help_everywhere():
-    for args in ([], ["train"], ["eval"], ["check"]):
-        out = subprocess.run([sys.executable, "-m", "seqlab.cli", *args, "--help"],
-                             capture_output=True, text=True)
-        assert out.returncode == 0 and "usage: seqlab" in out.stdout
+def test_help_everywhere(capsys):
+    out = subprocess.run([sys.executable, "-m", "seqlab.cli", "--help"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "usage: seqlab" in out.stdout
+    for command in ("train", "eval", "check", "lra", "bench"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        assert e.value.code == 0
+        assert f"usage: seqlab {command}" in capsys.readouterr().out
 
 
 def test_check_demo(capsys):
