@@ -94,8 +94,17 @@ def nplr(measure: str, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     """Normal plus low-rank form ``A == V diag(Lambda) V^H - P^T P`` (S4, Thm. 1).
 
     Returns ``Lambda [N]`` (complex), ``P [r, N]`` (real), ``B [N]`` (real), ``V [N, N]``
-    (unitary). ``S = A + P^T P`` is ``c I + (skew-symmetric)``, so it is diagonalised stably
-    through the Hermitian matrix ``-i (S - S^T) / 2``; eigenvalues are sorted by imaginary part.
+    (unitary). ``S = A + P^T P`` is ``c I + K`` with K real skew-symmetric, diagonalised stably
+    through the Hermitian matrix ``-i K``: ``Lambda = c + i w``.
+
+    V is closed under conjugation, so that one mode of each pair describes the real system
+    (:func:`dplr`): the eigenvectors for ``-w < 0`` are the conjugates of those for ``w > 0``
+    (so also within a degenerate eigenspace), and the real eigenvalue c (``w = 0``: FouT's
+    double 0, odd N) gets a real orthonormal basis ``u_1, u_2, ...`` of ``ker K`` paired as
+    ``(u_1 +- i u_2) / sqrt2``, ... (a lone real ``u`` is left when its dimension is odd; the
+    official S4 code hard-codes ``(e_0 + i e_1) / sqrt2`` for FouT).
+    Order: ``-w`` descending conjugates, the real block (each ``v`` next to ``conj v``), ``+w``
+    ascending; that is, sorted by imaginary part.
     """
     A, B = transition(measure, N)
     P = rank_correction(measure, N)
@@ -104,31 +113,46 @@ def nplr(measure: str, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     c = np.mean(np.diag(sym))
     if not np.allclose(sym, c * np.eye(N), atol=1e-8 * max(1.0, np.abs(S).max())):
         raise AssertionError(f"A + P^T P is not (c I + skew) for measure {measure!r}")
-    w, V = np.linalg.eigh(-1j * (S - S.T) / 2)
-    Lambda = c + 1j * w
-    order = np.argsort(w, kind="stable")
-    return Lambda[order], P, B, V[:, order]
+    w, U = np.linalg.eigh(-1j * (S - S.T) / 2)  # ascending w
+    tol = 1e-9 * max(1.0, np.abs(w).max())
+    pos, zero = w > tol, np.abs(w) <= tol
+    V_pos, w_pos = U[:, pos], w[pos]
+    # the kernel of the real K is real: a real orthonormal basis of the span of eigh's vectors
+    Z = U[:, zero]
+    m0 = Z.shape[1]
+    R = np.linalg.svd(np.concatenate([Z.real, Z.imag], axis=1))[0][:, :m0]
+    n_pairs = m0 // 2
+    pairs = (R[:, 0 : 2 * n_pairs : 2] + 1j * R[:, 1 : 2 * n_pairs : 2]) / np.sqrt(2)
+    real_block = np.stack([pairs, pairs.conj()], axis=-1).reshape(N, 2 * n_pairs)
+    real_block = np.concatenate([real_block, R[:, 2 * n_pairs :]], axis=1)
+    V = np.concatenate([V_pos[:, ::-1].conj(), real_block, V_pos], axis=1)
+    w_all = np.concatenate([-w_pos[::-1], np.zeros(m0), w_pos])
+    return c + 1j * w_all, P, B, V
 
 
 def _positive_half(Lambda: np.ndarray) -> np.ndarray:
-    """Indices of one eigenvalue per conjugate pair: those with positive imaginary part, plus
-    every second real eigenvalue (FouT has a double eigenvalue at 0)."""
+    """Indices of one mode per conjugate pair of :func:`nplr`'s spectrum: those with positive
+    imaginary part, plus every second real one (nplr places each ``v`` of the real block next to
+    ``conj v``, both with the real eigenvalue c)."""
     tol = 1e-9 * max(1.0, np.abs(Lambda).max())
     pos = np.nonzero(Lambda.imag > tol)[0]
     real = np.nonzero(np.abs(Lambda.imag) <= tol)[0]
-    real = real[np.argsort(Lambda.real[real], kind="stable")]
-    idx = np.concatenate([real[0::2], pos])
-    if 2 * len(idx) != len(Lambda) or len(real) % 2:
+    if 2 * len(pos) + len(real) != len(Lambda) or len(real) % 2:
         raise ValueError("the spectrum does not split into N/2 conjugate pairs")
-    return idx
+    return np.concatenate([real[0::2], pos])
 
 
 def dplr(measure: str, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Diagonal plus low-rank form in the eigenbasis, conjugate-symmetric half (S4, Sec. 3.3).
 
     Returns ``Lambda [N//2]``, ``P [r, N//2]``, ``B [N//2]`` (complex): the rows of
-    ``V^H P^T`` and ``V^H B`` for the eigenvalues with positive imaginary part. The S4 layer uses
-    ``A = diag(Lambda) - P^T conj(P)`` on these N/2 modes with output ``2 Re(...)``.
+    ``V^H P^T`` and ``V^H B`` for the kept column ``v`` of each conjugate pair of :func:`nplr`'s
+    V (``Im Lambda > 0``, and one of each ``(u_1 +- i u_2)/sqrt2`` of the real block; real
+    eigenvalues stay in the half as such pairs, B not halved). Because V is exactly
+    ``[V_half, conj V_half]`` up to order and P, B are real, the real N-state system is
+    ``A = diag(Lambda, conj Lambda) - p p^H``, ``p = [P^T; conj P^T]``, ``B = [B; conj B]``,
+    output ``2 Re(C x)`` (``ops.ssm.kernel_dplr``); it equals the HiPPO system up to the unitary
+    change of basis V.
     """
     _check_even(N, f"dplr({measure!r})")
     Lambda, P, B, V = nplr(measure, N)

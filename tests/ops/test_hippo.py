@@ -43,21 +43,71 @@ def test_fout_is_rotations_minus_rank_one():
     assert np.count_nonzero(rot) == 2 * (N // 2 - 1)
 
 
+@pytest.mark.parametrize("N", [4, 8, 16, 64])
 @pytest.mark.parametrize("measure", hippo.MEASURES)
-def test_nplr_reconstructs_and_dplr_is_its_half(measure):
-    N = 8
+def test_nplr_reconstructs_and_dplr_is_its_half(measure, N):
     A, B = hippo.transition(measure, N)
     Lambda, P, B2, V = hippo.nplr(measure, N)
+    atol = 1e-14 * N * np.abs(A).max()
     np.testing.assert_allclose(V.conj().T @ V, np.eye(N), atol=1e-12)
-    np.testing.assert_allclose(V @ np.diag(Lambda) @ V.conj().T - P.T @ P, A, atol=1e-12)
+    np.testing.assert_allclose(V @ np.diag(Lambda) @ V.conj().T - P.T @ P, A, atol=atol)
     assert np.isrealobj(P) and np.allclose(B2, B)
+    idx = hippo._positive_half(Lambda)
     Lh, Ph, Bh = hippo.dplr(measure, N)
     assert Lh.shape == (N // 2,) and Ph.shape == (P.shape[0], N // 2) and Bh.shape == (N // 2,)
-    for lam, p, b in zip(Lh, Ph.T, Bh, strict=True):
-        j = np.argmin(np.abs(Lambda - lam))
-        np.testing.assert_allclose(p, V[:, j].conj() @ P.T, atol=1e-12)
-        np.testing.assert_allclose(b, V[:, j].conj() @ B, atol=1e-12)
+    np.testing.assert_array_equal(Lh, Lambda[idx])
+    np.testing.assert_allclose(Ph, P @ V[:, idx].conj(), atol=1e-12 * N)
+    np.testing.assert_allclose(Bh, V[:, idx].conj().T @ B, atol=1e-12 * N)
     assert np.all(Lh.imag >= 0)
+    # V is [V_half, conj V_half] up to order: every dropped column is a kept one's conjugate
+    W = np.concatenate([V[:, idx], V[:, idx].conj()], axis=1)
+    np.testing.assert_allclose(W.conj().T @ W, np.eye(N), atol=1e-12)
+    np.testing.assert_allclose(np.sort_complex(np.concatenate([Lh, Lh.conj()])),
+                               np.sort_complex(Lambda), atol=1e-12 * N)
+
+
+def test_fout_real_eigenvalue_is_one_conjugate_pair():
+    """FouT's normal part has the double eigenvalue 0 on span(e_0, e_1) (the constant and the
+    unused slot): the half keeps one mode (u_1 + i u_2)/sqrt2, its conjugate is the other."""
+    N = 8
+    Lambda, _, _, V = hippo.nplr("fout", N)
+    idx = hippo._positive_half(Lambda)
+    real = idx[np.abs(Lambda[idx]) < 1e-12]
+    assert len(real) == 1
+    v = V[:, real[0]]
+    np.testing.assert_allclose(np.abs(v[:2]), [2**-0.5, 2**-0.5], atol=1e-14)
+    np.testing.assert_allclose(v[2:], 0, atol=1e-14)
+    np.testing.assert_allclose(v @ v, 0, atol=1e-14)  # v orthogonal to conj v
+
+
+def _resolvent_tf(A, B, C, s):
+    """G(s) = C (sI - A)^-1 B at each complex point of s, dense float64."""
+    return np.array([C @ np.linalg.solve(si * np.eye(len(B)) - A, B) for si in s])
+
+
+@pytest.mark.parametrize("N", [4, 8, 16, 64])
+@pytest.mark.parametrize("measure", hippo.MEASURES)
+def test_dplr_half_is_the_hippo_system(measure, N):
+    """The 2x-real reconstruction of dplr's half, A = diag(Lambda, conj Lambda) - p p^H with
+    p = [P^T; conj P^T], B = [B; conj B], C = [C; conj C] (what ops.ssm.kernel_dplr computes),
+    has the HiPPO transfer function C (sI - A)^-1 B: for a real HiPPO C mapped into the half
+    (C_half = C V_half), and for any complex C_half (the real C = 2 Re(C_half V_half^H))."""
+    A, B = hippo.transition(measure, N)
+    Lambda, _, _, V = hippo.nplr(measure, N)
+    V_half = V[:, hippo._positive_half(Lambda)]
+    Lh, Ph, Bh = hippo.dplr(measure, N)
+    p = np.concatenate([Ph.T, Ph.T.conj()])
+    A_full = np.diag(np.concatenate([Lh, Lh.conj()])) - p @ p.conj().T
+    B_full = np.concatenate([Bh, Bh.conj()])
+    # points off the pseudospectra of the non-normal LegS / LagT matrices (well conditioned)
+    s = np.array([0.3 + 1j, -0.2 + 2.5j, 1.7 - 0.4j, 5j, 0.5 - 7j])
+    rng = np.random.default_rng(N)
+    C = rng.standard_normal(N)
+    C_half = rng.standard_normal(N // 2) + 1j * rng.standard_normal(N // 2)
+    for c_hippo, c_half in ((C, C @ V_half), (2 * (C_half @ V_half.conj().T).real, C_half)):
+        G = _resolvent_tf(A, B, c_hippo, s)
+        G_half = _resolvent_tf(A_full, B_full, np.concatenate([c_half, c_half.conj()]), s)
+        np.testing.assert_allclose(G_half, G, rtol=1e-12, atol=1e-12 * np.abs(G).max())
 
 
 def test_legs_memory_reconstructs_polynomials():
