@@ -38,8 +38,8 @@ def reference(model, prompt, n, temperature, seed, **filters):
     return tokens
 
 
-@pytest.mark.parametrize("mixer,args", [("mha", {"n_kv_heads": 2}), ("mla", {}),
-                                        ("dsa", {"topk": 3, "block_size": 4})])
+@pytest.mark.parametrize("mixer,args", [("mha", {"n_kv_heads": 2}),
+                                        ("dsa", {"base": "mla", "topk": 3, "block_size": 4})])
 def test_generate_with_cache_equals_recomputation(mixer, args):
     model = lm(mixer, **args)
     prompt = jax.random.randint(jax.random.key(1), (2, 5), 0, 13)

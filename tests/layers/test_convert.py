@@ -21,11 +21,10 @@ def test_full_rank_is_exact(hq, hk):
     calib = np.asarray(jax.random.normal(jax.random.key(1), (64, 32)))
     mla = gqa_to_mla(gqa, calib_x=calib)
     assert cache_bytes(mla) == cache_bytes(gqa)
-    np.testing.assert_allclose(mla(x), gqa(x), atol=2e-5)
-    cache = mla.init_cache(2, 9)
-    y1, cache = mla.decode(x[:, :4], cache)
-    y2, _ = mla.decode(x[:, 4:], cache)
-    np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), gqa(x), atol=2e-5)
+    want = jax.jit(lambda x: gqa(x))(x)
+    np.testing.assert_allclose(jax.jit(lambda x: mla(x))(x), want, atol=2e-5)
+    y, _ = jax.jit(mla.decode)(x, mla.init_cache(2, 9))  # absorbed decode path (prefill)
+    np.testing.assert_allclose(y, want, atol=2e-5)
 
 
 def test_error_falls_with_rank():
@@ -34,14 +33,14 @@ def test_error_falls_with_rank():
     mix = np.asarray(jax.random.normal(jax.random.key(2), (32, 32))) * 0.8 ** np.arange(32)[:, None]
     z = np.asarray(jax.random.normal(jax.random.key(3), (2, 12, 32)))
     x = jnp.asarray(z @ mix, jnp.float32)
-    want = gqa(x)
+    want = jax.jit(lambda x: gqa(x))(x)
 
     def err(rank, rope_heads=None):
         mla = gqa_to_mla(gqa, rank, rope_heads=rope_heads, calib_x=np.asarray(x).reshape(-1, 32))
         y = jax.jit(lambda x: mla(x))(x)
         return float(jnp.linalg.norm(y - want) / jnp.linalg.norm(want))
 
-    errors = [err(r) for r in (2, 6, 12, 16)]
+    errors = [err(r) for r in (2, 8, 16)]
     assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
     assert errors[0] > 1e-2 and errors[-1] < 1e-5
     # the paper's RoRoPE with one roped head: approximate even at full rank, better with rank

@@ -40,16 +40,16 @@ def test_mha_matches_reference_gqa():
 def test_mha_decode_equals_forward(kv):
     layer = MIXERS["mha"](d_model=16, n_kv_heads=kv, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, 9, 16))
-    y = layer(x)
-    cache = layer.init_cache(2, 12)
+    y = jax.jit(lambda x: layer(x))(x)
+    cache, step = layer.init_cache(2, 12), jax.jit(layer.decode)
     ys = []
     for t in range(9):
-        yt, cache = layer.decode(x[:, t : t + 1], cache)
+        yt, cache = step(x[:, t : t + 1], cache)
         ys.append(yt)
     np.testing.assert_allclose(jnp.concatenate(ys, 1), y, atol=2e-6)
     cache = layer.init_cache(2, 12)
-    y1, cache = jax.jit(layer.decode)(x[:, :4], cache)
-    y2, cache = jax.jit(layer.decode)(x[:, 4:], cache)
+    y1, cache = step(x[:, :4], cache)
+    y2, cache = step(x[:, 4:], cache)
     np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, atol=2e-6)
     assert int(cache["pos"]) == 9
     per_token = sum(a.nbytes for n, a in cache.items() if n != "pos") / (2 * 12)
@@ -61,11 +61,11 @@ def test_mha_padding_does_not_change_real_outputs(causal):
     layer = MultiHeadAttention(16, causal=causal, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 8, 16))
     mask = jnp.array([[True] * 8, [True] * 5 + [False] * 3])
-    y = layer(x, mask)
-    short = layer(x[1:, :5])
-    np.testing.assert_allclose(y[1, :5], short[0], atol=2e-6)
+    fwd = jax.jit(lambda x, mask: layer(x, mask))
+    short = fwd(x[1:, :5], None)
+    np.testing.assert_allclose(fwd(x, mask)[1, :5], short[0], atol=2e-6)
     garbage = x.at[1, 5:].set(100.0)
-    np.testing.assert_allclose(layer(garbage, mask)[1, :5], short[0], atol=2e-6)
+    np.testing.assert_allclose(fwd(garbage, mask)[1, :5], short[0], atol=2e-6)
     if not causal:
         with pytest.raises(ValueError, match="no decode"):
             layer.init_cache(1, 4)

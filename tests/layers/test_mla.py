@@ -36,7 +36,8 @@ def test_mla_matches_reference():
     lg = np.einsum("bthe,bshe->bhts", q, k) / np.sqrt(8) + np.where(np.tri(5), 0, -np.inf)
     p = np.exp(lg - lg.max(-1, keepdims=True))
     o = np.einsum("bhts,bshv->bthv", p / p.sum(-1, keepdims=True), v).reshape(2, 5, 6)
-    np.testing.assert_allclose(layer(jnp.asarray(x, jnp.float32)), o @ wo, atol=2e-5)
+    got = jax.jit(lambda x: layer(x))(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(got, o @ wo, atol=2e-5)
 
 
 def test_mla_naive_equals_absorb_equals_parallel(q_lora_rank=8):
@@ -69,7 +70,8 @@ def test_mla_padding_and_options():
     layer = MLA(16, causal=False, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 6, 16))
     mask = jnp.array([[True] * 6, [True] * 4 + [False] * 2])
-    np.testing.assert_allclose(layer(x.at[1, 4:].set(50.0), mask)[1, :4], layer(x[1:, :4])[0],
+    fwd = jax.jit(lambda x, mask: layer(x, mask))
+    np.testing.assert_allclose(fwd(x.at[1, 4:].set(50.0), mask)[1, :4], fwd(x[1:, :4], None)[0],
                                atol=2e-6)
     with pytest.raises(ValueError, match="no decode"):
         layer.init_cache(1, 4)
