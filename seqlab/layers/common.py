@@ -50,7 +50,9 @@ class ShortConv(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if not causal and kernel_size % 2 == 0:
-            raise ValueError(f"a centred (non-causal) ShortConv needs an odd kernel, got {kernel_size}")
+            raise ValueError(
+                f"a centred (non-causal) ShortConv needs an odd kernel, got {kernel_size}"
+            )
         self.channels, self.kernel_size, self.causal = channels, kernel_size, causal
         bound = 1.0 / kernel_size**0.5
         self.weight = nnx.Param(
