@@ -7,7 +7,6 @@ keyword options are the ``data.*`` keys a config may set for it.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ from seqlab.data.pathfinder import pathfinder
 from seqlab.data.synthetic import modular, mqar, parity, permutation
 from seqlab.data.text_lm import text_lm
 from seqlab.data.types import Split, TaskInfo
+from seqlab.utils import did_you_mean
 
 SOURCES: dict[str, Callable[..., Split]] = {
     "arrays": arrays, "listops": listops, "pathfinder": pathfinder, "text": text,
@@ -42,10 +42,9 @@ def source_options(name: str) -> dict[str, inspect.Parameter]:
 
 def get_source(name: str) -> Callable[..., Split]:
     if name not in SOURCES:
-        close = difflib.get_close_matches(name, SOURCES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"unknown data source {name!r}.{hint} Valid sources: {', '.join(sorted(SOURCES))}."
+            f"unknown data source {name!r}.{did_you_mean(name, SOURCES)} "
+            f"Valid sources: {', '.join(sorted(SOURCES))}."
         )
     return SOURCES[name]
 
@@ -57,10 +56,8 @@ def load(name: str, split: str, root: str | None = None, **options) -> Split:
     valid = source_options(name)
     for key in options:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"data source {name!r} has no option {key!r}.{hint} "
+                f"data source {name!r} has no option {key!r}.{did_you_mean(key, valid)} "
                 f"Valid options: {', '.join(sorted(valid)) or '(none)'}."
             )
     return get_source(name)(split, root, **options)

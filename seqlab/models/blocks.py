@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 
 import jax
@@ -11,6 +10,7 @@ from flax import nnx
 
 from seqlab.layers import MIXERS
 from seqlab.layers.common import apply_mask
+from seqlab.utils import did_you_mean
 
 NORMS = ("layer", "rms", "batch")
 FFNS = ("none", "mlp", "glu")
@@ -22,10 +22,9 @@ class ModelBuildError(ValueError):
 
 def get_mixer(name: str) -> type[nnx.Module]:
     if name not in MIXERS:
-        close = difflib.get_close_matches(name, MIXERS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ModelBuildError(
-            f"unknown mixer {name!r}.{hint} Registered mixers: {', '.join(sorted(MIXERS))}."
+            f"unknown mixer {name!r}.{did_you_mean(name, MIXERS)} "
+            f"Registered mixers: {', '.join(sorted(MIXERS))}."
         )
     return MIXERS[name]
 
@@ -38,10 +37,8 @@ def check_mixer_args(name: str, args: dict) -> None:
     valid = [k for k, p in params.items() if k not in ("self", "d_model", "rngs", "dtype")]
     for key in args:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ModelBuildError(
-                f"mixer {name!r} has no argument {key!r}.{hint} "
+                f"mixer {name!r} has no argument {key!r}.{did_you_mean(key, valid)} "
                 f"Valid arguments: {', '.join(valid)}."
             )
 

@@ -7,13 +7,14 @@ wrong types raise ``ConfigError`` naming the key, the closest valid key and the 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from seqlab.utils import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -110,11 +111,6 @@ class Config:
 _DATA_FIELDS = ("name", "root", "sizes", "pad_to")
 
 
-def _suggest(key: str, valid: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -193,7 +189,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         full = f"{prefix}.{key}" if prefix else key
         if key not in fields:
             raise ConfigError(
-                f"unknown config key {full!r}.{_suggest(key, fields)} "
+                f"unknown config key {full!r}.{did_you_mean(key, fields)} "
                 f"Valid keys of {prefix or 'the config'}: {', '.join(fields)}."
             )
         tp = hints[key]
