@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from seqlab.bench import harness, peers, specs
+from seqlab.bench import harness, peers, specs, specs_attention, specs_ssm
 from seqlab.bench.specs import Call, Dims, MixerSpec
 from seqlab.bench.timing import MemoryBudgetExceeded, Timing, is_oom, time_fn, time_python
 from seqlab.layers import MIXERS
@@ -54,7 +55,7 @@ def test_time_python_and_budget():
 def test_tutorial_s4d_matches_the_s4d_equations():
     """peers.s4d_tutorial against a direct float64 evaluation of the ZOH recurrence."""
     d = Dims(batch=2, length=37, d_model=3, state=8)
-    u, A, C, log_dt, D = jax.jit(specs._s4d_params, static_argnums=0)(d, jax.random.PRNGKey(1))
+    u, A, C, log_dt, D = jax.jit(specs_ssm._s4d_params, static_argnums=0)(d, jax.random.PRNGKey(1))
     y = np.asarray(jax.jit(peers.s4d_tutorial)(u, A, C, log_dt, D), np.float64)
     u64, A64, C64 = np.asarray(u, np.float64), np.asarray(A, complex), np.asarray(C, complex)
     dt = np.exp(np.asarray(log_dt, np.float64))[:, None]
@@ -74,8 +75,8 @@ def test_sequential_references_match_their_equations():
     """The bench's own references: sequential SSD against a float64 loop of Mamba-2 eq. (1),
     naive attention against jax.nn.dot_product_attention."""
     d = Dims(batch=2, length=9, d_model=8, heads=2, head_dim=3, state=4)
-    x, dt, A, B, C = jax.jit(specs._ssd_inputs, static_argnums=0)(d, jax.random.PRNGKey(2))
-    y = jax.jit(specs.ssd_sequential)(x, dt, A, B, C)
+    x, dt, A, B, C = jax.jit(specs_ssm._ssd_inputs, static_argnums=0)(d, jax.random.PRNGKey(2))
+    y = jax.jit(specs_ssm.ssd_sequential)(x, dt, A, B, C)
     x, dt, A, B, C = (np.asarray(a, np.float64) for a in (x, dt, A, B, C))
     ref = np.zeros_like(x)
     for b in range(2):
@@ -85,8 +86,8 @@ def test_sequential_references_match_their_equations():
             h = decay * h + dt[b, t][:, None, None] * x[b, t][:, :, None] * B[b, t, 0]
             ref[b, t] = h @ C[b, t, 0]
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
-    q, k, v = jax.jit(specs._attn_inputs, static_argnums=0)(d, jax.random.PRNGKey(3))
-    np.testing.assert_allclose(jax.jit(specs.naive_attention)(q, k, v),
+    q, k, v = jax.jit(specs_attention._attn_inputs, static_argnums=0)(d, jax.random.PRNGKey(3))
+    np.testing.assert_allclose(jax.jit(specs_attention.naive_attention)(q, k, v),
                                jax.nn.dot_product_attention(q, k, v, is_causal=True),
                                rtol=1e-5, atol=1e-5)
 
@@ -97,6 +98,23 @@ def test_dims_read_from_the_mixer():
 
     d = specs.dims_of(M(), specs.SPECS["deltaproduct"], 2, 100, 48)
     assert (d.heads, d.head_dim, d.state, d.chunk, d.num_householder) == (3, 16, 8, 32, 2)
+
+
+def test_every_registered_mixer_has_a_spec_whose_calls_trace():
+    """Each spec's op and reference still match the current ``seqlab.ops`` signatures: traced
+    (``jax.eval_shape``, nothing runs) at a tiny odd size, with the same output shape."""
+    assert set(MIXERS) <= set(specs.SPECS), set(MIXERS) - set(specs.SPECS)
+    for name, spec in specs.SPECS.items():
+        d = replace(Dims(batch=1, length=24, d_model=8, heads=2, head_dim=4, state=4, topk=5,
+                         chunk=8, idx_heads=2, idx_dim=4), **spec.defaults)
+        shapes = []
+        for builder in (spec.op, spec.reference):
+            call = builder(d, jax.random.PRNGKey(0))
+            out = jax.eval_shape(call.fn, *call.args)
+            shapes.append(jax.tree_util.tree_leaves(out)[0].shape)
+        assert shapes[0] == shapes[1], (name, shapes)
+        flops, nbytes = spec.core_cost(d)
+        assert flops > 0 and nbytes > 0, name
 
 
 # ----------------------------------------------------------------------------- smoke run
