@@ -3,12 +3,10 @@
 Gradient flow through the selection (both layers): the chosen key set is a piecewise-constant
 function of the scores, so it carries no gradient. The language-model loss reaches q, k, v (and
 through them every projection of the base layer) via the selected keys only. In DSA the
-indexer's parameters get no gradient from the language-model loss at all; they are trained by
-``DSA.indexer_loss`` (DeepSeek-V3.2's KL objective), whose input is detached from the main
-model (``stop_gradient``) and whose target is the main attention distribution, also detached.
-Schedule (DeepSeek-V3.2, section 2.1): a dense warm-up (``indexer_loss(x, sparse=False)``, the
-model attends densely or is frozen) and then sparse training (``sparse=True``, the KL restricted
-to the selected keys) added to the language-model loss.
+indexer's input is detached from the main model (``stop_gradient``), so the language-model loss
+never reaches the indexer's parameters; the indexer is trained only by DeepSeek-V3.2's KL
+objective, whose target (the main attention distribution) is detached too, so the KL reaches
+only the indexer. See :class:`DSA` for the training schedule.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from seqlab.layers.common import apply_mask, check_input
 from seqlab.layers.mla import MLA
 from seqlab.ops.attention import (
     apply_rope,
+    attention,
     dsa,
     dsa_indexer,
     dsa_indexer_loss,
@@ -58,8 +57,33 @@ class DSA(nnx.Module):
     I[t,s] = sum_j w[t,j] relu(q_idx[t,j].k_idx[s] / sqrt(index_head_dim)); the top ``topk``
     causal keys of each query are attended by every head of the base layer (eq. 2).
     Options: base ("mha" | "mla"), topk, index_heads, index_head_dim, block_size (queries per
-    indexer block), and any option of the base layer (n_heads, n_kv_heads, kv_lora_rank, ...).
-    The cache is the base layer's plus k_idx: index_head_dim more numbers per token.
+    indexer block), indexer_warmup_steps, indexer_loss_weight, and any option of the base layer
+    (n_heads, n_kv_heads, kv_lora_rank, ...). The cache is the base layer's plus k_idx:
+    index_head_dim more numbers per token.
+
+    Training (``model.train()``, i.e. ``deterministic=False``; the trainer sets it), following
+    DeepSeek-V3.2 section 2.1. Each training-mode call advances ``indexer_step`` (an int32
+    ``nnx.Variable``, checkpointed with the model) and sows
+    ``indexer_loss_weight * KL`` as ``aux_loss`` (``nnx.Intermediate``), which the train step adds
+    to the task loss. One compiled step covers both stages (``lax.cond`` on the counter):
+
+    1. Dense warm-up, the first ``indexer_warmup_steps`` calls: the layer's output is dense
+       causal attention, and the KL is eq. 3, ``KL(p_t || softmax(I_t))`` over all causal keys,
+       with p_t the main attention distribution summed over heads and L1-normalised.
+    2. Sparse stage, afterwards: the layer attends only to the indexer's top-k keys, and the KL
+       is eq. 4, both distributions restricted to the selected set S_t.
+
+    Gradients: the task loss reaches the base layer (q, k, v and all its projections; in the
+    sparse stage through the selected keys only) and never the indexer (its input x is detached
+    and the selection is integer-valued). The KL reaches only the indexer's W_qI, W_kI, W_w (its
+    target p_t and its input are detached). Deviation from the paper: its warm-up freezes the
+    rest of a pre-trained dense model; here the model usually trains from scratch, so the task
+    loss keeps training the base layer during warm-up. A model that calls the layer more than
+    once per step (a retrieval pair encoder does not: it batches both inputs) advances the
+    counter once per call. ``indexer_step`` counts calls, so resuming continues the schedule.
+
+    Inference (``model.eval()``, the default of a fresh layer, and ``decode``): always the sparse
+    path, whatever the counter says; nothing is sown and the counter is unchanged.
     """
 
     def __init__(
@@ -72,6 +96,8 @@ class DSA(nnx.Module):
         index_head_dim: int = 32,
         block_size: int = 256,
         rope_base: float = 10000.0,
+        indexer_warmup_steps: int = 0,
+        indexer_loss_weight: float = 1.0,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
         **base_options,
@@ -85,14 +111,23 @@ class DSA(nnx.Module):
                 "DSA needs topk >= 1, index_heads >= 1 and an even index_head_dim >= 2; got "
                 f"{topk}, {index_heads}, {index_head_dim}"
             )
+        if indexer_warmup_steps < 0 or indexer_loss_weight < 0:
+            raise ValueError(
+                "DSA needs indexer_warmup_steps >= 0 and indexer_loss_weight >= 0; got "
+                f"{indexer_warmup_steps}, {indexer_loss_weight}"
+            )
         cls = MultiHeadAttention if base == "mha" else MLA
         self.attn = cls(d_model, rngs=rngs, dtype=dtype, rope_base=rope_base, **base_options)
         self.d_model, self.topk, self.block_size, self.dtype = d_model, topk, block_size, dtype
         self.index_heads, self.index_head_dim = index_heads, index_head_dim
         self.rope_base = rope_base
+        self.indexer_warmup_steps = indexer_warmup_steps
+        self.indexer_loss_weight = indexer_loss_weight
         self.wq_idx = _linear(d_model, index_heads * index_head_dim, dtype, rngs)
         self.wk_idx = _linear(d_model, index_head_dim, dtype, rngs)
         self.w_idx = _linear(d_model, index_heads, dtype, rngs)
+        self.indexer_step = nnx.Variable(jnp.zeros((), jnp.int32))
+        self.deterministic = True  # inference mode; model.train() sets False
 
     def indexer_inputs(self, x: jax.Array, positions: jax.Array):
         """-> q_idx [b,t,Hi,Di], k_idx [b,t,Di], w_idx [b,t,Hi]."""
@@ -104,22 +139,50 @@ class DSA(nnx.Module):
         k_idx = apply_rope(k_idx, positions, self.rope_base)[:, :, 0]
         return q_idx, k_idx, self.w_idx(x) * self.index_heads**-0.5
 
+    def _sparse_stage(self, q, k, v, index, mask) -> tuple[jax.Array, jax.Array]:
+        """Top-k attention (eq. 2) and the KL on the selected keys (eq. 4)."""
+        o = dsa(
+            q, k, v, *index, topk=self.topk, scale=self.attn.scale, mask=mask,
+            block_size=self.block_size,
+        )
+        kl = dsa_indexer_loss(q, k, *index, topk=self.topk, scale=self.attn.scale, mask=mask)
+        return o, kl
+
+    def _dense_stage(self, q, k, v, index, mask) -> tuple[jax.Array, jax.Array]:
+        """Dense causal attention and the KL over all causal keys (eq. 3)."""
+        o = attention(q, k, v, causal=True, scale=self.attn.scale, mask=mask)
+        return o, dsa_indexer_loss(q, k, *index, scale=self.attn.scale, mask=mask)
+
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         check_input(x, self.d_model, "DSA")
         x = apply_mask(x, mask)
         positions = jnp.arange(x.shape[1])
         q, k, v = self.attn.qkv(x, positions)
-        o = dsa(
-            q, k, v, *self.indexer_inputs(x, positions), topk=self.topk, scale=self.attn.scale,
-            mask=mask, block_size=self.block_size,
-        )
+        index = self.indexer_inputs(lax.stop_gradient(x), positions)
+        if self.deterministic:
+            o = dsa(
+                q, k, v, *index, topk=self.topk, scale=self.attn.scale, mask=mask,
+                block_size=self.block_size,
+            )
+            return self.attn.output(o)
+        step = self.indexer_step[...]
+        self.indexer_step[...] = step + 1
+        if self.indexer_warmup_steps == 0:
+            o, kl = self._sparse_stage(q, k, v, index, mask)
+        else:
+            o, kl = lax.cond(
+                step < self.indexer_warmup_steps, self._dense_stage, self._sparse_stage,
+                q, k, v, index, mask,
+            )
+        self.sow(nnx.Intermediate, "aux_loss", self.indexer_loss_weight * kl)
         return self.attn.output(o)
 
     def indexer_loss(
         self, x: jax.Array, mask: jax.Array | None = None, *, sparse: bool = False
     ) -> jax.Array:
         """DeepSeek-V3.2's indexer KL (eq. 3 dense warm-up, eq. 4 with ``sparse=True``): a scalar
-        whose gradient reaches only the indexer's parameters (x is detached)."""
+        whose gradient reaches only the indexer's parameters (x is detached). The value sown by
+        a training-mode call, without the weight; for custom training loops."""
         check_input(x, self.d_model, "DSA")
         x = lax.stop_gradient(apply_mask(x, mask))
         positions = jnp.arange(x.shape[1])
