@@ -81,6 +81,9 @@ class DSA(nnx.Module):
     loss keeps training the base layer during warm-up. A model that calls the layer more than
     once per step (a retrieval pair encoder does not: it batches both inputs) advances the
     counter once per call. ``indexer_step`` counts calls, so resuming continues the schedule.
+    Since the indexer's parameters receive only the KL gradient, Adam's per-parameter scaling
+    makes ``indexer_loss_weight`` nearly irrelevant to their updates; it scales the reported
+    loss and the KL's share of the global gradient norm (``train.grad_clip``).
 
     Inference (``model.eval()``, the default of a fresh layer, and ``decode``): always the sparse
     path, whatever the counter says; nothing is sown and the counter is unchanged.
