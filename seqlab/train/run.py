@@ -219,6 +219,7 @@ def train(cfg: Config, workdir: str | Path) -> dict:
                         "loss": sum(float(h["loss_sum"]) for h in host) / max(count, 1),
                         "accuracy": sum(float(h["correct"]) for h in host) / max(count, 1),
                         "grad_norm": float(host[-1]["grad_norm"]),
+                        "aux_loss": sum(float(h["aux_loss"]) for h in host) / len(host),
                     }
                     metrics.write(step, "train", **last)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
