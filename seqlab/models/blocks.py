@@ -29,6 +29,20 @@ def get_mixer(name: str) -> type[nnx.Module]:
     return MIXERS[name]
 
 
+def accepted_args(cls: type) -> list[str]:
+    """Keyword arguments of a mixer class, following ``**options`` up its base classes."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for k, p in inspect.signature(init).parameters.items():
+            skip = k in ("self", "d_model", "rngs", "dtype") or p.kind is p.VAR_KEYWORD
+            if not skip and k not in names:
+                names.append(k)
+    return names
+
+
 def check_mixer_args(name: str, args: dict) -> None:
     """Raise a clear error for a keyword the mixer class ``name`` does not accept."""
     params = inspect.signature(get_mixer(name).__init__).parameters
@@ -41,6 +55,18 @@ def check_mixer_args(name: str, args: dict) -> None:
                 f"mixer {name!r} has no argument {key!r}.{did_you_mean(key, valid)} "
                 f"Valid arguments: {', '.join(valid)}."
             )
+
+
+def is_causal(mixer: nnx.Module) -> bool:
+    """True when the mixer has a recurrent decode mode (its outputs never see the future).
+    Every bidirectional mixer raises ValueError from ``init_cache`` (the mixer protocol)."""
+    if not hasattr(mixer, "init_cache"):
+        return False
+    try:
+        jax.eval_shape(lambda: mixer.init_cache(1, 1))
+    except ValueError:
+        return False
+    return True
 
 
 class Norm(nnx.Module):
@@ -107,7 +133,16 @@ class Block(nnx.Module):
             raise ModelBuildError(f"unknown ffn {ffn!r}; valid choices: {', '.join(FFNS)}.")
         check_mixer_args(mixer, mixer_args)
         self.prenorm = prenorm
-        self.mixer = get_mixer(mixer)(d_model=d_model, rngs=rngs, dtype=dtype, **mixer_args)
+        cls = get_mixer(mixer)
+        try:
+            self.mixer = cls(d_model=d_model, rngs=rngs, dtype=dtype, **mixer_args)
+        except TypeError as e:  # an unknown keyword reaching a class that takes **options
+            if "unexpected keyword argument" not in str(e):
+                raise
+            raise ModelBuildError(
+                f"mixer {mixer!r}: {e}. Valid arguments: {', '.join(accepted_args(cls))}."
+            ) from None
+        self.causal = is_causal(self.mixer)
         self.norm = Norm(norm, d_model, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         if ffn != "none":

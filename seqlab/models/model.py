@@ -60,6 +60,7 @@ class SequenceModel(nnx.Module):
             dtype=self.dtype,
             rngs=rngs,
         )
+        self._check_causality(cfg, info, mixers)
         self.cls = (
             nnx.Param(0.02 * jax.random.normal(rngs.params(), (d,)))
             if cfg.pool == "cls" and info.task != "token"
@@ -68,6 +69,30 @@ class SequenceModel(nnx.Module):
         if info.task == "retrieval":
             self.head_hidden = nnx.Linear(4 * d, d, dtype=self.dtype, rngs=rngs)
         self.head = nnx.Linear(d, info.n_classes, dtype=self.dtype, rngs=rngs)
+
+    def _check_causality(self, cfg: ModelConfig, info: TaskInfo, mixers: list[str]) -> None:
+        """Language modelling needs causal layers (a bidirectional one sees the labels); CLS
+        pooling needs bidirectional ones (a causal layer's first position sees only itself)."""
+        blocks = list(self.backbone.blocks)
+        if info.causal:
+            for i, (block, name) in enumerate(zip(blocks, mixers, strict=True)):
+                if not block.causal:
+                    raise ModelBuildError(
+                        f"this task is causal (language modelling) but layer {i} ({name!r}) is "
+                        f"bidirectional and would see the tokens it predicts. Use a causal "
+                        f"mixer or its causal setting (e.g. bidirectional: false, causal: true)."
+                    )
+            if cfg.norm == "batch":
+                raise ModelBuildError(
+                    "norm: batch mixes statistics across positions, which leaks future tokens "
+                    "in a causal task; use norm: layer or rms."
+                )
+        if cfg.pool == "cls" and info.task != "token" and any(b.causal for b in blocks):
+            causal = sorted({n for b, n in zip(blocks, mixers, strict=True) if b.causal})
+            raise ModelBuildError(
+                f"pool: cls reads position 0, which causal layers ({', '.join(causal)}) compute "
+                f"from the CLS token alone; use pool: last or mean, or bidirectional mixers."
+            )
 
     def _encode(self, inputs: jax.Array, mask: jax.Array) -> jax.Array:
         x = self.embed(inputs).astype(self.dtype)

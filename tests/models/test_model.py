@@ -122,3 +122,26 @@ def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=0.1, rtol=0.1)
     assert not np.allclose(np.asarray(out), np.asarray(ref), atol=1e-6, rtol=0)  # really bf16
+
+
+def test_causality_rules():
+    lm = TaskInfo("token", n_classes=13, vocab_size=13, input_dim=None, max_length=64,
+                  causal=True)
+    ok = ModelConfig(mixer="mha", d_model=16, n_layers=1, mixer_args={"n_heads": 2})
+    assert build_model(ok, lm, rngs=nnx.Rngs(0)).backbone.blocks[0].causal
+    for bad, words in (
+        (dict(mixer="mha", mixer_args={"n_heads": 2, "causal": False}), "layer 0 ('mha')"),
+        (dict(mixer="s4d", mixer_args=dict(SMALL, bidirectional=True)), "bidirectional"),
+        (dict(mixer="mha", mixer_args={"n_heads": 2}, norm="batch"), "norm: batch"),
+    ):
+        with pytest.raises(ModelBuildError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            build_model(ModelConfig(**{**ok.__dict__, **bad}), lm, rngs=nnx.Rngs(0))
+    with pytest.raises(ModelBuildError, match="pool: cls"):
+        build_model(ModelConfig(mixer="deltanet", d_model=16, n_layers=1, pool="cls",
+                                mixer_args={"num_heads": 2}), CLS, rngs=nnx.Rngs(0))
+
+
+def test_unknown_argument_of_a_forwarding_mixer_lists_the_valid_ones():
+    with pytest.raises(ModelBuildError, match=r"Valid arguments: .*num_householder"):
+        build_model(ModelConfig(mixer="deltaproduct", d_model=16, n_layers=1,
+                                mixer_args={"num_housholder": 2}), CLS, rngs=nnx.Rngs(0))
