@@ -9,7 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+from seqlab.utils import UserError
+
+# Bad configs, data, files and checkpoints; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, UserError)
 
 
 def _train(args) -> int:

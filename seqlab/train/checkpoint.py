@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from seqlab.utils import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that exists but cannot be restored (corrupted or incompatible)."""
 
 
@@ -96,9 +98,6 @@ class Checkpoints:
                 f"(different structure or shapes). Train in a new --workdir."
             )
         return _from_savable(out.state, template), dict(out.meta)
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -32,9 +32,10 @@ from seqlab.train.sharding import (
     state_shardings,
 )
 from seqlab.train.steps import make_eval_step, make_train_step
+from seqlab.utils import UserError
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
