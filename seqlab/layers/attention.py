@@ -21,9 +21,21 @@ def cache_positions(cache: dict, t: int) -> jax.Array:
 
 
 def write_cache(buf: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
-    """Write new [batch, t, ...] into buf [batch, max_length, ...] at time index pos."""
-    start = (0, pos) + (0,) * (buf.ndim - 2)
-    return lax.dynamic_update_slice(buf, new.astype(buf.dtype), start)
+    """Write new [batch, t, ...] into buf [batch, max_length, ...] at time index pos.
+
+    Writing past max_length is an error: raised when pos is known, and under jit (pos traced)
+    the written entries become NaN, so the outputs turn NaN instead of silently attending to
+    overwritten keys (``dynamic_update_slice`` would clamp the index)."""
+    t, max_length = new.shape[1], buf.shape[1]
+    if t > max_length or (not isinstance(pos, jax.core.Tracer) and int(pos) + t > max_length):
+        raise ValueError(
+            f"decode cache overflow: writing {t} tokens at position {pos} of a cache of "
+            f"max_length={max_length}; create the cache with a larger max_length"
+        )
+    new = new.astype(buf.dtype)
+    if jnp.issubdtype(buf.dtype, jnp.floating):
+        new = jnp.where(pos + t > max_length, jnp.asarray(jnp.nan, buf.dtype), new)
+    return lax.dynamic_update_slice(buf, new, (0, pos) + (0,) * (buf.ndim - 2))
 
 
 class MultiHeadAttention(nnx.Module):

@@ -264,7 +264,8 @@ class Mamba2(_SSDMixerBase):
         del max_length
         return {
             "conv": self.conv.init_cache(batch_size, dtype),
-            "state": jnp.zeros((batch_size, self.heads, self.headdim, self.d_state), dtype),
+            # the recurrent state accumulates over the whole sequence: float32 whatever dtype
+            "state": jnp.zeros((batch_size, self.heads, self.headdim, self.d_state), jnp.float32),
         }
 
     def decode(self, u: jax.Array, cache):

@@ -76,3 +76,18 @@ def test_mha_bad_options():
         MultiHeadAttention(16, n_heads=4, n_kv_heads=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="d_model=16"):
         MultiHeadAttention(16, rngs=nnx.Rngs(0))(jnp.zeros((1, 3, 8)))
+
+
+def test_decoding_past_the_cache_is_an_error_not_a_silent_overwrite():
+    for name, args in (("mha", {"n_heads": 2}), ("mla", {"n_heads": 2})):
+        layer = MIXERS[name](d_model=16, rngs=nnx.Rngs(0), **args)
+        x = jnp.ones((1, 5, 16))
+        with pytest.raises(ValueError, match="cache overflow"):
+            layer.decode(x, layer.init_cache(1, 4))
+        step = nnx.jit(lambda m, x, c: m.decode(x, c))
+        cache = layer.init_cache(1, 4)
+        finite = []
+        for t in range(5):
+            y, cache = step(layer, x[:, t : t + 1], cache)
+            finite.append(bool(jnp.isfinite(y).all()))
+        assert finite == [True] * 4 + [False], (name, finite)
