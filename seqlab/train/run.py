@@ -140,6 +140,31 @@ class Run:
         }
 
 
+def _set_aside_after(workdir: Path, step: int) -> None:
+    """A run resumed from ``step`` recomputes what came after it: move the metrics records and
+    best checkpoints of those later steps (an interrupted timeline) to WORKDIR/rolled_back/, so
+    nothing is lost and nothing is counted twice."""
+    aside = workdir / "rolled_back"
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+        keep, later = [], []
+        for line in path.read_text().splitlines(keepends=True):
+            if line.strip():
+                (later if json.loads(line)["step"] > step else keep).append(line)
+        if later:
+            aside.mkdir(exist_ok=True)
+            with (aside / "metrics.jsonl").open("a") as f:
+                f.writelines(later)
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(path)  # atomic: the file is never half written
+    best = workdir / "best"
+    for d in sorted(best.iterdir()) if best.exists() else []:
+        if d.name.isdigit() and int(d.name) > step:
+            aside.mkdir(exist_ok=True)
+            d.rename(aside / f"best_{d.name}")
+
+
 def _check_batch_size(cfg: Config) -> None:
     for name in ("batch_size", "eval_batch_size"):
         b = getattr(cfg.train, name)
@@ -167,9 +192,10 @@ def train(cfg: Config, workdir: str | Path) -> dict:
     run = Run(cfg, train_split.info)
     loader = Loader(train_split, tc.batch_size, seed=tc.seed, pad_to=cfg.data.pad_to)
     ckpts = Checkpoints(workdir / "checkpoints", tc.keep_checkpoints)
+    latest = ckpts.latest_step()
+    _set_aside_after(workdir, latest or 0)
     best = Checkpoints(workdir / "best", 1)
     best_acc, best_step, step = -math.inf, None, 0
-    latest = ckpts.latest_step()
     if latest is not None:
         run.state, meta = ckpts.restore(latest, run.state)
         loader.set_state(meta["loader"])

@@ -53,8 +53,28 @@ def _losses(workdir, split="train"):
 def runs(npz, tmp_path_factory):
     """One run straight through, and the same run preempted at step 20 and resumed."""
     root = tmp_path_factory.mktemp("runs")
-    cfg = _cfg(npz, steps=40, eval_every=20, checkpoint_every=10, log_every=5, lr=0.02)
+    cfg = _cfg(npz, steps=40, eval_every=15, checkpoint_every=10, log_every=5, lr=0.02)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.1))
     straight = run_lib.train(cfg, root / "straight")
+    # killed during step 16 (after logging and evaluating step 15; last checkpoint: 10), ...
+    with pytest.MonkeyPatch.context() as mp:
+        real = run_lib.make_train_step
+
+        def dies_at_16(graphdef, shardings):
+            step_fn, calls = real(graphdef, shardings), [0]
+
+            def wrapped(state, batch):
+                calls[0] += 1
+                if calls[0] == 16:
+                    raise KeyboardInterrupt("preempted")
+                return step_fn(state, batch)
+
+            return wrapped
+
+        mp.setattr(run_lib, "make_train_step", dies_at_16)
+        with pytest.raises(KeyboardInterrupt):
+            run_lib.train(cfg, root / "resumed")
+    # ... resumed and paused at step 20, then resumed to the end
     paused = run_lib.train(dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, stop_after=20)), root / "resumed")
     resumed = run_lib.train(cfg, root / "resumed")
@@ -82,8 +102,14 @@ def test_exact_resume_after_preemption(runs):
     a, b = _losses(root / "straight"), _losses(root / "resumed")
     assert sorted(a) == list(range(5, 41, 5)) and sorted(a) == sorted(b)
     for step, loss in a.items():
-        assert b[step] == loss, (step, loss, b[step])  # bitwise equal
+        assert b[step] == loss, (step, loss, b[step])  # bitwise equal, dropout included
     assert resumed["test"] == straight["test"]
+    # the interrupted timeline's records (steps 15 train and val) were set aside, not repeated
+    steps = [(r["step"], r["split"]) for r in read_metrics(root / "resumed")]
+    assert len(steps) == len(set(steps)) == len(read_metrics(root / "straight"))
+    aside = read_metrics(root / "resumed" / "rolled_back")
+    assert {(r["step"], r["split"]) for r in aside} == {(15, "train"), (15, "val")}
+    assert (root / "resumed" / "rolled_back" / "best_15").is_dir()
 
 
 def test_config_change_on_existing_workdir_is_refused(runs):
