@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -162,12 +163,13 @@ class Block(nnx.Module):
             x = self._residual(x, self.ffn, self.ffn_norm, mask)
         return apply_mask(x, mask)
 
-    def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32):
+    def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> Any:
+        """The mixer's decode cache (a pytree of arrays)."""
         if not hasattr(self.mixer, "init_cache"):
             raise ValueError(f"mixer {type(self.mixer).__name__} has no recurrent decode mode")
         return self.mixer.init_cache(batch_size, max_length, dtype)
 
-    def decode(self, x: jax.Array, cache):
+    def decode(self, x: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
         """x: [batch, t, d_model] -> (y [batch, t, d_model], cache)."""
         new_cache = []
 
@@ -246,9 +248,11 @@ class Backbone(nnx.Module):
         return x
 
     def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> list:
+        """One decode cache per block."""
         return [b.init_cache(batch_size, max_length, dtype) for b in self.blocks]
 
-    def decode(self, x: jax.Array, cache: list):
+    def decode(self, x: jax.Array, cache: list) -> tuple[jax.Array, list]:
+        """x: [batch, t, d_model] -> (y [batch, t, d_model], new caches)."""
         new = []
         for block, c in zip(self.blocks, cache, strict=True):
             x, c = block.decode(x, c)

@@ -4,6 +4,7 @@ optimiser, step and data-loader position; restored onto an abstract state."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +63,8 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, meta: dict) -> None:
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Save ``state`` (a pytree of arrays) and JSON ``meta`` as ``step``."""
         self.manager.save(
             step,
             args=ocp.args.Composite(

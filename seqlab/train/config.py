@@ -257,4 +257,5 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def dump_config(cfg: Config) -> str:
+    """``cfg`` as YAML text (what WORKDIR/config.yaml holds)."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

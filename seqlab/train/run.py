@@ -288,6 +288,7 @@ def final_results(workdir: Path, run: Run, cfg: Config) -> dict:
 
 
 def load_workdir_config(workdir: str | Path) -> Config:
+    """The config a workdir was trained with (its config.yaml)."""
     path = Path(workdir) / "config.yaml"
     if not path.exists():
         raise ConfigError(

@@ -11,6 +11,8 @@ variables and its structure is the same every step. The eval step captures and d
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +22,12 @@ from flax import nnx
 AUX_LOSS = "aux_loss"
 
 
-def forward(model, batch: dict) -> jax.Array:
+def forward(model: nnx.Module, batch: dict) -> jax.Array:
+    """Logits of ``model`` on a batch (the format of seqlab/data/types.py)."""
     return model(batch["inputs"], batch["mask"], batch.get("inputs2"), batch.get("mask2"))
 
 
-def forward_with_aux(model, batch: dict) -> tuple[jax.Array, jax.Array]:
+def forward_with_aux(model: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Array]:
     """-> (logits, aux): aux is the float32 sum of every scalar sown as ``aux_loss`` during the
     forward (0 when none); sown values of other names are ignored."""
     logits, sown = nnx.capture(forward, nnx.Intermediate)(model, batch)
@@ -59,7 +62,7 @@ def loss_and_counts(logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
     return sums["loss_sum"] / jnp.maximum(count, 1.0), sums
 
 
-def make_train_step(graphdef, state_shardings):
+def make_train_step(graphdef: nnx.GraphDef, state_shardings: Any) -> Callable:
     """(state, batch) -> (state, metrics); the state is donated and keeps its shardings, so
     the step compiles once per batch shape. ``metrics["loss"]`` is the differentiated loss
     (cross-entropy + ``aux_loss``); ``loss_sum / count`` is the cross-entropy alone."""
@@ -82,7 +85,7 @@ def make_train_step(graphdef, state_shardings):
     return train_step
 
 
-def make_eval_step(model_graphdef):
+def make_eval_step(model_graphdef: nnx.GraphDef) -> Callable:
     """(model_state, batch) -> sums {loss_sum, correct, count}."""
 
     @jax.jit
