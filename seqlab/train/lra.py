@@ -17,6 +17,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from seqlab.train.metrics import read_metrics
+
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 MODELS = ("s4", "s4d", "s4-ptd", "hydra", "deltaproduct", "mla", "topk")
 TASK_TITLES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
@@ -133,13 +135,6 @@ def results_table(workdir: Path, tasks: Sequence[str], models: Sequence[str]) ->
     lines += ["", "Published averages count a failed task as 50% (chance), except the "
               "Transformer's, which is over the five tasks it did not fail."]
     return "\n".join(lines) + "\n"
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_curves(workdir: Path, tasks: Sequence[str], models: Sequence[str],
