@@ -1,6 +1,9 @@
-"""Pieces shared by several mixers: the SSM parameter type, masking, short convolutions."""
+"""Pieces shared by several mixers: the SSM parameter type, masking, short convolutions,
+the Mamba dt-bias initialisation and the gated RMSNorm."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +88,24 @@ class ShortConv(nnx.Module):
         xp = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
         y = self._conv_padded(xp, x.shape[1])
         return y, xp[:, xp.shape[1] - (self.kernel_size - 1) :].astype(cache.dtype)
+
+
+def dt_bias_init(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    dt_min: float,
+    dt_max: float,
+    dt_init_floor: float = 0.0,
+) -> jax.Array:
+    """Bias b such that softplus(b) is a log-uniform step size (Mamba init; Gu & Dao 2023).
+
+    dt = max(exp(u (log dt_max - log dt_min) + log dt_min), dt_init_floor), u ~ U[0, 1), so dt
+    is log-uniform in [dt_min, dt_max]; b = softplus^{-1}(dt) = dt + log(1 - exp(-dt)).
+    Returns a float32 array of ``shape`` (e.g. ``[heads]``).
+    """
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    u = jax.random.uniform(key, shape)
+    dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = jnp.maximum(dt, dt_init_floor)
+    return dt + jnp.log(-jnp.expm1(-dt))

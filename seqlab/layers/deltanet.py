@@ -18,13 +18,17 @@ beta = 0, g = 0 there, so a padded step leaves the state untouched.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqlab.layers.common import ShortConv, SSMParam, apply_mask, check_input
+from seqlab.layers.common import (
+    ShortConv,
+    SSMParam,
+    apply_mask,
+    check_input,
+    dt_bias_init,
+)
 from seqlab.ops.delta import delta_product, delta_product_recurrent
 
 
@@ -94,9 +98,7 @@ class _DeltaRuleMixer(nnx.Module):
             self.A_log = SSMParam(
                 jnp.log(jax.random.uniform(rngs.params(), (h,), minval=lo, maxval=hi))
             )
-            u = jax.random.uniform(rngs.params(), (h,))
-            dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            self.dt_bias = SSMParam(dt + jnp.log(-jnp.expm1(-dt)))  # softplus^-1(dt)
+            self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max))
         else:
             self.a_proj = self.A_log = self.dt_bias = None
         self.g_proj = linear(h * v_dim) if use_output_gate else None

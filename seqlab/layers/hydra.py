@@ -10,25 +10,18 @@ and zero input, so the outputs at real positions do not depend on it.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqlab.layers.common import ShortConv, SSMParam, apply_mask, check_input
+from seqlab.layers.common import (
+    ShortConv,
+    SSMParam,
+    apply_mask,
+    check_input,
+    dt_bias_init,
+)
 from seqlab.ops.ssd import materialize, quasiseparable, ssd
-
-
-def _inverse_softplus_dt(rngs: nnx.Rngs, heads: int, dt_min: float, dt_max: float,
-                         dt_floor: float) -> jax.Array:
-    """dt bias such that softplus(bias) is log-uniform in [dt_min, dt_max] (Mamba init)."""
-    if not 0 < dt_min <= dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-    u = jax.random.uniform(rngs.params(), (heads,))
-    dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = jnp.maximum(dt, dt_floor)
-    return dt + jnp.log(-jnp.expm1(-dt))  # softplus^{-1}(dt)
 
 
 def _A_log_init(rngs: nnx.Rngs, heads: int, A_init_range: tuple[float, float]) -> jax.Array:
@@ -135,7 +128,7 @@ class Hydra(_SSDMixerBase):
                                   dtype=dtype, rngs=rngs)
         self.conv = ShortConv(self.d_inner + 4 * gn, d_conv, causal=False, rngs=rngs)
         self.A_log = SSMParam(_A_log_init(rngs, h, A_init_range))
-        self.dt_bias = SSMParam(_inverse_softplus_dt(rngs, h, dt_min, dt_max, dt_init_floor))
+        self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max, dt_init_floor))
         self.D = nnx.Param(jnp.ones((h,)))
         self.fc_D = nnx.Linear(self.d_inner, h, use_bias=False, dtype=dtype, rngs=rngs)
         self.norm = _GatedRMSNorm(self.d_inner, norm_before_gate=True)
@@ -225,7 +218,7 @@ class Mamba2(_SSDMixerBase):
                                   dtype=dtype, rngs=rngs)
         self.conv = ShortConv(self.d_inner + 2 * gn, d_conv, causal=True, rngs=rngs)
         self.A_log = SSMParam(_A_log_init(rngs, h, A_init_range))
-        self.dt_bias = SSMParam(_inverse_softplus_dt(rngs, h, dt_min, dt_max, dt_init_floor))
+        self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max, dt_init_floor))
         self.D = nnx.Param(jnp.ones((h,)))
         self.norm = _GatedRMSNorm(self.d_inner, norm_before_gate=False)
         self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=use_bias, dtype=dtype,
