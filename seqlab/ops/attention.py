@@ -164,6 +164,42 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax
     return out.astype(x.dtype)
 
 
+_TOPK_BLOCK = 256  # queries per block of topk_attention (measured best on CPU at T = 1k-4k)
+_TOPK_GROUPS = 8  # causal key-length groups, compiled separately (bounds compile time)
+
+
+def _topk_softmax_block(qg, k, v, vis, topk, scale):
+    """Top-k attention of one query block against the keys it may see, normalised at the end.
+
+    qg: [b, t, H, G, D]; k: [b, s, H, D]; v: [b, s, H, Dv]; vis: [b or 1, t, s] bool.
+    Returns o: [b, t, H, G, Dv] in the accumulation dtype; a row with no visible key gives 0.
+
+    The threshold is the k-th largest visible score of each row (``lax.top_k`` on scores where
+    the invisible ones are -inf, under ``stop_gradient``: the selection is piecewise constant);
+    keys scoring ``>=`` it are kept, so ties with the k-th score are all kept. The whole top-k
+    value block is reduced (min -> threshold, max -> softmax shift) on purpose: XLA:CPU rewrites
+    a sort into its fast TopK kernel only when the top-k output is used from element 0, and a
+    lone ``vals[..., -1]`` compiles to a full-row sort (~15x slower at T = 1024).
+    """
+    acc = _acc_dtype(qg.dtype)
+    vis = vis[:, None, None]
+    logits = jnp.einsum("bthgd,bshd->bhgts", qg, k, preferred_element_type=acc) * scale
+    masked = jnp.where(vis, logits, -jnp.inf)
+    if topk < k.shape[1]:
+        top = lax.top_k(lax.stop_gradient(masked), topk)[0]
+        keep = vis & (masked >= jnp.min(top, axis=-1, keepdims=True))
+        m = jnp.max(top, axis=-1, keepdims=True)
+    else:
+        keep = vis
+        m = lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
+    # softmax over the kept keys, exp(x - max) / sum; the shift needs no gradient (it cancels)
+    e = jnp.exp(jnp.where(keep, logits - jnp.where(jnp.isfinite(m), m, 0.0), -jnp.inf))
+    denom = jnp.sum(e, axis=-1)
+    o = jnp.einsum("bhgts,bshd->bthgd", e.astype(v.dtype), v, preferred_element_type=acc)
+    denom = jnp.where(denom > 0, denom, 1.0).transpose(0, 3, 1, 2)[..., None]
+    return o / denom
+
+
 def topk_attention(
     q: jax.Array,
     k: jax.Array,
@@ -179,7 +215,13 @@ def topk_attention(
 
     Shapes as :func:`attention`. Each (query, head) keeps the ``topk`` visible keys of highest
     score ``scale q.k`` and takes the softmax over those only; keys whose score ties the k-th
-    score are all kept. ``topk >= S`` is dense attention.
+    score are all kept. ``topk >= S`` is dense attention. A query that sees no key returns 0.
+    Gradients reach q, k, v through the kept keys; the selection itself carries none.
+
+    Queries run in blocks of at most 256 (``lax.map``; scores held per block: ``[b, Hq, 256,
+    S]``). With ``causal`` and a static ``q_offset`` the blocks form up to 8 groups of
+    consecutive queries, and a group scores only the keys its last query can see, which skips
+    about half of the causal work at long T.
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
@@ -187,17 +229,33 @@ def topk_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     b, t, hq, d = q.shape
     s, h = k.shape[1], k.shape[2]
-    acc = _acc_dtype(q.dtype)
-    qg = q.reshape(b, t, h, hq // h, d)
-    logits = jnp.einsum("bthgd,bshd->bhgts", qg, k, preferred_element_type=acc) * scale
-    vis = _visible(t, s, causal=causal, q_offset=q_offset, mask=mask)[:, None, None]
-    if topk < s:
-        masked = jnp.where(vis, logits, -jnp.inf)
-        kth = lax.top_k(masked, topk)[0][..., -1:]
-        vis = vis & (masked >= kth)
-    p = _masked_softmax(logits, vis)
-    o = jnp.einsum("bhgts,bshd->bthgd", p.astype(v.dtype), v, preferred_element_type=acc)
-    return o.reshape(b, t, hq, v.shape[-1]).astype(q.dtype)
+    static_causal = causal and isinstance(q_offset, int)
+    n_blocks = -(-t // _TOPK_BLOCK)
+    block = -(-t // n_blocks)  # pads fewer than n_blocks queries
+    per_group = -(-n_blocks // min(n_blocks, _TOPK_GROUPS)) if static_causal else n_blocks
+    tp = n_blocks * block
+    qg = jnp.pad(q, ((0, 0), (0, tp - t), (0, 0), (0, 0))).reshape(b, tp, h, hq // h, d)
+    groups = []
+    for t0 in range(0, tp, per_group * block):
+        t1 = min(tp, t0 + per_group * block)
+        n = (t1 - t0) // block
+        # keys past the group's last query position are invisible to the whole group
+        s1 = min(s, max(t1 + q_offset, 1)) if static_causal else s
+        vis = _visible(
+            t1 - t0, s1, causal=causal, q_offset=q_offset,
+            mask=None if mask is None else mask[:, :s1], t0=t0,
+        )
+        kg, vg = k[:, :s1], v[:, :s1]
+        o = lax.map(
+            lambda qv, kg=kg, vg=vg: _topk_softmax_block(qv[0], kg, vg, qv[1], topk, scale),
+            (
+                qg[:, t0:t1].reshape(b, n, block, h, hq // h, d).swapaxes(0, 1),
+                vis.reshape(vis.shape[0], n, block, s1).swapaxes(0, 1),
+            ),
+        )
+        groups.append(o.swapaxes(0, 1).reshape(b, t1 - t0, h, hq // h, v.shape[-1]))
+    o = groups[0] if len(groups) == 1 else jnp.concatenate(groups, axis=1)
+    return o[:, :t].reshape(b, t, hq, v.shape[-1]).astype(q.dtype)
 
 
 def _index_scores(q_idx, k_idx, w_idx, scale):

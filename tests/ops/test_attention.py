@@ -126,6 +126,80 @@ def test_topk_attention(causal, topk):
                         args, order=1, modes=["rev"], eps=1e-6)
 
 
+def topk_exact(topk):
+    """Keep exactly topk keys per row (first by index among ties): the rule topk_attention
+    does NOT follow, used to show that the tie test can tell the two apart."""
+
+    def keep(logit, vis):
+        order = np.argsort(-np.where(vis, logit, -np.inf), axis=-1, kind="stable")
+        out = np.zeros_like(vis)
+        np.put_along_axis(out, order[:, :topk], True, axis=-1)
+        return out & vis
+
+    return keep
+
+
+@pytest.mark.parametrize("causal,off,traced", [(True, 0, False), (True, 4, False),
+                                               (True, 4, True), (False, 0, False)])
+def test_topk_attention_blocks_mask_offset_ties(monkeypatch, causal, off, traced):
+    """Several query blocks (padded, in causal key-length groups), a padding mask, a query
+    offset, GQA and exact score ties (integer q, k): equal to the float64 reference."""
+    monkeypatch.setattr(A, "_TOPK_BLOCK", 2)
+    monkeypatch.setattr(A, "_TOPK_GROUPS", 2)
+    t = 9 - off
+    q, k = (RNG.integers(-2, 3, shape).astype(float) for shape in ((2, t, 4, 6), (2, 9, 2, 6)))
+    v, mask = rand(2, 9, 2, 3), RNG.random((2, 9)) > 0.3
+    mask[:, 0] = True
+    tie_effect = 0.0
+    for topk in (3, 6):  # with off = 0, topk = 6 takes the dense branch in the first group
+        with jax.enable_x64(True):
+            got = A.topk_attention(*map(jnp.asarray, (q, k, v)), topk=topk, causal=causal,
+                                   mask=jnp.asarray(mask), scale=1.0,
+                                   q_offset=jnp.asarray(off) if traced else off)
+        kw = dict(causal=causal, mask=mask, q_offset=off, scale=1.0)  # integer scores tie exactly
+        want = ref_attention(q, k, v, keep=topk_keep(topk), **kw)
+        np.testing.assert_allclose(got, want, atol=1e-12)
+        tie_effect = max(tie_effect, np.abs(want - ref_attention(q, k, v, keep=topk_exact(topk),
+                                                                 **kw)).max())
+    # ties at the k-th score are kept: keeping exactly topk keys would give another output
+    assert tie_effect > 1e-3
+
+
+def test_topk_attention_blocks_grads_and_empty_rows(monkeypatch):
+    monkeypatch.setattr(A, "_TOPK_BLOCK", 3)
+    monkeypatch.setattr(A, "_TOPK_GROUPS", 2)
+    q, k, v = rand(2, 8, 2, 5), rand(2, 8, 1, 5), rand(2, 8, 1, 4)
+    mask = np.ones((2, 8), bool)
+    mask[1, :2] = False  # queries 0 and 1 of sequence 1 see no key: their output is 0
+    with jax.enable_x64(True):
+        args = tuple(map(jnp.asarray, (q, k, v)))
+
+        def f(*a):
+            return A.topk_attention(*a, topk=2, causal=True, mask=jnp.asarray(mask), scale=0.7)
+
+        got = f(*args)
+        np.testing.assert_array_equal(got[1, :2], 0.0)
+        with np.errstate(invalid="ignore"):  # the reference's empty rows are 0 / 0
+            want = ref_attention(q, k, v, causal=True, mask=mask, scale=0.7, keep=topk_keep(2))
+        np.testing.assert_allclose(got[0], want[0], atol=1e-12)
+        np.testing.assert_allclose(got[1, 2:], want[1, 2:], atol=1e-12)
+        check_grads(jax.jit(f), args, order=1, modes=["rev"], eps=1e-6)
+
+
+def test_topk_attention_float32_uses_topk_kernel():
+    """float32 matches the reference, and on CPU the selection compiles to XLA's TopK kernel,
+    not a full sort of every score row (which made topk_attention ~10x slower at T = 1024)."""
+    q, k, v = rand(1, 40, 2, 8), rand(1, 40, 2, 8), rand(1, 40, 2, 8)
+    f = jax.jit(lambda *a: A.topk_attention(*a, topk=5, causal=True))
+    args = tuple(jnp.asarray(a, jnp.float32) for a in (q, k, v))
+    got = f(*args)
+    np.testing.assert_allclose(got, ref_attention(q, k, v, causal=True, keep=topk_keep(5)),
+                               atol=2e-5)
+    if jax.default_backend() == "cpu":
+        hlo = f.lower(*args).compile().as_text()
+        assert "TopK" in hlo and "sort(" not in hlo
+
+
 def ref_dsa(q, k, v, qi, ki, wi, topk):
     """DeepSeek-V3.2 eq. 1-2 in float64: relu indexer, causal top-k shared by heads."""
     b, t, hq, d = q.shape
