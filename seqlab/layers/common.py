@@ -109,3 +109,32 @@ def dt_bias_init(
     dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
     dt = jnp.maximum(dt, dt_init_floor)
     return dt + jnp.log(-jnp.expm1(-dt))
+
+
+class GatedRMSNorm(nnx.Module):
+    """RMSNorm over the last axis with an optional SiLU gate, computed in float32.
+
+    x, z: [..., dim]; weight w: [dim] (ones at init); returns x's dtype.
+
+    ``norm_before_gate=True``  (Hydra, gated DeltaNet): y = rms(x) * w * silu(z)
+    ``norm_before_gate=False`` (Mamba-2, Dao & Gu 2024 Sec. 7.3): y = rms(x * silu(z)) * w
+    ``z=None``: y = rms(x) * w, where rms(x) = x / sqrt(mean(x^2) + eps).
+
+    Per-head norms (DeltaNet) pass x, z as [..., heads, head_dim] with ``dim = head_dim``.
+    """
+
+    def __init__(self, dim: int, *, norm_before_gate: bool = True, eps: float = 1e-5):
+        self.weight = nnx.Param(jnp.ones((dim,)))
+        self.norm_before_gate, self.eps = norm_before_gate, eps
+
+    def __call__(self, x: jax.Array, z: jax.Array | None = None) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        gate = None if z is None else jax.nn.silu(z.astype(jnp.float32))
+        if gate is not None and not self.norm_before_gate:
+            x = x * gate
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        x = x * self.weight[...]
+        if gate is not None and self.norm_before_gate:
+            x = x * gate
+        return x.astype(dtype)

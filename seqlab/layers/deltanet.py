@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqlab.layers.common import (
+    GatedRMSNorm,
     ShortConv,
     SSMParam,
     apply_mask,
@@ -81,7 +82,7 @@ class _DeltaRuleMixer(nnx.Module):
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         self.d_model, self.heads, self.k_dim, self.v_dim = d_model, num_heads, head_dim, v_dim
-        self.n, self.chunk_size, self.dtype, self.eps = num_householder, chunk_size, dtype, norm_eps
+        self.n, self.chunk_size, self.dtype = num_householder, chunk_size, dtype
         self.allow_neg_eigval = allow_neg_eigval
         h, n = num_heads, num_householder
 
@@ -102,7 +103,7 @@ class _DeltaRuleMixer(nnx.Module):
         else:
             self.a_proj = self.A_log = self.dt_bias = None
         self.g_proj = linear(h * v_dim) if use_output_gate else None
-        self.o_norm = nnx.Param(jnp.ones((v_dim,)))
+        self.o_norm = GatedRMSNorm(v_dim, eps=norm_eps)
         self.o_proj = nnx.Linear(h * v_dim, d_model, use_bias=False, dtype=dtype, rngs=rngs)
 
     def _gates(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
@@ -126,13 +127,11 @@ class _DeltaRuleMixer(nnx.Module):
         return _l2norm(q).astype(self.dtype), _l2norm(k).astype(self.dtype), v
 
     def _out(self, o: jax.Array, x: jax.Array) -> jax.Array:
-        """RMSNorm per head (float32), optional SiLU output gate, output projection."""
-        o = o.astype(jnp.float32)
-        o = o * jax.lax.rsqrt(jnp.mean(o * o, -1, keepdims=True) + self.eps) * self.o_norm[...]
-        o = o.reshape(o.shape[0], o.shape[1], -1)
-        if self.g_proj is not None:
-            o = o * jax.nn.silu(self.g_proj(x).astype(jnp.float32))
-        return self.o_proj(o.astype(self.dtype))
+        """o: [B, T, H, V] -> RMSNorm per head (float32), optional SiLU output gate, output
+        projection -> [B, T, d_model]."""
+        gate = None if self.g_proj is None else self.g_proj(x).reshape(o.shape)
+        o = self.o_norm(o.astype(jnp.float32), gate)
+        return self.o_proj(o.reshape(o.shape[0], o.shape[1], -1).astype(self.dtype))
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: [batch, length, d_model] -> y: [batch, length, d_model]; mask: [batch, length]."""

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqlab.layers.common import (
+    GatedRMSNorm,
     ShortConv,
     SSMParam,
     apply_mask,
@@ -29,29 +30,6 @@ def _A_log_init(rngs: nnx.Rngs, heads: int, A_init_range: tuple[float, float]) -
     if not 0 < lo <= hi:
         raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {A_init_range}")
     return jnp.log(jax.random.uniform(rngs.params(), (heads,), minval=lo, maxval=hi))
-
-
-class _GatedRMSNorm(nnx.Module):
-    """Gated RMSNorm over the last axis, in float32.
-
-    norm_before_gate=True (Hydra):   y = rms(x) * w * silu(z)
-    norm_before_gate=False (Mamba-2): y = rms(x * silu(z)) * w
-    """
-
-    def __init__(self, dim: int, *, norm_before_gate: bool, eps: float = 1e-5):
-        self.weight = nnx.Param(jnp.ones((dim,)))
-        self.norm_before_gate, self.eps = norm_before_gate, eps
-
-    def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
-        dtype = x.dtype
-        x, gate = x.astype(jnp.float32), jax.nn.silu(z.astype(jnp.float32))
-        if not self.norm_before_gate:
-            x = x * gate
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        x = x * self.weight[...]
-        if self.norm_before_gate:
-            x = x * gate
-        return x.astype(dtype)
 
 
 class _SSDMixerBase(nnx.Module):
@@ -131,7 +109,7 @@ class Hydra(_SSDMixerBase):
         self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max, dt_init_floor))
         self.D = nnx.Param(jnp.ones((h,)))
         self.fc_D = nnx.Linear(self.d_inner, h, use_bias=False, dtype=dtype, rngs=rngs)
-        self.norm = _GatedRMSNorm(self.d_inner, norm_before_gate=True)
+        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=True)
         self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=use_bias, dtype=dtype,
                                    rngs=rngs)
 
@@ -220,7 +198,7 @@ class Mamba2(_SSDMixerBase):
         self.A_log = SSMParam(_A_log_init(rngs, h, A_init_range))
         self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max, dt_init_floor))
         self.D = nnx.Param(jnp.ones((h,)))
-        self.norm = _GatedRMSNorm(self.d_inner, norm_before_gate=False)
+        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=False)
         self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=use_bias, dtype=dtype,
                                    rngs=rngs)
 
