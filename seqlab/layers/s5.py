@@ -32,6 +32,7 @@ from seqlab.layers.s4d import (
 )
 from seqlab.ops import hippo
 from seqlab.ops.scan import linear_scan
+from seqlab.ops.ssm import discretize
 
 
 def block_hippo_n(P: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,9 +122,10 @@ class S5(nnx.Module):
         p = self.Lambda_re[...]
         re = -jnp.exp(p) if self.real_param == "exp" else jnp.minimum(p, _CLIP_MAX)
         Lambda = jax.lax.complex(re, self.Lambda_im[...])
-        dLambda = jnp.exp(Lambda * jnp.exp(self.log_dt[...]))
-        dB = ((dLambda - 1) / Lambda)[:, None] * _as_complex(self.B[...])
-        return dLambda, dB, _as_complex(self.C[...])
+        # one step size per mode: each mode is a row of discretize's [H, N] layout
+        dLambda, dB = discretize(Lambda[:, None], _as_complex(self.B[...]),
+                                 jnp.exp(self.log_dt[...]))
+        return dLambda[:, 0], dB, _as_complex(self.C[...])
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: [batch, length, d_model]; mask: [batch, length] bool -> y [batch, length, d_model].
