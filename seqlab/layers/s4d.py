@@ -127,15 +127,7 @@ class S4D(nnx.Module):
             C_real = jax.random.normal(rngs.params(), (dirs, H, d_state))
             C = _complex_param(C_real @ jnp.asarray(C0, jnp.complex64))
         self.C = nnx.Param(C)
-        self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
-        self.act = ACTIVATIONS[self.activation]
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
-        if self.out == "glu":
-            self.proj = nnx.Linear(H, 2 * H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        elif self.out == "linear":
-            self.proj = nnx.Linear(H, H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        else:
-            self.proj = None
+        self._init_output(H, dropout, dtype, rngs)
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         """(Lambda [N/2], B [N/2], basis for C [N, N/2] or None) from ``ops.hippo``."""
@@ -161,6 +153,19 @@ class S4D(nnx.Module):
         dA, dB = discretize(A, B, dt, self.disc)
         h = linear_scan(dA[None, None], dB * u[..., None], reverse=reverse)  # [b, l, H, N/2]
         return 2 * jnp.einsum("hn,blhn->blh", C, h).real
+
+    def _init_output(self, H: int, dropout: float, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+        """The skip D [H], activation, dropout and output projection (``out``) that follow the
+        SSM; shared by S4D, S4 and S5 together with ``_block``."""
+        self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
+        self.act = ACTIVATIONS[self.activation]
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        if self.out == "glu":
+            self.proj = nnx.Linear(H, 2 * H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        elif self.out == "linear":
+            self.proj = nnx.Linear(H, H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        else:
+            self.proj = None
 
     def _block(self, y: jax.Array) -> jax.Array:
         """Activation, dropout and output projection: y [batch, length, H] float32."""

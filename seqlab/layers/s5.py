@@ -105,15 +105,7 @@ class S5(nnx.Module):
         # C ~ normal [dirs, H, P] with variance 1/P, then C~ = C V
         C = jax.random.normal(rngs.params(), (dirs, H, d_state)) / math.sqrt(d_state)
         self.C = nnx.Param(_complex_param(C @ jnp.asarray(V, jnp.complex64)))
-        self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
-        self.act = ACTIVATIONS[self.activation]
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
-        if self.out == "glu":
-            self.proj = nnx.Linear(H, 2 * H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        elif self.out == "linear":
-            self.proj = nnx.Linear(H, H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        else:
-            self.proj = None
+        S4D._init_output(self, H, dropout, dtype, rngs)
 
     _block = S4D._block
 
