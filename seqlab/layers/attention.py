@@ -7,12 +7,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from seqlab.layers.common import apply_mask, check_input
+from seqlab.layers.common import apply_mask, check_input, linear, reject_renamed
+from seqlab.layers.protocol import register_mixer
 from seqlab.ops.attention import apply_rope, attention
-
-
-def _linear(d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def cache_positions(cache: dict, t: int) -> jax.Array:
@@ -38,17 +35,22 @@ def write_cache(buf: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
     return lax.dynamic_update_slice(buf, new, (0, pos) + (0,) * (buf.ndim - 2))
 
 
+@register_mixer("mha")
 class MultiHeadAttention(nnx.Module):
     """Softmax attention (Vaswani et al. 2017) with ``n_kv_heads`` key/value heads.
 
     x: [batch, length, d_model] -> y: [batch, length, d_model].
     q = x W_Q: [b, t, n_heads, head_dim]; k, v = x W_K, x W_V: [b, t, n_kv_heads, head_dim];
-    RoPE on q and k (``rope=True``); y = attention(q, k, v) W_O. ``n_kv_heads`` divides
-    ``n_heads``: equal is MHA, 1 is MQA (Shazeer 2019), in between GQA (Ainslie et al. 2023).
+    RoPE on the first ``rope_dim`` dimensions of every q and k head (``None``, the default: the
+    whole head; ``0``: no RoPE; in between: partial rotary as GPT-NeoX's ``rotary_pct``, the
+    frequencies spread over ``rope_dim`` dimensions); y = attention(q, k, v) W_O.
+    ``n_kv_heads`` divides ``n_heads``: equal is MHA, 1 is MQA (Shazeer 2019), in between GQA
+    (Ainslie et al. 2023).
     ``causal=True`` (default) has a KV cache: ``init_cache`` / ``decode``; ``causal=False`` is
     bidirectional (padding keys masked out).
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
@@ -57,7 +59,7 @@ class MultiHeadAttention(nnx.Module):
         n_kv_heads: int | None = None,
         head_dim: int | None = None,
         causal: bool = True,
-        rope: bool = True,
+        rope_dim: int | None = None,
         rope_base: float = 10000.0,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
@@ -68,17 +70,23 @@ class MultiHeadAttention(nnx.Module):
                 f"n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({n_kv_heads})"
             )
         head_dim = d_model // n_heads if head_dim is None else head_dim
-        if head_dim < 1 or (rope and head_dim % 2):
-            raise ValueError(f"head_dim must be positive (and even with RoPE), got {head_dim}")
+        if head_dim < 1:
+            raise ValueError(f"head_dim must be positive, got {head_dim}")
+        rope_dim = head_dim if rope_dim is None else rope_dim
+        if not 0 <= rope_dim <= head_dim or rope_dim % 2:
+            raise ValueError(
+                f"rope_dim must be even and in 0..head_dim={head_dim} (None = head_dim, 0 = no "
+                f"RoPE), got {rope_dim}"
+            )
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = (
             d_model, n_heads, n_kv_heads, head_dim,
         )
-        self.causal, self.rope, self.rope_base, self.dtype = causal, rope, rope_base, dtype
+        self.causal, self.rope_dim, self.rope_base, self.dtype = causal, rope_dim, rope_base, dtype
         self.scale = head_dim**-0.5
-        self.wq = _linear(d_model, n_heads * head_dim, dtype, rngs)
-        self.wk = _linear(d_model, n_kv_heads * head_dim, dtype, rngs)
-        self.wv = _linear(d_model, n_kv_heads * head_dim, dtype, rngs)
-        self.wo = _linear(n_heads * head_dim, d_model, dtype, rngs)
+        self.wq = linear(d_model, n_heads * head_dim, dtype, rngs)
+        self.wk = linear(d_model, n_kv_heads * head_dim, dtype, rngs)
+        self.wv = linear(d_model, n_kv_heads * head_dim, dtype, rngs)
+        self.wo = linear(n_heads * head_dim, d_model, dtype, rngs)
 
     def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: [b, t, d_model], positions [t] -> q [b,t,Hq,D], k [b,t,H,D], v [b,t,H,D] (RoPE'd)."""
@@ -87,10 +95,16 @@ class MultiHeadAttention(nnx.Module):
         q = self.wq(x).reshape(b, t, self.n_heads, self.head_dim)
         k = self.wk(x).reshape(b, t, self.n_kv_heads, self.head_dim)
         v = self.wv(x).reshape(b, t, self.n_kv_heads, self.head_dim)
-        if self.rope:
-            q = apply_rope(q, positions, self.rope_base)
-            k = apply_rope(k, positions, self.rope_base)
-        return q, k, v
+        return self._rope(q, positions), self._rope(k, positions), v
+
+    def _rope(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """RoPE on the first ``rope_dim`` dimensions of x: [b, t, heads, head_dim]."""
+        r = self.rope_dim
+        if r == 0:
+            return x
+        if r == self.head_dim:
+            return apply_rope(x, positions, self.rope_base)
+        return jnp.concatenate([apply_rope(x[..., :r], positions, self.rope_base), x[..., r:]], -1)
 
     def output(self, o: jax.Array) -> jax.Array:
         """o: [b, t, Hq, D] -> [b, t, d_model]."""

@@ -1,13 +1,64 @@
-"""Pieces shared by several mixers: the SSM parameter type, masking, short convolutions,
-the Mamba dt-bias initialisation and the gated RMSNorm."""
+"""Pieces shared by several mixers: the argument vocabulary check, the SSM parameter type,
+masking, bias-free linear maps, short convolutions, the Mamba dt-bias initialisation, the gated
+RMSNorm, and the diagonal-SSM helpers and output stage of S4D, S4 and S5
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+# ---- the argument vocabulary -----------------------------------------------------------------
+RENAMED_ARGS: dict[str, str] = {
+    "num_heads": "n_heads",
+    "headdim": "head_dim",
+    "ngroups": "n_groups",
+    "conv_size": "d_conv",
+    "num_householder": "n_householder",
+    "bidirectional": "causal",
+    "rope": "rope_dim",
+    "qk_rope_head_dim": "rope_dim",
+}
+"""Old mixer argument names -> their names in the one vocabulary (docs/architecture.md)."""
+
+_RENAME_HINTS = {
+    "bidirectional": " (bidirectional=True is causal=False)",
+    "rope": " (rope=True is rope_dim=None, the whole head; rope=False is rope_dim=0)",
+}
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def check_renamed(owner: str, args: Iterable[str]) -> None:
+    """Raise a ValueError naming the new name when ``args`` holds an old argument name.
+
+    owner: the mixer's name for the message; args: the keyword names (or a dict of them)."""
+    for old in args:
+        if old in RENAMED_ARGS:
+            new = RENAMED_ARGS[old]
+            raise ValueError(
+                f"{owner}: argument {old!r} was renamed to {new!r}"
+                f"{_RENAME_HINTS.get(old, '')}; pass {new}=... (in a config: mixer_args.{new})"
+            )
+
+
+def reject_renamed(init: _Init) -> _Init:
+    """Decorate a mixer's ``__init__`` so that an old argument name (``RENAMED_ARGS``) raises
+    :func:`check_renamed`'s error instead of a bare TypeError."""
+
+    @functools.wraps(init)
+    def wrapper(self, *args: Any, **kwargs: Any) -> None:
+        check_renamed(type(self).__name__, kwargs)
+        init(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
 
 
 class SSMParam(nnx.Param):
@@ -23,6 +74,12 @@ def apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     if mask is None:
         return x
     return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 2)), x, jnp.zeros((), x.dtype))
+
+
+def linear(d_in: int, d_out: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """A bias-free ``nnx.Linear`` [..., d_in] -> [..., d_out] computing in ``dtype`` with float32
+    parameters (the attention layers' projections)."""
+    return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def check_input(x: jax.Array, d_model: int, name: str) -> None:
@@ -138,3 +195,87 @@ class GatedRMSNorm(nnx.Module):
         if gate is not None and self.norm_before_gate:
             x = x * gate
         return x.astype(dtype)
+
+
+# ---- diagonal state-space layers (S4D, S4, S4-PTD, S5) -------------------------------------
+REAL_PARAMS = ("exp", "clip")
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "identity": lambda x: x,
+}
+OUTPUTS = ("glu", "linear", "none")
+CLIP_MAX = -1e-4  # real_param 'clip': Re(Lambda) = min(param, -1e-4)
+
+
+def choice(name: str, value: str, valid: Iterable[str]) -> str:
+    """``value`` if it is one of ``valid``, else a ValueError listing the valid choices."""
+    valid = tuple(valid)
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
+    return value
+
+
+def complex_param(z: Any) -> jax.Array:
+    """complex [...] -> float32 [..., 2] (real, imag): parameters are real float32 arrays.
+    (jnp, not np: layers are also built abstractly under ``nnx.eval_shape``.)"""
+    return jnp.stack([jnp.real(z), jnp.imag(z)], axis=-1).astype(jnp.float32)
+
+
+def as_complex(p: jax.Array) -> jax.Array:
+    """float32 [..., 2] (real, imag) -> complex64 [...]: the inverse of :func:`complex_param`."""
+    return jax.lax.complex(p[..., 0], p[..., 1])
+
+
+def real_part(p: jax.Array, real_param: str) -> jax.Array:
+    """Re(Lambda) < 0 from its parameter: ``-exp(p)`` ('exp') or ``min(p, -1e-4)`` ('clip')."""
+    return -jnp.exp(p) if real_param == "exp" else jnp.minimum(p, CLIP_MAX)
+
+
+def check_length(length: int, max_length: int | None, name: str) -> None:
+    """Raise a clear error when a sequence is longer than a layer's configured ``max_length``."""
+    if max_length is not None and length > max_length:
+        raise ValueError(
+            f"{name} was configured with max_length={max_length} but got length {length}; "
+            "raise mixer_args.max_length or shorten the sequences"
+        )
+
+
+def init_log_dt(key: jax.Array, H: int, dt_min: float, dt_max: float) -> jax.Array:
+    """log dt [H] uniform in [log dt_min, log dt_max] (S4, Sec. 4 / appendix)."""
+    if not (0 < dt_min <= dt_max):
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    return jax.random.uniform(key, (H,), minval=math.log(dt_min), maxval=math.log(dt_max))
+
+
+class SSMOutputStage(nnx.Module):
+    """Base of S4D, S4 and S5: the skip ``D [H]`` and the block that follows the SSM, as in the
+    S4 repository: activation, dropout, output projection (``out``: glu | linear | none)."""
+
+    def init_output_stage(
+        self, H: int, *, activation: str, out: str, dropout: float, dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ) -> None:
+        """Create D [H] ~ N(0, 1), the dropout and the projection (in this order: the random
+        draws follow it)."""
+        self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
+        self.act = ACTIVATIONS[activation]
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        if out == "glu":
+            self.proj = nnx.Linear(H, 2 * H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        elif out == "linear":
+            self.proj = nnx.Linear(H, H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        else:
+            self.proj = None
+
+    def output_stage(self, y: jax.Array) -> jax.Array:
+        """Activation, dropout and output projection: y [batch, length, H] float32 ->
+        [batch, length, H] in the layer's dtype."""
+        y = self.drop(self.act(y.astype(self.dtype)))
+        if self.proj is not None:
+            y = self.proj(y)
+            if self.out == "glu":
+                y = jax.nn.glu(y, axis=-1)
+            y = self.drop(y)
+        return y

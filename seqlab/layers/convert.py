@@ -48,15 +48,18 @@ def gqa_to_mla(
 ) -> MLA:
     """An MLA layer computing (approximately, or exactly at full rank) what ``layer`` computes.
 
-    layer: a causal ``MultiHeadAttention`` with RoPE (any n_kv_heads: MHA, GQA, MQA).
+    layer: a causal ``MultiHeadAttention`` with RoPE on the whole head (any n_kv_heads: MHA, GQA,
+      MQA).
     kv_lora_rank: latent size; default (and maximum) the full rank
       ``(n_kv_heads - rope_heads) * head_dim + n_kv_heads * head_dim``.
     rope_heads: rotated key heads that keep RoPE, 1..n_kv_heads (default n_kv_heads: exact).
     calib_x: [N, d_model] inputs of the layer for the PCAs (default: isotropic inputs, i.e. PCA
       of the weights themselves).
     """
-    if not isinstance(layer, MultiHeadAttention) or not layer.rope or not layer.causal:
-        raise ValueError("gqa_to_mla converts a causal MultiHeadAttention layer with rope=True")
+    if (not isinstance(layer, MultiHeadAttention) or layer.rope_dim != layer.head_dim
+            or not layer.causal):
+        raise ValueError("gqa_to_mla converts a causal MultiHeadAttention layer with RoPE on the "
+                         "whole head (rope_dim=None)")
     d, hq, hk, dh = layer.d_model, layer.n_heads, layer.n_kv_heads, layer.head_dim
     rope_heads = hk if rope_heads is None else rope_heads
     if not 1 <= rope_heads <= hk:
@@ -106,7 +109,7 @@ def gqa_to_mla(
     wv_b = up[:, nope:].reshape(rank, hk, dh)[:, group, :]
 
     mla = MLA(
-        d, n_heads=hq, kv_lora_rank=rank, qk_nope_head_dim=nope, qk_rope_head_dim=dh,
+        d, n_heads=hq, kv_lora_rank=rank, qk_nope_head_dim=nope, rope_dim=dh,
         v_head_dim=dh, rope_heads=rope_heads, kv_norm=False, softmax_scale=layer.scale,
         decode_mode=decode_mode, rope_base=layer.rope_base, rngs=nnx.Rngs(0), dtype=layer.dtype,
     )

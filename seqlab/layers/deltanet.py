@@ -3,7 +3,7 @@
 Per token t (heads in parallel), the layer computes (Yang et al. 2024a, sec. 3; Yang et al.
 2024b, sec. 3; Siems et al. 2025, sec. 3):
 
-    q_t, k_tj, v_tj = SiLU(ShortConv(W x))        j = 0..n-1 (n = num_householder)
+    q_t, k_tj, v_tj = SiLU(ShortConv(W x))        j = 0..n-1 (n = n_householder)
     q_t, k_tj       <- q_t / |q_t|, k_tj / |k_tj|   (L2 norm per head)
     beta_tj          = sigmoid(w_b x_t)  (x 2 when allow_neg_eigval: eigenvalues of each
                                           Householder factor I - beta k k^T in [-1, 1];
@@ -29,7 +29,9 @@ from seqlab.layers.common import (
     apply_mask,
     check_input,
     dt_bias_init,
+    reject_renamed,
 )
+from seqlab.layers.protocol import register_mixer
 from seqlab.ops.delta import delta_product, delta_product_recurrent
 
 
@@ -38,22 +40,23 @@ def _l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 class _DeltaRuleMixer(nnx.Module):
-    """Shared implementation: n Householder steps per token, optional forget gate."""
+    """Shared implementation: n Householder steps per token, optional forget gate. Causal."""
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
         *,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
-        num_heads: int = 4,
+        n_heads: int = 4,
         head_dim: int | None = None,
         expand_v: float = 1.0,
-        num_householder: int = 1,
+        n_householder: int = 1,
         use_forget_gate: bool = False,
         use_output_gate: bool = True,
         allow_neg_eigval: bool = False,
-        conv_size: int = 4,
+        d_conv: int = 4,
         chunk_size: int = 64,
         norm_eps: float = 1e-5,
         A_init_range: tuple[float, float] = (1.0, 16.0),
@@ -62,38 +65,38 @@ class _DeltaRuleMixer(nnx.Module):
     ):
         name = type(self).__name__
         if head_dim is None:
-            if d_model % num_heads:
-                raise ValueError(f"{name}: num_heads={num_heads} must divide d_model={d_model} "
+            if d_model % n_heads:
+                raise ValueError(f"{name}: n_heads={n_heads} must divide d_model={d_model} "
                                  "(or pass head_dim)")
-            head_dim = d_model // num_heads
+            head_dim = d_model // n_heads
         v_dim = int(head_dim * expand_v)
-        if num_heads < 1 or head_dim < 1 or v_dim < 1:
-            raise ValueError(f"{name}: need num_heads, head_dim, head_dim*expand_v >= 1, got "
-                             f"{num_heads}, {head_dim}, {v_dim}")
-        if num_householder < 1:
-            raise ValueError(f"{name}: num_householder must be >= 1, got {num_householder}")
-        if conv_size < 1 or chunk_size < 1:
-            raise ValueError(f"{name}: conv_size and chunk_size must be >= 1, got "
-                             f"{conv_size}, {chunk_size}")
+        if n_heads < 1 or head_dim < 1 or v_dim < 1:
+            raise ValueError(f"{name}: need n_heads, head_dim, head_dim*expand_v >= 1, got "
+                             f"{n_heads}, {head_dim}, {v_dim}")
+        if n_householder < 1:
+            raise ValueError(f"{name}: n_householder must be >= 1, got {n_householder}")
+        if d_conv < 1 or chunk_size < 1:
+            raise ValueError(f"{name}: d_conv and chunk_size must be >= 1, got "
+                             f"{d_conv}, {chunk_size}")
         lo, hi = A_init_range
         if not 0 < lo <= hi:
             raise ValueError(f"{name}: A_init_range must satisfy 0 < low <= high, got "
                              f"{A_init_range}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
-        self.d_model, self.heads, self.k_dim, self.v_dim = d_model, num_heads, head_dim, v_dim
-        self.n, self.chunk_size, self.dtype = num_householder, chunk_size, dtype
-        self.allow_neg_eigval = allow_neg_eigval
-        h, n = num_heads, num_householder
+        self.d_model, self.n_heads, self.head_dim, self.v_dim = d_model, n_heads, head_dim, v_dim
+        self.n_householder, self.chunk_size, self.dtype = n_householder, chunk_size, dtype
+        self.allow_neg_eigval, self.causal = allow_neg_eigval, True
+        h, n = n_heads, n_householder
 
         def linear(d_out):
             return nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
 
         self.q_proj, self.k_proj = linear(h * head_dim), linear(n * h * head_dim)
         self.v_proj, self.b_proj = linear(n * h * v_dim), linear(n * h)
-        self.q_conv = ShortConv(h * head_dim, conv_size, use_bias=False, rngs=rngs)
-        self.k_conv = ShortConv(n * h * head_dim, conv_size, use_bias=False, rngs=rngs)
-        self.v_conv = ShortConv(n * h * v_dim, conv_size, use_bias=False, rngs=rngs)
+        self.q_conv = ShortConv(h * head_dim, d_conv, use_bias=False, rngs=rngs)
+        self.k_conv = ShortConv(n * h * head_dim, d_conv, use_bias=False, rngs=rngs)
+        self.v_conv = ShortConv(n * h * v_dim, d_conv, use_bias=False, rngs=rngs)
         if use_forget_gate:
             self.a_proj = linear(h)
             self.A_log = SSMParam(
@@ -112,7 +115,7 @@ class _DeltaRuleMixer(nnx.Module):
         beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))  # [B, T, n*H]
         if self.allow_neg_eigval:
             beta = 2.0 * beta
-        beta = apply_mask(beta, mask).reshape(b, t * self.n, self.heads)
+        beta = apply_mask(beta, mask).reshape(b, t * self.n_householder, self.n_heads)
         if self.a_proj is None:
             return beta, None
         a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...]
@@ -121,9 +124,10 @@ class _DeltaRuleMixer(nnx.Module):
 
     def _qkv(self, q, k, v):
         b, t, _ = q.shape
-        q = jax.nn.silu(q).astype(jnp.float32).reshape(b, t, self.heads, self.k_dim)
-        k = jax.nn.silu(k).astype(jnp.float32).reshape(b, t * self.n, self.heads, self.k_dim)
-        v = jax.nn.silu(v).reshape(b, t * self.n, self.heads, self.v_dim)
+        h, n = self.n_heads, self.n_householder
+        q = jax.nn.silu(q).astype(jnp.float32).reshape(b, t, h, self.head_dim)
+        k = jax.nn.silu(k).astype(jnp.float32).reshape(b, t * n, h, self.head_dim)
+        v = jax.nn.silu(v).reshape(b, t * n, h, self.v_dim)
         return _l2norm(q).astype(self.dtype), _l2norm(k).astype(self.dtype), v
 
     def _out(self, o: jax.Array, x: jax.Array) -> jax.Array:
@@ -143,12 +147,13 @@ class _DeltaRuleMixer(nnx.Module):
             self.v_conv(self.v_proj(x), mask),
         )
         beta, g = self._gates(x, mask)
-        o, _ = delta_product(q, k, v, beta, g, num_householder=self.n, chunk_size=self.chunk_size)
+        o, _ = delta_product(q, k, v, beta, g, num_householder=self.n_householder,
+                             chunk_size=self.chunk_size)
         return self._out(o, x)
 
     def init_cache(self, batch_size: int, max_length: int = 0,
                    dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
-        """Conv tails ``[B, conv_size-1, channels]`` and the state ``[B, H, K, V]`` (float32).
+        """Conv tails ``[B, d_conv-1, channels]`` and the state ``[B, H, K, V]`` (float32).
 
         The state has a fixed size, so ``max_length`` is not needed (kept for the protocol).
         """
@@ -157,7 +162,7 @@ class _DeltaRuleMixer(nnx.Module):
             "q_conv": self.q_conv.init_cache(batch_size, dtype),
             "k_conv": self.k_conv.init_cache(batch_size, dtype),
             "v_conv": self.v_conv.init_cache(batch_size, dtype),
-            "state": jnp.zeros((batch_size, self.heads, self.k_dim, self.v_dim), jnp.float32),
+            "state": jnp.zeros((batch_size, self.n_heads, self.head_dim, self.v_dim), jnp.float32),
         }
 
     def decode(self, x: jax.Array, cache: dict[str, jax.Array]
@@ -171,24 +176,28 @@ class _DeltaRuleMixer(nnx.Module):
         q, k, v = self._qkv(q, k, v)
         beta, g = self._gates(x, None)
         op = delta_product if x.shape[1] >= self.chunk_size else delta_product_recurrent
-        o, state = op(q, k, v, beta, g, num_householder=self.n, chunk_size=self.chunk_size,
-                      initial_state=cache["state"])
+        o, state = op(q, k, v, beta, g, num_householder=self.n_householder,
+                      chunk_size=self.chunk_size, initial_state=cache["state"])
         return self._out(o, x), {"q_conv": cq, "k_conv": ck, "v_conv": cv, "state": state}
 
 
+@register_mixer("deltanet")
 class DeltaNet(_DeltaRuleMixer):
     """DeltaNet (Schlag et al. 2021; Yang et al. 2024a): one delta-rule step per token.
 
-    Options: num_heads=4, head_dim=d_model/num_heads, expand_v=1, use_output_gate=False,
-    allow_neg_eigval=False (beta in [0, 1]; True: [0, 2]), conv_size=4, chunk_size=64.
+    Options: n_heads=4, head_dim=d_model/n_heads, expand_v=1, use_output_gate=False,
+    allow_neg_eigval=False (beta in [0, 1]; True: [0, 2]), d_conv=4 (short convolution kernel),
+    chunk_size=64.
     """
 
+    @reject_renamed
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
                  use_output_gate: bool = False, **options):
-        super().__init__(d_model, rngs=rngs, dtype=dtype, num_householder=1,
+        super().__init__(d_model, rngs=rngs, dtype=dtype, n_householder=1,
                          use_forget_gate=False, use_output_gate=use_output_gate, **options)
 
 
+@register_mixer("gated-deltanet")
 class GatedDeltaNet(_DeltaRuleMixer):
     """Gated DeltaNet (Yang et al. 2024b): a Mamba-2 decay exp(g_t) before each delta step.
 
@@ -196,20 +205,23 @@ class GatedDeltaNet(_DeltaRuleMixer):
     dt_min=0.001, dt_max=0.1 (A_log and dt_bias are SSMParams).
     """
 
+    @reject_renamed
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
                  **options):
-        super().__init__(d_model, rngs=rngs, dtype=dtype, num_householder=1,
+        super().__init__(d_model, rngs=rngs, dtype=dtype, n_householder=1,
                          use_forget_gate=True, **options)
 
 
+@register_mixer("deltaproduct")
 class DeltaProduct(_DeltaRuleMixer):
     """DeltaProduct (Siems et al. 2025): n_h delta steps (Householder factors) per token.
 
-    Options as ``DeltaNet`` plus num_householder=2 and use_forget_gate=False (True: Gated
+    Options as ``DeltaNet`` plus n_householder=2 and use_forget_gate=False (True: Gated
     DeltaProduct with the Gated DeltaNet decay); output gate on by default.
     """
 
+    @reject_renamed
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
-                 num_householder: int = 2, use_forget_gate: bool = False, **options):
-        super().__init__(d_model, rngs=rngs, dtype=dtype, num_householder=num_householder,
+                 n_householder: int = 2, use_forget_gate: bool = False, **options):
+        super().__init__(d_model, rngs=rngs, dtype=dtype, n_householder=n_householder,
                          use_forget_gate=use_forget_gate, **options)

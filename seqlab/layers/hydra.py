@@ -21,7 +21,9 @@ from seqlab.layers.common import (
     apply_mask,
     check_input,
     dt_bias_init,
+    reject_renamed,
 )
+from seqlab.layers.protocol import register_mixer
 from seqlab.ops.ssd import materialize, quasiseparable, ssd
 
 
@@ -35,20 +37,20 @@ def _A_log_init(rngs: nnx.Rngs, heads: int, A_init_range: tuple[float, float]) -
 class _SSDMixerBase(nnx.Module):
     """Shared shapes, parameters and validation of the Hydra and Mamba-2 mixers."""
 
-    def _setup(self, d_model: int, *, d_state: int, expand: int, headdim: int, ngroups: int,
+    def _setup(self, d_model: int, *, d_state: int, expand: int, head_dim: int, n_groups: int,
                chunk_size: int, dtype: jnp.dtype, name: str) -> None:
         d_inner = expand * d_model
-        if d_inner % headdim:
+        if d_inner % head_dim:
             raise ValueError(f"{name}: expand * d_model = {d_inner} must be a multiple of "
-                             f"headdim = {headdim}")
-        heads = d_inner // headdim
-        if heads % ngroups:
-            raise ValueError(f"{name}: ngroups = {ngroups} must divide the number of heads "
-                             f"{heads} (= expand * d_model / headdim)")
+                             f"head_dim = {head_dim}")
+        heads = d_inner // head_dim
+        if heads % n_groups:
+            raise ValueError(f"{name}: n_groups = {n_groups} must divide the number of heads "
+                             f"{heads} (= expand * d_model / head_dim)")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"{name}: chunk_size must be a positive int, got {chunk_size!r}")
         self.d_model, self.d_state, self.d_inner = d_model, d_state, d_inner
-        self.headdim, self.heads, self.ngroups = headdim, heads, ngroups
+        self.head_dim, self.n_heads, self.n_groups = head_dim, heads, n_groups
         self.chunk_size, self.dtype, self.name = chunk_size, dtype, name
 
     def _heads(self, t: jax.Array, width: int) -> jax.Array:
@@ -59,7 +61,7 @@ class _SSDMixerBase(nnx.Module):
         """softplus(dt + dt_bias) in float32, 0 at padded positions: [b, L, k * heads].
 
         With k = 2 (Hydra's dt_fw | dt_bw) both directions share the bias."""
-        bias = jnp.tile(self.dt_bias[...], dt_raw.shape[-1] // self.heads)
+        bias = jnp.tile(self.dt_bias[...], dt_raw.shape[-1] // self.n_heads)
         dt = jax.nn.softplus(dt_raw.astype(jnp.float32) + bias)
         return apply_mask(dt, mask)
 
@@ -67,6 +69,7 @@ class _SSDMixerBase(nnx.Module):
         return -jnp.exp(self.A_log[...])
 
 
+@register_mixer("hydra")
 class Hydra(_SSDMixerBase):
     """Hydra: a bidirectional quasiseparable SSM mixer (Hwang et al. 2024, Sec. 4).
 
@@ -75,9 +78,10 @@ class Hydra(_SSDMixerBase):
     (odd ``d_conv``) + SiLU over ``[x | B C]``; a shared negative ``A`` per head; ``dt =
     softplus(dt + dt_bias)``; the quasiseparable mixer with the data-dependent diagonal
     ``D + W_D x`` (``seqlab.ops.ssd.quasiseparable``); gated RMSNorm; output projection.
-    Heads: ``expand * d_model / headdim``. Bidirectional: ``decode`` raises.
+    Heads: ``expand * d_model / head_dim``. Bidirectional: ``decode`` raises.
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
@@ -86,8 +90,8 @@ class Hydra(_SSDMixerBase):
         dtype: jnp.dtype = jnp.float32,
         d_state: int = 64,
         expand: int = 2,
-        headdim: int = 64,
-        ngroups: int = 1,
+        head_dim: int = 64,
+        n_groups: int = 1,
         d_conv: int = 7,
         A_init_range: tuple[float, float] = (1.0, 1.0),
         dt_min: float = 1e-3,
@@ -96,12 +100,13 @@ class Hydra(_SSDMixerBase):
         chunk_size: int = 64,
         use_bias: bool = False,
     ):
-        self._setup(d_model, d_state=d_state, expand=expand, headdim=headdim, ngroups=ngroups,
+        self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_groups=n_groups,
                     chunk_size=chunk_size, dtype=dtype, name="Hydra")
+        self.causal = False
         if d_conv % 2 == 0 or d_conv < 1:
             raise ValueError(f"Hydra: d_conv must be a positive odd kernel size (centred "
                              f"convolution), got {d_conv}")
-        gn, h = ngroups * d_state, self.heads
+        gn, h = n_groups * d_state, self.n_heads
         self.in_proj = nnx.Linear(d_model, 2 * self.d_inner + 4 * gn + 2 * h, use_bias=use_bias,
                                   dtype=dtype, rngs=rngs)
         self.conv = ShortConv(self.d_inner + 4 * gn, d_conv, causal=False, rngs=rngs)
@@ -116,7 +121,7 @@ class Hydra(_SSDMixerBase):
     def _mixer_inputs(self, u: jax.Array, mask: jax.Array | None):
         """(z [b, L, d_inner], x [b, L, h, p], keyword arguments of ``quasiseparable``)."""
         check_input(u, self.d_model, "Hydra")
-        gn, h = self.ngroups * self.d_state, self.heads
+        gn, h = self.n_groups * self.d_state, self.n_heads
         zxbcdt = self.in_proj(u.astype(self.dtype))
         z, xbc, dt = jnp.split(zxbcdt, [self.d_inner, 2 * self.d_inner + 4 * gn], axis=-1)
         xbc = jax.nn.silu(self.conv(xbc, mask))
@@ -131,7 +136,7 @@ class Hydra(_SSDMixerBase):
             B_bw=self._heads(B_bw, self.d_state), C_bw=self._heads(C_bw, self.d_state),
             diag=diag,
         )
-        return z, self._heads(x, self.headdim), args
+        return z, self._heads(x, self.head_dim), args
 
     def _output(self, y: jax.Array, z: jax.Array) -> jax.Array:
         y = y.reshape(y.shape[:2] + (self.d_inner,)).astype(self.dtype)
@@ -159,6 +164,7 @@ class Hydra(_SSDMixerBase):
                          "cannot decode token by token; use a causal mixer (e.g. 'mamba2')")
 
 
+@register_mixer("mamba2")
 class Mamba2(_SSDMixerBase):
     """Mamba-2: a causal selective SSM mixer on the chunked SSD scan (Dao & Gu 2024, Sec. 7).
 
@@ -166,9 +172,10 @@ class Mamba2(_SSDMixerBase):
     ``[z | x | B | C | dt]``; a causal depthwise convolution + SiLU over ``[x | B C]``;
     ``y = SSD(x) + D x`` (``seqlab.ops.ssd.ssd``); gated RMSNorm ``rms(y * silu(z))``; output
     projection. Decode cache: ``{"conv": [batch, d_conv-1, channels], "state": [batch, heads,
-    headdim, d_state]}`` (fixed size: ``max_length`` is not needed).
+    head_dim, d_state]}`` (fixed size: ``max_length`` is not needed).
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
@@ -177,8 +184,8 @@ class Mamba2(_SSDMixerBase):
         dtype: jnp.dtype = jnp.float32,
         d_state: int = 64,
         expand: int = 2,
-        headdim: int = 64,
-        ngroups: int = 1,
+        head_dim: int = 64,
+        n_groups: int = 1,
         d_conv: int = 4,
         A_init_range: tuple[float, float] = (1.0, 16.0),
         dt_min: float = 1e-3,
@@ -187,11 +194,12 @@ class Mamba2(_SSDMixerBase):
         chunk_size: int = 64,
         use_bias: bool = False,
     ):
-        self._setup(d_model, d_state=d_state, expand=expand, headdim=headdim, ngroups=ngroups,
+        self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_groups=n_groups,
                     chunk_size=chunk_size, dtype=dtype, name="Mamba2")
+        self.causal = True
         if d_conv < 1:
             raise ValueError(f"Mamba2: d_conv must be >= 1, got {d_conv}")
-        gn, h = ngroups * d_state, self.heads
+        gn, h = n_groups * d_state, self.n_heads
         self.in_proj = nnx.Linear(d_model, 2 * self.d_inner + 2 * gn + h, use_bias=use_bias,
                                   dtype=dtype, rngs=rngs)
         self.conv = ShortConv(self.d_inner + 2 * gn, d_conv, causal=True, rngs=rngs)
@@ -203,14 +211,14 @@ class Mamba2(_SSDMixerBase):
                                    rngs=rngs)
 
     def _split(self, u: jax.Array):
-        gn = self.ngroups * self.d_state
+        gn = self.n_groups * self.d_state
         zxbcdt = self.in_proj(u.astype(self.dtype))
         return jnp.split(zxbcdt, [self.d_inner, 2 * self.d_inner + 2 * gn], axis=-1)
 
     def _mix(self, xbc, dt, mask, initial_state):
-        gn = self.ngroups * self.d_state
+        gn = self.n_groups * self.d_state
         x, B, C = jnp.split(jax.nn.silu(xbc), [self.d_inner, self.d_inner + gn], axis=-1)
-        x = self._heads(apply_mask(x, mask), self.headdim)
+        x = self._heads(apply_mask(x, mask), self.head_dim)
         y, state = ssd(x, self._dt(dt, mask), self._A(), self._heads(B, self.d_state),
                        self._heads(C, self.d_state), chunk_size=self.chunk_size,
                        initial_state=initial_state)
@@ -229,14 +237,15 @@ class Mamba2(_SSDMixerBase):
         return self._output(y, z)
 
     def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32):
-        """{"conv": [batch, d_conv-1, channels], "state": [batch, heads, headdim, d_state]}.
+        """{"conv": [batch, d_conv-1, channels], "state": [batch, heads, head_dim, d_state]}.
 
         The recurrent state has a fixed size, so ``max_length`` only keeps the protocol."""
         del max_length
         return {
             "conv": self.conv.init_cache(batch_size, dtype),
             # the recurrent state accumulates over the whole sequence: float32 whatever dtype
-            "state": jnp.zeros((batch_size, self.heads, self.headdim, self.d_state), jnp.float32),
+            "state": jnp.zeros((batch_size, self.n_heads, self.head_dim, self.d_state),
+                               jnp.float32),
         }
 
     def decode(self, u: jax.Array, cache):

@@ -7,7 +7,7 @@ Per token t (eq. numbers of DeepSeek-V2):
   k_rope = RoPE(x W_KR)              (43)   [rope_heads, rope]   <- cached, shared by all heads
   k_nope = c_kv W_UK, v = c_kv W_UV  (42, 45)
   o_h = softmax(scale (q_nope.k_nope + q_rope.k_rope)) v,  y = [o_1..o_H] W_O   (46, 47)
-The cache holds c_kv and k_rope only: ``kv_lora_rank + rope_heads * qk_rope_head_dim`` numbers
+The cache holds c_kv and k_rope only: ``kv_lora_rank + rope_heads * rope_dim`` numbers
 per token. ``rope_heads`` > 1 (several decoupled RoPE keys, each shared by all query heads) is
 our generalisation used by the TransMLA conversion (seqlab.layers.convert); DeepSeek-V2 has 1.
 
@@ -27,23 +27,27 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqlab.layers.attention import _linear, cache_positions, write_cache
-from seqlab.layers.common import apply_mask, check_input
+from seqlab.layers.attention import cache_positions, write_cache
+from seqlab.layers.common import apply_mask, check_input, linear, reject_renamed
+from seqlab.layers.protocol import register_mixer
 from seqlab.ops.attention import apply_rope, attention
 
 DECODE_MODES = ("absorb", "naive")
 
 
+@register_mixer("mla")
 class MLA(nnx.Module):
     """Multi-head Latent Attention. x: [batch, length, d_model] -> [batch, length, d_model].
 
     Options (defaults scale with d_model like DeepSeek-V2's ratios): n_heads, q_lora_rank (None =
     no query compression), kv_lora_rank (4 head dims), qk_nope_head_dim (d_model / n_heads),
-    qk_rope_head_dim (half of it), v_head_dim (d_model / n_heads), rope_heads (1), kv_norm
+    rope_dim (DeepSeek-V2's qk_rope_head_dim; half of it), v_head_dim (d_model / n_heads),
+    rope_heads (1), kv_norm
     (RMSNorm on c_kv; the TransMLA conversion turns it off), softmax_scale (default
     1/sqrt(nope + rope_heads rope)), decode_mode ("absorb" | "naive"), causal.
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
@@ -52,7 +56,7 @@ class MLA(nnx.Module):
         q_lora_rank: int | None = None,
         kv_lora_rank: int | None = None,
         qk_nope_head_dim: int | None = None,
-        qk_rope_head_dim: int | None = None,
+        rope_dim: int | None = None,
         v_head_dim: int | None = None,
         rope_heads: int = 1,
         kv_norm: bool = True,
@@ -69,39 +73,40 @@ class MLA(nnx.Module):
             )
         hd = d_model // n_heads
         self.nope = hd if qk_nope_head_dim is None else qk_nope_head_dim
-        self.rope = max(2, hd // 2) if qk_rope_head_dim is None else qk_rope_head_dim
+        self.rope_dim = max(2, hd // 2) if rope_dim is None else rope_dim
         self.dv = hd if v_head_dim is None else v_head_dim
         self.rank = 4 * hd if kv_lora_rank is None else kv_lora_rank
-        if self.rope % 2 or self.rope < 2 or min(self.dv, self.rank, rope_heads, n_heads) < 1:
+        r = self.rope_dim
+        if r % 2 or r < 2 or min(self.dv, self.rank, rope_heads, n_heads) < 1:
             raise ValueError(
-                "MLA needs an even qk_rope_head_dim >= 2 and positive v_head_dim, kv_lora_rank, "
-                f"rope_heads, n_heads; got {self.rope}, {self.dv}, {self.rank}, {rope_heads}, "
+                "MLA needs an even rope_dim >= 2 and positive v_head_dim, kv_lora_rank, "
+                f"rope_heads, n_heads; got {self.rope_dim}, {self.dv}, {self.rank}, {rope_heads}, "
                 f"{n_heads}"
             )
         self.d_model, self.n_heads, self.rope_heads = d_model, n_heads, rope_heads
         self.q_lora_rank, self.decode_mode, self.causal = q_lora_rank, decode_mode, causal
         self.rope_base, self.dtype = rope_base, dtype
-        self.qk_dim = self.nope + rope_heads * self.rope
+        self.qk_dim = self.nope + rope_heads * self.rope_dim
         self.scale = self.qk_dim**-0.5 if softmax_scale is None else softmax_scale
         if q_lora_rank is None:
-            self.wq = _linear(d_model, n_heads * self.qk_dim, dtype, rngs)
+            self.wq = linear(d_model, n_heads * self.qk_dim, dtype, rngs)
         else:
-            self.wq_a = _linear(d_model, q_lora_rank, dtype, rngs)
+            self.wq_a = linear(d_model, q_lora_rank, dtype, rngs)
             self.q_norm = nnx.RMSNorm(q_lora_rank, dtype=dtype, rngs=rngs)
-            self.wq = _linear(q_lora_rank, n_heads * self.qk_dim, dtype, rngs)
-        self.wkv_a = _linear(d_model, self.rank + rope_heads * self.rope, dtype, rngs)
+            self.wq = linear(q_lora_rank, n_heads * self.qk_dim, dtype, rngs)
+        self.wkv_a = linear(d_model, self.rank + rope_heads * self.rope_dim, dtype, rngs)
         self.kv_norm = nnx.RMSNorm(self.rank, dtype=dtype, rngs=rngs) if kv_norm else None
         init = nnx.initializers.normal(self.rank**-0.5)
         self.wk_b = nnx.Param(init(rngs.params(), (self.rank, n_heads, self.nope)))  # W_UK
         self.wv_b = nnx.Param(init(rngs.params(), (self.rank, n_heads, self.dv)))  # W_UV
-        self.wo = _linear(n_heads * self.dv, d_model, dtype, rngs)
+        self.wo = linear(n_heads * self.dv, d_model, dtype, rngs)
 
     def _queries(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """-> q_nope [b, t, H, nope], q_rope [b, t, H, rope_heads * rope] (RoPE'd)."""
         b, t, _ = x.shape
         cq = x if self.q_lora_rank is None else self.q_norm(self.wq_a(x))
         q = self.wq(cq).reshape(b, t, self.n_heads, self.qk_dim)
-        q_rope = q[..., self.nope :].reshape(b, t, self.n_heads * self.rope_heads, self.rope)
+        q_rope = q[..., self.nope :].reshape(b, t, self.n_heads * self.rope_heads, self.rope_dim)
         q_rope = apply_rope(q_rope, positions, self.rope_base)
         return q[..., : self.nope], q_rope.reshape(b, t, self.n_heads, -1)
 
@@ -111,15 +116,15 @@ class MLA(nnx.Module):
         ckv = self.wkv_a(x)
         c = ckv[..., : self.rank]
         c = c if self.kv_norm is None else self.kv_norm(c)
-        kr = ckv[..., self.rank :].reshape(b, t, self.rope_heads, self.rope)
+        kr = ckv[..., self.rank :].reshape(b, t, self.rope_heads, self.rope_dim)
         return c, apply_rope(kr, positions, self.rope_base)
 
     def up(self, c: jax.Array, kr: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Naive keys and values from the latent: k [b,s,H,nope+rope_heads rope], v [b,s,H,dv]."""
         k_nope = jnp.einsum("bsr,rhn->bshn", c, self.wk_b[...].astype(c.dtype))
         v = jnp.einsum("bsr,rhv->bshv", c, self.wv_b[...].astype(c.dtype))
-        kr = jnp.broadcast_to(kr.reshape(*kr.shape[:2], 1, -1), (*kr.shape[:2], self.n_heads,
-                                                                  self.rope_heads * self.rope))
+        kr = jnp.broadcast_to(kr.reshape(*kr.shape[:2], 1, -1),
+                              (*kr.shape[:2], self.n_heads, self.rope_heads * self.rope_dim))
         return jnp.concatenate([k_nope, kr.astype(c.dtype)], axis=-1), v
 
     def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -146,7 +151,7 @@ class MLA(nnx.Module):
             raise ValueError("MLA with causal=False has no decode")
         return {
             "c": jnp.zeros((batch_size, max_length, self.rank), dtype),
-            "kr": jnp.zeros((batch_size, max_length, self.rope_heads, self.rope), dtype),
+            "kr": jnp.zeros((batch_size, max_length, self.rope_heads, self.rope_dim), dtype),
             "pos": jnp.zeros((), jnp.int32),
         }
 

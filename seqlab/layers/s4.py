@@ -15,17 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seqlab.layers.common import SSMParam
-from seqlab.layers.s4d import S4D, _as_complex, _choice, _complex_param
+from seqlab.layers.common import SSMParam, as_complex, choice, complex_param, reject_renamed
+from seqlab.layers.protocol import register_mixer
+from seqlab.layers.s4d import S4D
 from seqlab.ops import hippo
 from seqlab.ops.ssm import dplr_inverse, dplr_step, kernel_dplr
 
 
+@register_mixer("s4")
 class S4(S4D):
     """S4 mixer: x [batch, length, d_model] -> y [batch, length, d_model].
 
     Options: ``measure`` in ``legs | legt | lagt | fout`` (default ``legs``); ``d_state`` (N, even),
-    ``real_param``, ``dt_min``/``dt_max``, ``bidirectional``, ``activation``, ``out``,
+    ``real_param``, ``dt_min``/``dt_max``, ``causal``, ``activation``, ``out``,
     ``dropout``, ``max_length`` as in :class:`S4D`. Discretisation is bilinear (S4's kernel
     algorithm needs it).
 
@@ -37,6 +39,7 @@ class S4(S4D):
     (``ops.ssm.dplr_step``: Woodbury, no dense [H, N, N] matrix is formed or inverted).
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
@@ -55,19 +58,19 @@ class S4(S4D):
         options = {k: v for k, v in options.items() if k not in ("mode", "disc")}
         super().__init__(d_model, rngs=rngs, dtype=dtype, init=measure, disc="bilinear", **options)
         H = d_model
-        self.P = SSMParam(_complex_param(np.tile(self._P0[:, None, :], (1, H, 1))))
+        self.P = SSMParam(complex_param(np.tile(self._P0[:, None, :], (1, H, 1))))
         del self._P0
         self.measure = measure
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
-        Lambda, P, B = hippo.dplr(_choice("measure", self.init, hippo.MEASURES), N)
+        Lambda, P, B = hippo.dplr(choice("measure", self.init, hippo.MEASURES), N)
         self._P0 = P
         return Lambda, B, None
 
     def kernel(self, length: int) -> jax.Array:
         """K [dirs, H, length] (S4, Alg. 1)."""
         A, B, C, dt = self.ssm()
-        P = _as_complex(self.P[...])
+        P = as_complex(self.P[...])
         return jnp.stack([kernel_dplr(A, P, B, c, dt, length) for c in C])
 
     def _recurrence(self, u: jax.Array, h0: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -78,7 +81,7 @@ class S4(S4D):
         u: [batch, t, H] float32; h0: [batch, H, N/2] -> (y [batch, t, H], last state).
         """
         A, B, C, dt = self.ssm()
-        P = _as_complex(self.P[...])
+        P = as_complex(self.P[...])
         inv = dplr_inverse(A, P, dt)
 
         def step(h, u_k):  # h: [batch, H, N/2], u_k: [batch, H]

@@ -16,65 +16,43 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seqlab.layers.common import SSMParam, apply_mask, check_input
+from seqlab.layers.common import (
+    ACTIVATIONS,
+    CLIP_MAX,
+    OUTPUTS,
+    REAL_PARAMS,
+    SSMOutputStage,
+    SSMParam,
+    apply_mask,
+    as_complex,
+    check_input,
+    check_length,
+    choice,
+    complex_param,
+    init_log_dt,
+    real_part,
+    reject_renamed,
+)
+from seqlab.layers.protocol import register_mixer
 from seqlab.ops import hippo
 from seqlab.ops.scan import linear_scan
 from seqlab.ops.ssm import DISCRETIZATIONS, discretize, fft_conv, kernel_diag
 
-REAL_PARAMS = ("exp", "clip")
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "silu": jax.nn.silu,
-    "relu": jax.nn.relu,
-    "identity": lambda x: x,
-}
-OUTPUTS = ("glu", "linear", "none")
 MODES = ("fft", "scan")
-_CLIP_MAX = -1e-4  # 'clip': Re(Lambda) = min(param, -1e-4)
 
 
-def _choice(name: str, value: str, valid) -> str:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
-    return value
-
-
-def _complex_param(z) -> jax.Array:
-    """complex [...] -> float32 [..., 2] (real, imag): parameters are real float32 arrays.
-    (jnp, not np: layers are also built abstractly under ``nnx.eval_shape``.)"""
-    return jnp.stack([jnp.real(z), jnp.imag(z)], axis=-1).astype(jnp.float32)
-
-
-def _as_complex(p: jax.Array) -> jax.Array:
-    return jax.lax.complex(p[..., 0], p[..., 1])
-
-
-def check_length(length: int, max_length: int | None, name: str) -> None:
-    """Raise a clear error when a sequence is longer than a layer's configured ``max_length``."""
-    if max_length is not None and length > max_length:
-        raise ValueError(
-            f"{name} was configured with max_length={max_length} but got length {length}; "
-            "raise mixer_args.max_length or shorten the sequences"
-        )
-
-
-def init_log_dt(key: jax.Array, H: int, dt_min: float, dt_max: float) -> jax.Array:
-    """log dt [H] uniform in [log dt_min, log dt_max] (S4, Sec. 4 / appendix)."""
-    if not (0 < dt_min <= dt_max):
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-    return jax.random.uniform(key, (H,), minval=math.log(dt_min), maxval=math.log(dt_max))
-
-
-class S4D(nnx.Module):
+@register_mixer("s4d")
+class S4D(SSMOutputStage):
     """S4D mixer: x [batch, length, d_model] -> y [batch, length, d_model].
 
     Options: ``d_state`` (N, even; N/2 complex modes per channel), ``init`` in
     ``lin | inv | legs | ptd`` (default ``legs``, S4D-LegS), ``disc`` in ``zoh | bilinear``,
     ``real_param`` in ``exp`` (Re Lambda = -exp(p)) | ``clip`` (Re Lambda = min(p, -1e-4)),
-    ``dt_min``/``dt_max`` (log-uniform init of dt), ``bidirectional`` (a second C for the
-    time-reversed direction, outputs summed), ``activation`` (gelu | silu | relu | identity),
-    ``out`` (glu | linear | none: output projection), ``dropout``, ``mode`` (fft | scan),
-    ``max_length`` (optional: longer inputs are a clear error).
+    ``dt_min``/``dt_max`` (log-uniform init of dt), ``causal`` (default True; False adds a
+    second C for the time-reversed direction, outputs summed: bidirectional, no decode),
+    ``activation`` (gelu | silu | relu | identity), ``out`` (glu | linear | none: output
+    projection), ``dropout``, ``mode`` (fft | scan), ``max_length`` (optional: longer inputs are
+    a clear error).
 
     ``Re(Lambda)`` is floored at -1e-4 at init (strictly stable). S4-PTD may keep a few more
     than N/2 modes (``n_modes``; see ``ops.hippo.ptd``); below, N/2 stands for ``n_modes``.
@@ -84,6 +62,7 @@ class S4D(nnx.Module):
     are ordinary parameters, as in S4.
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
@@ -96,7 +75,7 @@ class S4D(nnx.Module):
         real_param: str = "exp",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
-        bidirectional: bool = False,
+        causal: bool = True,
         activation: str = "gelu",
         out: str = "glu",
         dropout: float = 0.0,
@@ -104,43 +83,42 @@ class S4D(nnx.Module):
         max_length: int | None = None,
     ):
         self.d_model, self.d_state, self.dtype, self.init = d_model, d_state, dtype, init
-        self.disc = _choice("disc", disc, DISCRETIZATIONS)
-        self.real_param = _choice("real_param", real_param, REAL_PARAMS)
-        self.activation = _choice("activation", activation, tuple(ACTIVATIONS))
-        self.out = _choice("out", out, OUTPUTS)
-        self.mode = _choice("mode", mode, MODES)
-        self.bidirectional = bool(bidirectional)
+        self.disc = choice("disc", disc, DISCRETIZATIONS)
+        self.real_param = choice("real_param", real_param, REAL_PARAMS)
+        self.activation = choice("activation", activation, ACTIVATIONS)
+        self.out = choice("out", out, OUTPUTS)
+        self.mode = choice("mode", mode, MODES)
+        self.causal = bool(causal)
         self.max_length = max_length
         Lambda, B, C0 = self._diagonal_init(d_state, rngs)
         H, M = d_model, len(Lambda)
         self.n_modes = M
         self.log_dt = SSMParam(init_log_dt(rngs.params(), H, dt_min, dt_max))
-        re = np.tile(np.minimum(Lambda.real, _CLIP_MAX), (H, 1))  # strictly stable at init
+        re = np.tile(np.minimum(Lambda.real, CLIP_MAX), (H, 1))  # strictly stable at init
         re = np.log(-re) if self.real_param == "exp" else re
         self.Lambda_re = SSMParam(jnp.asarray(re, jnp.float32))
         self.Lambda_im = SSMParam(jnp.asarray(np.tile(Lambda.imag, (H, 1)), jnp.float32))
-        self.B = SSMParam(_complex_param(np.tile(B, (H, 1))))
-        dirs = 2 if self.bidirectional else 1
+        self.B = SSMParam(complex_param(np.tile(B, (H, 1))))
+        dirs = 1 if self.causal else 2
         if C0 is None:  # C ~ complex standard normal (variance 1/2 per part), as in S4
             C = jax.random.normal(rngs.params(), (dirs, H, M, 2)) * math.sqrt(0.5)
         else:  # a change of basis (S4-PTD: C~ = C V with C real standard normal)
             C_real = jax.random.normal(rngs.params(), (dirs, H, d_state))
-            C = _complex_param(C_real @ jnp.asarray(C0, jnp.complex64))
+            C = complex_param(C_real @ jnp.asarray(C0, jnp.complex64))
         self.C = nnx.Param(C)
-        self._init_output(H, dropout, dtype, rngs)
+        self.init_output_stage(H, activation=self.activation, out=self.out, dropout=dropout,
+                               dtype=dtype, rngs=rngs)
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         """(Lambda [N/2], B [N/2], basis for C [N, N/2] or None) from ``ops.hippo``."""
-        Lambda, B = hippo.diagonal_init(_choice("init", self.init, hippo.DIAGONAL_INITS), N)
+        Lambda, B = hippo.diagonal_init(choice("init", self.init, hippo.DIAGONAL_INITS), N)
         return Lambda, B, None
 
     # ---- SSM parameters ----------------------------------------------------------------------
     def ssm(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """Continuous parameters (A [H, N/2], B [H, N/2], C [dirs, H, N/2] complex, dt [H])."""
-        p = self.Lambda_re[...]
-        re = -jnp.exp(p) if self.real_param == "exp" else jnp.minimum(p, _CLIP_MAX)
-        A = jax.lax.complex(re, self.Lambda_im[...])
-        return A, _as_complex(self.B[...]), _as_complex(self.C[...]), jnp.exp(self.log_dt[...])
+        A = jax.lax.complex(real_part(self.Lambda_re[...], self.real_param), self.Lambda_im[...])
+        return A, as_complex(self.B[...]), as_complex(self.C[...]), jnp.exp(self.log_dt[...])
 
     def kernel(self, length: int) -> jax.Array:
         """K [dirs, H, length] (S4D eq. (6))."""
@@ -153,29 +131,6 @@ class S4D(nnx.Module):
         dA, dB = discretize(A, B, dt, self.disc)
         h = linear_scan(dA[None, None], dB * u[..., None], reverse=reverse)  # [b, l, H, N/2]
         return 2 * jnp.einsum("hn,blhn->blh", C, h).real
-
-    def _init_output(self, H: int, dropout: float, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
-        """The skip D [H], activation, dropout and output projection (``out``) that follow the
-        SSM; shared by S4D, S4 and S5 together with ``_block``."""
-        self.D = nnx.Param(jax.random.normal(rngs.params(), (H,)))
-        self.act = ACTIVATIONS[self.activation]
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
-        if self.out == "glu":
-            self.proj = nnx.Linear(H, 2 * H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        elif self.out == "linear":
-            self.proj = nnx.Linear(H, H, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        else:
-            self.proj = None
-
-    def _block(self, y: jax.Array) -> jax.Array:
-        """Activation, dropout and output projection: y [batch, length, H] float32."""
-        y = self.drop(self.act(y.astype(self.dtype)))
-        if self.proj is not None:
-            y = self.proj(y)
-            if self.out == "glu":
-                y = jax.nn.glu(y, axis=-1)
-            y = self.drop(y)
-        return y
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: [batch, length, d_model]; mask: [batch, length] bool -> y [batch, length, d_model].
@@ -190,13 +145,13 @@ class S4D(nnx.Module):
         D = self.D[...]
         if self.mode == "fft":
             K = self.kernel(x.shape[1])
-            y = fft_conv(u, K[0], D, K[1] if self.bidirectional else None)
+            y = fft_conv(u, K[0], D, None if self.causal else K[1])
         else:
             C = self.ssm()[2]
             y = self._ssm_scan(u, C[0], reverse=False) + D * u
-            if self.bidirectional:
+            if not self.causal:
                 y = y + self._ssm_scan(u, C[1], reverse=True)
-        return apply_mask(self._block(y), mask)
+        return apply_mask(self.output_stage(y), mask)
 
     # ---- recurrent decode --------------------------------------------------------------------
     def init_cache(
@@ -207,17 +162,20 @@ class S4D(nnx.Module):
         The recurrence itself has no length limit; ``max_length`` is checked against the
         layer's own ``max_length`` option when one is set.
         """
-        if self.bidirectional:
-            raise ValueError(
-                f"{type(self).__name__}(bidirectional=True) sees future inputs and has no "
-                "recurrent decode; build it with bidirectional=False"
-            )
+        self._check_causal()
         check_length(max_length, self.max_length, type(self).__name__)
         del dtype
         return {
             "state": jnp.zeros((batch_size, self.d_model, self.n_modes), jnp.complex64),
             "pos": jnp.zeros((), jnp.int32),
         }
+
+    def _check_causal(self) -> None:
+        if not self.causal:
+            raise ValueError(
+                f"{type(self).__name__}(causal=False) sees future inputs and has no recurrent "
+                "decode; build it with causal=True"
+            )
 
     def _recurrence(self, u: jax.Array, h0: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``x_k = dA x_{k-1} + dB u_k``, ``2 Re(C x_k)`` (S4D eq. (5)) from state h0.
@@ -234,18 +192,15 @@ class S4D(nnx.Module):
 
         Token-by-token decode reproduces ``__call__`` on the whole sequence.
         """
-        if self.bidirectional:
-            raise ValueError(
-                f"{type(self).__name__}(bidirectional=True) sees future inputs and has no "
-                "recurrent decode; build it with bidirectional=False"
-            )
+        self._check_causal()
         check_input(x, self.d_model, type(self).__name__)
         u = x.astype(jnp.float32)
         y, h = self._recurrence(u, cache["state"])
         new = {"state": h.astype(jnp.complex64), "pos": cache["pos"] + x.shape[1]}
-        return self._block(y + self.D[...] * u), new
+        return self.output_stage(y + self.D[...] * u), new
 
 
+@register_mixer("s4-ptd")
 class S4PTD(S4D):
     """S4-PTD (Yu et al. 2023): S4D initialised by perturb-then-diagonalise of HiPPO-LegS.
 
@@ -254,6 +209,7 @@ class S4PTD(S4D):
     diagonal system. ``self.cond_V`` reports the condition number of V. Other options as S4D.
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,

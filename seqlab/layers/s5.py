@@ -17,19 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seqlab.layers.common import SSMParam, apply_mask, check_input
-from seqlab.layers.s4d import (
-    _CLIP_MAX,
+from seqlab.layers.common import (
     ACTIVATIONS,
     OUTPUTS,
     REAL_PARAMS,
-    S4D,
-    _as_complex,
-    _choice,
-    _complex_param,
+    SSMOutputStage,
+    SSMParam,
+    apply_mask,
+    as_complex,
+    check_input,
     check_length,
+    choice,
+    complex_param,
     init_log_dt,
+    real_part,
+    reject_renamed,
 )
+from seqlab.layers.protocol import register_mixer
 from seqlab.ops import hippo
 from seqlab.ops.scan import linear_scan
 from seqlab.ops.ssm import discretize
@@ -56,18 +60,21 @@ def block_hippo_n(P: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
     return np.tile(Lambda, blocks), V_full
 
 
-class S5(nnx.Module):
+@register_mixer("s5")
+class S5(SSMOutputStage):
     """S5 mixer: x [batch, length, d_model] -> y [batch, length, d_model].
 
     Options: ``d_state`` (P, even; P/2 complex modes), ``blocks`` (J, HiPPO-N blocks),
     ``real_param`` (exp | clip), ``dt_min``/``dt_max`` (per-mode log-uniform step),
-    ``bidirectional`` (a reverse scan with its own C~, summed), ``activation``, ``out``,
+    ``causal`` (default True; False adds a reverse scan with its own C~, summed: bidirectional,
+    no decode), ``activation``, ``out``,
     ``dropout``, ``max_length`` (as in S4D).
 
     SSM parameters (``SSMParam``): ``Lambda_re, Lambda_im [P/2]``, ``B [P/2, H, 2]``,
     ``log_dt [P/2]``; ordinary: ``C [dirs, H, P/2, 2]``, ``D [H]``.
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
@@ -79,17 +86,17 @@ class S5(nnx.Module):
         real_param: str = "exp",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
-        bidirectional: bool = False,
+        causal: bool = True,
         activation: str = "gelu",
         out: str = "glu",
         dropout: float = 0.0,
         max_length: int | None = None,
     ):
         H, self.d_model, self.d_state, self.dtype = d_model, d_model, d_state, dtype
-        self.real_param = _choice("real_param", real_param, REAL_PARAMS)
-        self.activation = _choice("activation", activation, tuple(ACTIVATIONS))
-        self.out = _choice("out", out, OUTPUTS)
-        self.bidirectional = bool(bidirectional)
+        self.real_param = choice("real_param", real_param, REAL_PARAMS)
+        self.activation = choice("activation", activation, ACTIVATIONS)
+        self.out = choice("out", out, OUTPUTS)
+        self.causal = bool(causal)
         self.max_length = max_length
         if d_state < 2 or d_state % 2:
             raise ValueError(f"S5 needs an even d_state >= 2 (conjugate pairs), got {d_state}")
@@ -100,24 +107,22 @@ class S5(nnx.Module):
         self.log_dt = SSMParam(init_log_dt(rngs.params(), d_state // 2, dt_min, dt_max))
         # B ~ lecun normal [P, H] in the HiPPO basis, then B~ = V^H B
         B = jax.random.normal(rngs.params(), (d_state, H)) / math.sqrt(H)
-        self.B = SSMParam(_complex_param(jnp.asarray(V.conj().T, jnp.complex64) @ B))
-        dirs = 2 if self.bidirectional else 1
+        self.B = SSMParam(complex_param(jnp.asarray(V.conj().T, jnp.complex64) @ B))
+        dirs = 1 if self.causal else 2
         # C ~ normal [dirs, H, P] with variance 1/P, then C~ = C V
         C = jax.random.normal(rngs.params(), (dirs, H, d_state)) / math.sqrt(d_state)
-        self.C = nnx.Param(_complex_param(C @ jnp.asarray(V, jnp.complex64)))
-        S4D._init_output(self, H, dropout, dtype, rngs)
-
-    _block = S4D._block
+        self.C = nnx.Param(complex_param(C @ jnp.asarray(V, jnp.complex64)))
+        self.init_output_stage(H, activation=self.activation, out=self.out, dropout=dropout,
+                               dtype=dtype, rngs=rngs)
 
     def discrete(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """ZOH (S5 eq. (6)): (dLambda [P/2], dB [P/2, H], C~ [dirs, H, P/2]) complex."""
-        p = self.Lambda_re[...]
-        re = -jnp.exp(p) if self.real_param == "exp" else jnp.minimum(p, _CLIP_MAX)
-        Lambda = jax.lax.complex(re, self.Lambda_im[...])
+        Lambda = jax.lax.complex(real_part(self.Lambda_re[...], self.real_param),
+                                 self.Lambda_im[...])
         # one step size per mode: each mode is a row of discretize's [H, N] layout
-        dLambda, dB = discretize(Lambda[:, None], _as_complex(self.B[...]),
+        dLambda, dB = discretize(Lambda[:, None], as_complex(self.B[...]),
                                  jnp.exp(self.log_dt[...]))
-        return dLambda[:, 0], dB, _as_complex(self.C[...])
+        return dLambda[:, 0], dB, as_complex(self.C[...])
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: [batch, length, d_model]; mask: [batch, length] bool -> y [batch, length, d_model].
@@ -131,9 +136,9 @@ class S5(nnx.Module):
         dLambda, dB, C = self.discrete()
         Bu = jnp.einsum("ph,blh->blp", dB, u)  # [batch, length, P/2]
         y = 2 * jnp.einsum("hp,blp->blh", C[0], linear_scan(dLambda, Bu)).real
-        if self.bidirectional:
+        if not self.causal:
             y = y + 2 * jnp.einsum("hp,blp->blh", C[1], linear_scan(dLambda, Bu, reverse=True)).real
-        return apply_mask(self._block(y + self.D[...] * u), mask)
+        return apply_mask(self.output_stage(y + self.D[...] * u), mask)
 
     def init_cache(
         self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32
@@ -157,11 +162,11 @@ class S5(nnx.Module):
         h = linear_scan(dLambda, jnp.einsum("ph,blh->blp", dB, u), h0=cache["state"])
         y = 2 * jnp.einsum("hp,blp->blh", C[0], h).real + self.D[...] * u
         new = {"state": h[:, -1].astype(jnp.complex64), "pos": cache["pos"] + x.shape[1]}
-        return self._block(y), new
+        return self.output_stage(y), new
 
     def _check_causal(self) -> None:
-        if self.bidirectional:
+        if not self.causal:
             raise ValueError(
-                "S5(bidirectional=True) sees future inputs and has no recurrent decode; "
-                "build it with bidirectional=False"
+                "S5(causal=False) sees future inputs and has no recurrent decode; "
+                "build it with causal=True"
             )

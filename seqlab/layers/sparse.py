@@ -16,9 +16,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from seqlab.layers.attention import MultiHeadAttention, _linear, cache_positions, write_cache
-from seqlab.layers.common import apply_mask, check_input
+from seqlab.layers.attention import MultiHeadAttention, cache_positions, write_cache
+from seqlab.layers.common import apply_mask, check_input, linear, reject_renamed
 from seqlab.layers.mla import MLA
+from seqlab.layers.protocol import register_mixer
 from seqlab.ops.attention import (
     apply_rope,
     attention,
@@ -32,10 +33,12 @@ from seqlab.ops.attention import (
 DSA_BASES = ("mha", "mla")
 
 
+@register_mixer("topk")
 class TopKAttention(MultiHeadAttention):
     """Multi-head attention where each (query, head) keeps its ``topk`` best visible keys
     (Gupta et al. 2021). All MultiHeadAttention options apply; ``topk >= length`` is dense."""
 
+    @reject_renamed
     def __init__(self, d_model: int, *, topk: int = 32, rngs: nnx.Rngs, **options):
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
@@ -49,6 +52,7 @@ class TopKAttention(MultiHeadAttention):
         )
 
 
+@register_mixer("dsa")
 class DSA(nnx.Module):
     """DeepSeek Sparse Attention (DeepSeek-V3.2): a lightning indexer on top of MHA or MLA.
 
@@ -59,7 +63,7 @@ class DSA(nnx.Module):
     Options: base ("mha" | "mla"), topk, index_heads, index_head_dim, block_size (queries per
     indexer block), indexer_warmup_steps, indexer_loss_weight, and any option of the base layer
     (n_heads, n_kv_heads, kv_lora_rank, ...). The cache is the base layer's plus k_idx:
-    index_head_dim more numbers per token.
+    index_head_dim more numbers per token. Always causal (``causal`` is True).
 
     Training (``model.train()``, i.e. ``deterministic=False``; the trainer sets it), following
     DeepSeek-V3.2 section 2.1. Each training-mode call advances ``indexer_step`` (an int32
@@ -89,6 +93,7 @@ class DSA(nnx.Module):
     path, whatever the counter says; nothing is sown and the counter is unchanged.
     """
 
+    @reject_renamed
     def __init__(
         self,
         d_model: int,
@@ -120,15 +125,16 @@ class DSA(nnx.Module):
                 f"{indexer_warmup_steps}, {indexer_loss_weight}"
             )
         cls = MultiHeadAttention if base == "mha" else MLA
+        self.causal = True
         self.attn = cls(d_model, rngs=rngs, dtype=dtype, rope_base=rope_base, **base_options)
         self.d_model, self.topk, self.block_size, self.dtype = d_model, topk, block_size, dtype
         self.index_heads, self.index_head_dim = index_heads, index_head_dim
         self.rope_base = rope_base
         self.indexer_warmup_steps = indexer_warmup_steps
         self.indexer_loss_weight = indexer_loss_weight
-        self.wq_idx = _linear(d_model, index_heads * index_head_dim, dtype, rngs)
-        self.wk_idx = _linear(d_model, index_head_dim, dtype, rngs)
-        self.w_idx = _linear(d_model, index_heads, dtype, rngs)
+        self.wq_idx = linear(d_model, index_heads * index_head_dim, dtype, rngs)
+        self.wk_idx = linear(d_model, index_head_dim, dtype, rngs)
+        self.w_idx = linear(d_model, index_heads, dtype, rngs)
         self.indexer_step = nnx.Variable(jnp.zeros((), jnp.int32))
         self.deterministic = True  # inference mode; model.train() sets False
 
