@@ -70,9 +70,9 @@ def bench_decode(context: int, repeats: int) -> list[dict]:
     layers = {
         "mha": MultiHeadAttention(d, n_heads=heads, rngs=nnx.Rngs(0)),
         "mla-naive": MLA(d, n_heads=heads, kv_lora_rank=256, qk_nope_head_dim=64,
-                         qk_rope_head_dim=32, v_head_dim=64, decode_mode="naive", rngs=nnx.Rngs(0)),
+                         rope_dim=32, v_head_dim=64, decode_mode="naive", rngs=nnx.Rngs(0)),
         "mla-absorb": MLA(d, n_heads=heads, kv_lora_rank=256, qk_nope_head_dim=64,
-                          qk_rope_head_dim=32, v_head_dim=64, decode_mode="absorb",
+                          rope_dim=32, v_head_dim=64, decode_mode="absorb",
                           rngs=nnx.Rngs(0)),
     }
     x = jax.random.normal(jax.random.key(1), (1, 1, d))
@@ -104,7 +104,7 @@ def cache_table() -> list[dict]:
         "MQA (1 kv head)": lambda: MultiHeadAttention(d, n_heads=heads, n_kv_heads=1, head_dim=hd,
                                                       rngs=nnx.Rngs(0)),
         "MLA (DeepSeek-V2)": lambda: MLA(d, n_heads=heads, q_lora_rank=1536, kv_lora_rank=512,
-                                         qk_nope_head_dim=hd, qk_rope_head_dim=64, v_head_dim=hd,
+                                         qk_nope_head_dim=hd, rope_dim=64, v_head_dim=hd,
                                          rngs=nnx.Rngs(0)),
     }
     rows = []

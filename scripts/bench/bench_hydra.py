@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--headdim", type=int, default=64)
+    ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--d-state", type=int, default=64)
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison")
@@ -127,7 +127,7 @@ def main() -> None:
     args = ap.parse_args()
 
     b, length, n, chunk = args.batch, args.length, args.d_state, args.chunk_size
-    h, p = 2 * args.d_model // args.headdim, args.headdim
+    h, p = 2 * args.d_model // args.head_dim, args.head_dim
     a = ssd_inputs(jax.random.key(0), b, length, h, p, 1, n)
     fw = (a["x"], a["dt"], a["A"], a["B"], a["C"])
     qs_args = (a["x"], a["dt"], a["dt_bw"], a["A"], a["B"], a["C"], a["B_bw"], a["C_bw"],
@@ -135,7 +135,7 @@ def main() -> None:
     timing = dict(rounds=args.rounds, repeats=args.repeats)
     results: dict[str, dict[str, float]] = {}
     print(f"backend {jax.default_backend()}, batch {b}, length {length}, heads {h}, "
-          f"headdim {p}, d_state {n}, chunk {chunk}")
+          f"head_dim {p}, d_state {n}, chunk {chunk}")
 
     def ssd_y(*t):
         return ssd(*t, chunk_size=chunk)[0]
@@ -153,7 +153,7 @@ def main() -> None:
 
     # 2. the layers
     u = jax.random.normal(jax.random.key(1), (b, length, args.d_model))
-    opts = dict(d_state=n, headdim=p, chunk_size=chunk)
+    opts = dict(d_state=n, head_dim=p, chunk_size=chunk)
     g_m, p_m = layer_fwd_bwd(Mamba2(args.d_model, rngs=nnx.Rngs(0), **opts))
     g_h, p_h = layer_fwd_bwd(Hydra(args.d_model, rngs=nnx.Rngs(0), **opts))
     t_m, t_h = compare("Mamba2 layer fwd+bwd", compiled(g_m, p_m, u)[0],

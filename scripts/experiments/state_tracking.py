@@ -33,16 +33,16 @@ TASKS = {"parity": "parity_deltaproduct.yaml", "S3": "s3_deltaproduct.yaml",
 MODELS = {  # label -> (mixer, mixer_args)
     "DeltaNet      beta[0,1]": ("deltanet", dict(allow_neg_eigval=False)),
     "DeltaNet      beta[0,2]": ("deltanet", dict(allow_neg_eigval=True)),
-    "DeltaProd n=2 beta[0,1]": ("deltaproduct", dict(num_householder=2, allow_neg_eigval=False)),
-    "DeltaProd n=2 beta[0,2]": ("deltaproduct", dict(num_householder=2, allow_neg_eigval=True)),
-    "DeltaProd n=3 beta[0,1]": ("deltaproduct", dict(num_householder=3, allow_neg_eigval=False)),
-    "DeltaProd n=3 beta[0,2]": ("deltaproduct", dict(num_householder=3, allow_neg_eigval=True)),
+    "DeltaProd n=2 beta[0,1]": ("deltaproduct", dict(n_householder=2, allow_neg_eigval=False)),
+    "DeltaProd n=2 beta[0,2]": ("deltaproduct", dict(n_householder=2, allow_neg_eigval=True)),
+    "DeltaProd n=3 beta[0,1]": ("deltaproduct", dict(n_householder=3, allow_neg_eigval=False)),
+    "DeltaProd n=3 beta[0,2]": ("deltaproduct", dict(n_householder=3, allow_neg_eigval=True)),
 }
 
 
 def claim(task: str, mixer_args: dict) -> str:
     """What the papers predict for one layer: 'solves' or 'fails'."""
-    neg, n = mixer_args["allow_neg_eigval"], mixer_args.get("num_householder", 1)
+    neg, n = mixer_args["allow_neg_eigval"], mixer_args.get("n_householder", 1)
     if task == "parity":
         return "solves" if neg else "fails"
     group_n = int(task[1])
@@ -67,7 +67,7 @@ def main() -> None:
             base = load_config(config_dir / TASKS[task])
             mixer_args = {**base.model.mixer_args, **mixer_args}
             if mixer == "deltanet":
-                mixer_args.pop("num_householder", None)
+                mixer_args.pop("n_householder", None)
             cfg = dataclasses.replace(
                 base,
                 model=dataclasses.replace(base.model, mixer=mixer, mixer_args=mixer_args,

@@ -17,20 +17,20 @@ from seqlab.bench.specs_base import F32, Call, Dims, _keys, _normal, _torch
 
 def _attn_inputs(d: Dims, key: jax.Array):
     k1, k2, k3 = _keys(key, 3)
-    shape = (d.batch, d.length, d.heads, d.head_dim)
+    shape = (d.batch, d.length, d.n_heads, d.head_dim)
     return _normal(k1, shape), _normal(k2, shape), _normal(k3, shape)
 
 
 def _attn_cost(d: Dims) -> tuple[float, float]:
     # causal: QK^T and PV over L(L+1)/2 pairs, 2 D FLOPs each, + softmax (~5 per pair)
-    b, t, h, dh = d.batch, d.length, d.heads, d.head_dim
+    b, t, h, dh = d.batch, d.length, d.n_heads, d.head_dim
     pairs = b * h * t * (t + 1) / 2
     return pairs * (4 * dh + 5), F32 * 4 * b * t * h * dh
 
 
 def _topk_cost(d: Dims) -> tuple[float, float]:
     # exact top-k still scores every causal pair (2D + select), then attends to k keys
-    b, t, h, dh = d.batch, d.length, d.heads, d.head_dim
+    b, t, h, dh = d.batch, d.length, d.n_heads, d.head_dim
     pairs = b * h * t * (t + 1) / 2
     k = min(d.topk, t)
     return pairs * (2 * dh + 2) + b * h * t * k * (2 * dh + 5), F32 * 4 * b * t * h * dh
@@ -38,11 +38,12 @@ def _topk_cost(d: Dims) -> tuple[float, float]:
 
 def _dsa_cost(d: Dims) -> tuple[float, float]:
     # indexer: every causal pair, Hi heads of dim Di (+ ReLU, weights); attention on top-k keys
-    b, t, h, dh = d.batch, d.length, d.heads, d.head_dim
+    b, t, h, dh = d.batch, d.length, d.n_heads, d.head_dim
     pairs = b * t * (t + 1) / 2
     k = min(d.topk, t)
-    flops = pairs * d.idx_heads * (2 * d.idx_dim + 3) + b * h * t * k * (4 * dh + 5)
-    nbytes = F32 * (4 * b * t * h * dh + b * t * (d.idx_heads * (d.idx_dim + 1) + d.idx_dim))
+    hi, di = d.index_heads, d.index_head_dim
+    flops = pairs * hi * (2 * di + 3) + b * h * t * k * (4 * dh + 5)
+    nbytes = F32 * (4 * b * t * h * dh + b * t * (hi * (di + 1) + di))
     return flops, nbytes
 
 
@@ -84,9 +85,9 @@ def _dsa_inputs(d: Dims, key: jax.Array):
     k1, k2, k3 = _keys(jax.random.fold_in(key, 3), 3)
     # Shifted to mostly-positive index scores: with zero-mean inputs many ReLU scores are 0 and
     # tie, and implementations may then select different (equally valid) keys.
-    q_idx = _normal(k1, (d.batch, d.length, d.idx_heads, d.idx_dim)) + 2.0
-    k_idx = _normal(k2, (d.batch, d.length, d.idx_dim)) + 2.0
-    w_idx = jnp.abs(_normal(k3, (d.batch, d.length, d.idx_heads))) + 0.1
+    q_idx = _normal(k1, (d.batch, d.length, d.index_heads, d.index_head_dim)) + 2.0
+    k_idx = _normal(k2, (d.batch, d.length, d.index_head_dim)) + 2.0
+    w_idx = jnp.abs(_normal(k3, (d.batch, d.length, d.index_heads))) + 0.1
     return q, k, v, q_idx, k_idx, w_idx
 
 

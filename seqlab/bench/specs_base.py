@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import jax
@@ -20,19 +20,20 @@ F32 = 4  # bytes
 
 @dataclass(frozen=True)
 class Dims:
-    """Sizes of one benchmark case. heads * head_dim need not equal d_model (the mixer's own)."""
+    """Sizes of one benchmark case, named as the mixers' arguments (docs/architecture.md).
+    n_heads * head_dim need not equal d_model (the mixer's own)."""
 
     batch: int
     length: int
     d_model: int
-    heads: int = 4
+    n_heads: int = 4
     head_dim: int = 64
-    state: int = 64
+    d_state: int = 64
     topk: int = 512
-    num_householder: int = 2
-    chunk: int = 64
-    idx_heads: int = 4
-    idx_dim: int = 32
+    n_householder: int = 2
+    chunk_size: int = 64
+    index_heads: int = 4
+    index_head_dim: int = 32
 
 
 @dataclass(frozen=True)
@@ -58,28 +59,15 @@ class MixerSpec:
     defaults: dict[str, int] = field(default_factory=dict)
 
 
-_ATTRS = {
-    "heads": ("num_heads", "n_heads", "heads", "nheads"),
-    "head_dim": ("head_dim", "d_head", "head_k_dim", "headdim", "head_qk_dim"),
-    "state": ("d_state", "state_size", "n_state", "state_dim", "N", "P"),
-    "topk": ("topk", "top_k", "index_topk"),
-    "num_householder": ("num_householder", "n_householder"),
-    "chunk": ("chunk_size",),
-    "idx_heads": ("index_heads", "n_index_heads", "idx_heads"),
-    "idx_dim": ("index_dim", "index_head_dim", "idx_dim"),
-}
-
-
 def dims_of(mixer: Any, spec: MixerSpec, batch: int, length: int, d_model: int) -> Dims:
-    """Dims of a case: spec defaults, overridden by the mixer's own attributes where it has them."""
+    """Dims of a case: spec defaults, overridden by the mixer's attributes of the same names
+    (``n_heads``, ``head_dim``, ``d_state``, ...) where it has them."""
     d = replace(Dims(batch, length, d_model), **spec.defaults)
     found: dict[str, int] = {}
-    for field_name, names in _ATTRS.items():
-        for n in names:
-            value = getattr(mixer, n, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                found[field_name] = value
-                break
+    for f in fields(Dims)[3:]:  # after batch, length, d_model
+        value = getattr(mixer, f.name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            found[f.name] = value
     return replace(d, **found)
 
 

@@ -15,7 +15,7 @@ from seqlab.bench.specs_base import F32, Builder, Call, Dims, MixerSpec, _keys, 
 
 
 def _delta_inputs(d: Dims, key: jax.Array, n: int, gated: bool):
-    b, t, h, dk = d.batch, d.length, d.heads, d.head_dim
+    b, t, h, dk = d.batch, d.length, d.n_heads, d.head_dim
     k1, k2, k3, k4, k5 = _keys(key, 5)
     q = _normal(k1, (b, t, h, dk))
     k = _normal(k2, (b, t * n, h, dk))
@@ -29,7 +29,7 @@ def _delta_inputs(d: Dims, key: jax.Array, n: int, gated: bool):
 def _delta_cost(n: int) -> Callable[[Dims], tuple[float, float]]:
     def cost(d: Dims) -> tuple[float, float]:
         # per token and head: decay (KV), n x (S^T k: 2KV, rank-1 update: 3KV), read S^T q: 2KV
-        b, t, h, k = d.batch, d.length, d.heads, d.head_dim
+        b, t, h, k = d.batch, d.length, d.n_heads, d.head_dim
         flops = b * t * h * k * k * (1 + 5 * n + 2)
         nbytes = F32 * b * t * h * (k + n * (2 * k + 1) + 1 + k)
         return flops, nbytes
@@ -46,7 +46,7 @@ def _delta_call(n: int, gated: bool, recurrent: bool) -> Builder:
         name = "ops.delta." + ("delta_product_recurrent" if recurrent else "delta_product")
 
         def core(q, k, v, beta, g):
-            return f(q, k, v, beta, g, num_householder=n, chunk_size=d.chunk)[0]
+            return f(q, k, v, beta, g, num_householder=n, chunk_size=d.chunk_size)[0]
 
         return Call(name, core, (q, k, v, beta, g))
 
@@ -71,7 +71,8 @@ def _fla_delta(n: int, gated: bool) -> Builder:
             if f is None:
                 return None
             return Call("fla naive_chunk_gated_delta_rule (torch)",
-                        lambda q, k, v, g, b: f(q, k, v, g, b, chunk_size=d.chunk, scale=scale)[0],
+                        lambda q, k, v, g, b: f(q, k, v, g, b, chunk_size=d.chunk_size,
+                                                scale=scale)[0],
                         _torch(q, k, v, g, beta), backend="torch")
         f = peers.fla_naive("gated_delta_product", "naive_recurrent_gated_delta_product")
         if f is None:
@@ -90,5 +91,5 @@ def _delta_spec(n: int, gated: bool) -> MixerSpec:
         op=_delta_call(n, gated, recurrent=False),
         reference=_delta_call(n, gated, recurrent=True),
         peers=(_fla_delta(n, gated),),
-        defaults={"num_householder": n},
+        defaults={"n_householder": n},
     )

@@ -21,7 +21,7 @@ from seqlab.bench.specs_base import F32, Call, Dims, _keys, _log2, _normal
 
 
 def _s4d_params(d: Dims, key: jax.Array):
-    h, n = d.d_model, max(d.state // 2, 1)
+    h, n = d.d_model, max(d.d_state // 2, 1)
     k1, k2, k3, k4 = _keys(key, 4)
     A = -0.5 + 1j * jnp.pi * jnp.broadcast_to(jnp.arange(n), (h, n))  # S4D-Lin
     C = (_normal(k1, (h, n)) + 1j * _normal(k2, (h, n))) * 0.5**0.5
@@ -40,13 +40,13 @@ def _conv_cost(d: Dims, kernel_flops: float) -> tuple[float, float]:
 
 
 def _s4d_cost(d: Dims) -> tuple[float, float]:
-    return _conv_cost(d, 8.0 * d.d_model * max(d.state // 2, 1) * d.length)
+    return _conv_cost(d, 8.0 * d.d_model * max(d.d_state // 2, 1) * d.length)
 
 
 def _s4_cost(d: Dims) -> tuple[float, float]:
     # Cauchy kernel at L roots of unity: 4 Cauchy sums (rank 1 Woodbury) of N/2 complex terms,
     # plus an inverse FFT of the L generating-function values per channel.
-    n, h, length = max(d.state // 2, 1), d.d_model, d.length
+    n, h, length = max(d.d_state // 2, 1), d.d_model, d.length
     return _conv_cost(d, 4 * 8.0 * h * n * length + h * 5 * length * _log2(length))
 
 
@@ -90,7 +90,7 @@ def _s4d_tutorial(d: Dims, key: jax.Array) -> Call:
 
 def _s5_inputs(d: Dims, key: jax.Array):
     k1, k2, k3 = _keys(key, 3)
-    p = max(d.state // 2, 1)  # complex modes (conjugate pairs implied), as S5 keeps them
+    p = max(d.d_state // 2, 1)  # complex modes (conjugate pairs implied), as S5 keeps them
     lam = jnp.exp(-jax.random.uniform(k1, (p,), minval=1e-3, maxval=1e-1))
     a = jnp.broadcast_to(lam * jnp.exp(1j * 0.1), (d.batch, d.length, p)).astype(jnp.complex64)
     b = (_normal(k2, (d.batch, d.length, p)) + 1j * _normal(k3, (d.batch, d.length, p)))
@@ -99,7 +99,7 @@ def _s5_inputs(d: Dims, key: jax.Array):
 
 def _s5_cost(d: Dims) -> tuple[float, float]:
     # h_t = a h_{t-1} + B u_t ; y_t = Re(C h_t): complex B [P, H] and C [H, P] products + the scan.
-    b, length, h, p = d.batch, d.length, d.d_model, max(d.state // 2, 1)
+    b, length, h, p = d.batch, d.length, d.d_model, max(d.d_state // 2, 1)
     flops = b * length * (2 * 8 * h * p + 8 * p)
     return flops, F32 * 2 * b * length * h
 
@@ -129,7 +129,7 @@ def _s5_ref(d: Dims, key: jax.Array) -> Call:
 
 
 def _ssd_inputs(d: Dims, key: jax.Array):
-    b, t, h, p, n = d.batch, d.length, d.heads, d.head_dim, d.state
+    b, t, h, p, n = d.batch, d.length, d.n_heads, d.head_dim, d.d_state
     k1, k2, k3, k4 = _keys(key, 4)
     x = _normal(k1, (b, t, h, p))
     dt = jax.nn.softplus(_normal(k2, (b, t, h)) - 2.0)
@@ -142,7 +142,7 @@ def _ssd_inputs(d: Dims, key: jax.Array):
 def _ssd_cost(sides: int) -> Callable[[Dims], tuple[float, float]]:
     def cost(d: Dims) -> tuple[float, float]:
         # per token and head: decay N P, dt x B^T outer 2 N P, read h C: 2 N P
-        b, t, h, p, n = d.batch, d.length, d.heads, d.head_dim, d.state
+        b, t, h, p, n = d.batch, d.length, d.n_heads, d.head_dim, d.d_state
         flops = sides * b * t * h * 5 * n * p
         nbytes = F32 * b * t * (2 * h * p + sides * (h + 2 * n))
         return flops, nbytes
@@ -173,7 +173,7 @@ def ssd_sequential(x, dt, A, B, C):
 def _ssd_op(d: Dims, key: jax.Array) -> Call:
     from seqlab.ops.ssd import ssd
 
-    return Call("ops.ssd.ssd (chunked)", lambda *a: ssd(*a, chunk_size=d.chunk)[0],
+    return Call("ops.ssd.ssd (chunked)", lambda *a: ssd(*a, chunk_size=d.chunk_size)[0],
                 _ssd_inputs(d, key))
 
 
@@ -192,7 +192,7 @@ def _hydra_op(d: Dims, key: jax.Array) -> Call:
     from seqlab.ops.ssd import quasiseparable
 
     return Call("ops.ssd.quasiseparable (chunked)",
-                lambda *a: quasiseparable(*a, chunk_size=d.chunk), _hydra_inputs(d, key))
+                lambda *a: quasiseparable(*a, chunk_size=d.chunk_size), _hydra_inputs(d, key))
 
 
 def _hydra_sequential(x, dt_fw, dt_bw, A, B_fw, C_fw, B_bw, C_bw, diag):

@@ -54,7 +54,7 @@ def test_time_python_and_budget():
 
 def test_tutorial_s4d_matches_the_s4d_equations():
     """peers.s4d_tutorial against a direct float64 evaluation of the ZOH recurrence."""
-    d = Dims(batch=2, length=37, d_model=3, state=8)
+    d = Dims(batch=2, length=37, d_model=3, d_state=8)
     u, A, C, log_dt, D = jax.jit(specs_ssm._s4d_params, static_argnums=0)(d, jax.random.PRNGKey(1))
     y = np.asarray(jax.jit(peers.s4d_tutorial)(u, A, C, log_dt, D), np.float64)
     u64, A64, C64 = np.asarray(u, np.float64), np.asarray(A, complex), np.asarray(C, complex)
@@ -74,7 +74,7 @@ def test_tutorial_s4d_matches_the_s4d_equations():
 def test_sequential_references_match_their_equations():
     """The bench's own references: sequential SSD against a float64 loop of Mamba-2 eq. (1),
     naive attention against jax.nn.dot_product_attention."""
-    d = Dims(batch=2, length=9, d_model=8, heads=2, head_dim=3, state=4)
+    d = Dims(batch=2, length=9, d_model=8, n_heads=2, head_dim=3, d_state=4)
     x, dt, A, B, C = jax.jit(specs_ssm._ssd_inputs, static_argnums=0)(d, jax.random.PRNGKey(2))
     y = jax.jit(specs_ssm.ssd_sequential)(x, dt, A, B, C)
     x, dt, A, B, C = (np.asarray(a, np.float64) for a in (x, dt, A, B, C))
@@ -94,10 +94,11 @@ def test_sequential_references_match_their_equations():
 
 def test_dims_read_from_the_mixer():
     class M:
-        num_heads, head_dim, d_state, chunk_size, flag = 3, 16, 8, 32, True
+        n_heads, head_dim, d_state, chunk_size, flag = 3, 16, 8, 32, True
 
     d = specs.dims_of(M(), specs.SPECS["deltaproduct"], 2, 100, 48)
-    assert (d.heads, d.head_dim, d.state, d.chunk, d.num_householder) == (3, 16, 8, 32, 2)
+    assert (d.n_heads, d.head_dim, d.d_state, d.chunk_size, d.n_householder) == (3, 16, 8, 32, 2)
+    assert d.topk == 512  # not an attribute of M: the Dims default
 
 
 def test_every_registered_mixer_has_a_spec_whose_calls_trace():
@@ -105,8 +106,8 @@ def test_every_registered_mixer_has_a_spec_whose_calls_trace():
     (``jax.eval_shape``, nothing runs) at a tiny odd size, with the same output shape."""
     assert set(MIXERS) <= set(specs.SPECS), set(MIXERS) - set(specs.SPECS)
     for name, spec in specs.SPECS.items():
-        d = replace(Dims(batch=1, length=24, d_model=8, heads=2, head_dim=4, state=4, topk=5,
-                         chunk=8, idx_heads=2, idx_dim=4), **spec.defaults)
+        d = replace(Dims(batch=1, length=24, d_model=8, n_heads=2, head_dim=4, d_state=4, topk=5,
+                         chunk_size=8, index_heads=2, index_head_dim=4), **spec.defaults)
         shapes = []
         for builder in (spec.op, spec.reference):
             call = builder(d, jax.random.PRNGKey(0))

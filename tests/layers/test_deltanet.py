@@ -16,12 +16,12 @@ from seqlab.layers.deltanet import DeltaProduct
 CASES = {  # name -> options exercising every branch (gate, n_h > 1, beta in [0, 2])
     "deltanet": dict(allow_neg_eigval=True),
     "gated-deltanet": dict(),
-    "deltaproduct": dict(num_householder=3, use_forget_gate=True, allow_neg_eigval=True),
+    "deltaproduct": dict(n_householder=3, use_forget_gate=True, allow_neg_eigval=True),
 }
 
 
 def make(name, d_model=16, **extra):
-    return MIXERS[name](d_model=d_model, rngs=nnx.Rngs(0), num_heads=2, chunk_size=4,
+    return MIXERS[name](d_model=d_model, rngs=nnx.Rngs(0), n_heads=2, chunk_size=4,
                         **{**CASES[name], **extra})
 
 
@@ -72,10 +72,10 @@ def test_bfloat16_compute_stays_close_to_float32():
 
 
 def test_bad_options_raise_clear_errors():
-    with pytest.raises(ValueError, match="num_heads"):
-        MIXERS["deltanet"](d_model=10, rngs=nnx.Rngs(0), num_heads=3)
-    with pytest.raises(ValueError, match="num_householder"):
-        MIXERS["deltaproduct"](d_model=8, rngs=nnx.Rngs(0), num_householder=0)
+    with pytest.raises(ValueError, match="n_heads"):
+        MIXERS["deltanet"](d_model=10, rngs=nnx.Rngs(0), n_heads=3)
+    with pytest.raises(ValueError, match="n_householder"):
+        MIXERS["deltaproduct"](d_model=8, rngs=nnx.Rngs(0), n_householder=0)
     with pytest.raises(ValueError, match="d_model=8"):
         MIXERS["deltanet"](d_model=8, rngs=nnx.Rngs(0))(jnp.ones((1, 3, 4)))
 
@@ -83,7 +83,7 @@ def test_bad_options_raise_clear_errors():
 class _ParityNet(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.embed = nnx.Embed(2, 16, rngs=rngs)
-        self.mixer = DeltaProduct(16, num_heads=1, num_householder=1, allow_neg_eigval=True,
+        self.mixer = DeltaProduct(16, n_heads=1, n_householder=1, allow_neg_eigval=True,
                                   chunk_size=16, rngs=rngs)
         self.head = nnx.Linear(16, 2, rngs=rngs)
 

@@ -12,7 +12,7 @@ from seqlab.layers import MIXERS
 from seqlab.layers.common import SSMParam
 from seqlab.layers.hydra import Hydra, Mamba2
 
-SMALL = dict(d_state=8, headdim=8, chunk_size=4)  # 32 * 2 / 8 = 8 heads
+SMALL = dict(d_state=8, head_dim=8, chunk_size=4)  # 32 * 2 / 8 = 8 heads
 # Compiled without XLA's expensive optimisation passes: these tests check values, not speed.
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -36,7 +36,7 @@ def _x(seed, b, length, d=32):
 def test_registry_defaults_and_parameter_groups():
     for name, cls in (("hydra", Hydra), ("mamba2", Mamba2)):
         m = nnx.eval_shape(lambda n=name: MIXERS[n](d_model=64, rngs=nnx.Rngs(0)))
-        assert isinstance(m, cls) and m.heads == 2 and m.d_state == 64
+        assert isinstance(m, cls) and m.n_heads == 2 and m.d_state == 64
         assert isinstance(m.A_log, SSMParam) and isinstance(m.dt_bias, SSMParam)
         assert m.conv.kernel_size == (7 if cls is Hydra else 4)
         assert m.conv.causal == (cls is Mamba2)
@@ -49,10 +49,10 @@ def test_registry_defaults_and_parameter_groups():
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="odd"):
         Hydra(32, d_conv=4, rngs=nnx.Rngs(0), **SMALL)
-    with pytest.raises(ValueError, match="ngroups"):
-        Hydra(32, ngroups=3, rngs=nnx.Rngs(0), **SMALL)
-    with pytest.raises(ValueError, match="headdim"):
-        Mamba2(32, headdim=7, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="n_groups"):
+        Hydra(32, n_groups=3, rngs=nnx.Rngs(0), **SMALL)
+    with pytest.raises(ValueError, match="head_dim"):
+        Mamba2(32, head_dim=7, rngs=nnx.Rngs(0))
     m = nnx.eval_shape(lambda: Hydra(32, rngs=nnx.Rngs(0), **SMALL))
     with pytest.raises(ValueError, match="bidirectional"):
         m.decode(jnp.zeros((1, 1, 32)), None)
@@ -65,7 +65,7 @@ def test_bad_options_raise():
 def test_hydra_equals_its_quasiseparable_matrix():
     """The layer == out_proj(norm(M @ x, z)) with M from ``mixing_matrix`` (built by
     ``materialize``), with groups and a mask."""
-    m = Hydra(32, ngroups=2, rngs=nnx.Rngs(1), **SMALL)
+    m = Hydra(32, n_groups=2, rngs=nnx.Rngs(1), **SMALL)
     u = _x(1, 2, 11)
     mask = jnp.arange(11)[None, :] < jnp.array([[11], [8]])
 
@@ -105,7 +105,7 @@ def test_padding_is_exact(cls):
 
 
 def test_mamba2_decode_equals_forward():
-    m = Mamba2(32, ngroups=2, rngs=nnx.Rngs(5), d_state=8, headdim=8, chunk_size=5)
+    m = Mamba2(32, n_groups=2, rngs=nnx.Rngs(5), d_state=8, head_dim=8, chunk_size=5)
     u = _x(6, 2, 12)
     y = _jit_apply(m)(u)
     decode = _jit(m, lambda m, x, c: m.decode(x, c))
@@ -119,7 +119,7 @@ def test_mamba2_decode_equals_forward():
     y1, cache = decode(u[:, :6], cache)  # prefill, then continue
     y2, cache = decode(u[:, 6:], cache)
     np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, rtol=1e-5, atol=1e-5)
-    assert cache["state"].shape == (2, m.heads, 8, 8) and cache["conv"].shape == (2, 3, 64 + 32)
+    assert cache["state"].shape == (2, m.n_heads, 8, 8) and cache["conv"].shape == (2, 3, 64 + 32)
 
 
 def test_bfloat16_compute():
@@ -142,7 +142,7 @@ def test_hydra_beats_causal_mamba2_on_a_bidirectional_task():
     class Net(nnx.Module):
         def __init__(self, cls, rngs):
             self.embed = nnx.Embed(vocab, d, rngs=rngs)
-            self.mixer = cls(d, d_state=8, headdim=16, chunk_size=16, rngs=rngs)
+            self.mixer = cls(d, d_state=8, head_dim=16, chunk_size=16, rngs=rngs)
             self.head = nnx.Linear(d, vocab * vocab, rngs=rngs)
 
         def __call__(self, tokens):

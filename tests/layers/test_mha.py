@@ -18,13 +18,19 @@ def np_rope(x, pos):
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
 
 
-def test_mha_matches_reference_gqa():
-    layer = MultiHeadAttention(24, n_heads=6, n_kv_heads=2, rngs=nnx.Rngs(0))
+def np_partial_rope(x, pos, r):
+    """RoPE on the first r dims of each head (frequencies over r dims), the rest unchanged."""
+    return np.concatenate([np_rope(x[..., :r], pos), x[..., r:]], -1) if r else x
+
+
+@pytest.mark.parametrize("rope_dim", [None, 2, 0])
+def test_mha_matches_reference_gqa(rope_dim):
+    layer = MultiHeadAttention(24, n_heads=6, n_kv_heads=2, rope_dim=rope_dim, rngs=nnx.Rngs(0))
     x = np.random.default_rng(1).standard_normal((2, 7, 24))
     w = {n: np.asarray(getattr(layer, n).kernel[...], np.float64) for n in ("wq", "wk", "wv", "wo")}
-    pos = np.arange(7)
-    q = np_rope((x @ w["wq"]).reshape(2, 7, 6, 4), pos)
-    k = np_rope((x @ w["wk"]).reshape(2, 7, 2, 4), pos)
+    pos, r = np.arange(7), 4 if rope_dim is None else rope_dim
+    q = np_partial_rope((x @ w["wq"]).reshape(2, 7, 6, 4), pos, r)
+    k = np_partial_rope((x @ w["wk"]).reshape(2, 7, 2, 4), pos, r)
     v = (x @ w["wv"]).reshape(2, 7, 2, 4)
     o = np.zeros((2, 7, 6, 4))
     for h in range(6):
@@ -74,6 +80,9 @@ def test_mha_padding_does_not_change_real_outputs(causal):
 def test_mha_bad_options():
     with pytest.raises(ValueError, match="n_kv_heads"):
         MultiHeadAttention(16, n_heads=4, n_kv_heads=3, rngs=nnx.Rngs(0))
+    for bad in (3, 6, -2):  # odd, above head_dim = 4, negative
+        with pytest.raises(ValueError, match="rope_dim"):
+            MultiHeadAttention(16, n_heads=4, rope_dim=bad, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="d_model=16"):
         MultiHeadAttention(16, rngs=nnx.Rngs(0))(jnp.zeros((1, 3, 8)))
 

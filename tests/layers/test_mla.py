@@ -20,7 +20,7 @@ def np_rope(x, pos):
 
 
 def test_mla_matches_reference():
-    layer = MLA(16, n_heads=2, kv_lora_rank=6, qk_nope_head_dim=4, qk_rope_head_dim=4,
+    layer = MLA(16, n_heads=2, kv_lora_rank=6, qk_nope_head_dim=4, rope_dim=4,
                 v_head_dim=3, kv_norm=False, rngs=nnx.Rngs(0))
     x = np.random.default_rng(0).standard_normal((2, 5, 16))
     wq = np.asarray(layer.wq.kernel[...], np.float64).reshape(16, 2, 8)
@@ -60,7 +60,7 @@ def test_mla_naive_equals_absorb_equals_parallel(q_lora_rank=8):
 
 
 def test_mla_cache_bytes_per_token():
-    layer = MLA(64, n_heads=4, kv_lora_rank=24, qk_rope_head_dim=8, rngs=nnx.Rngs(0))
+    layer = MLA(64, n_heads=4, kv_lora_rank=24, rope_dim=8, rngs=nnx.Rngs(0))
     cache = layer.init_cache(3, 10)
     per_token = sum(a.nbytes for n, a in cache.items() if n != "pos") / (3 * 10)
     assert per_token == (24 + 8) * 4

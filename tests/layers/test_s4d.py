@@ -52,7 +52,7 @@ def test_conv_equals_decode_and_scan(opts):
 
 
 def test_bidirectional_fft_equals_scan_and_no_decode():
-    m = S4D(H, rngs=nnx.Rngs(0), d_state=N, bidirectional=True, init="lin", out="linear",
+    m = S4D(H, rngs=nnx.Rngs(0), d_state=N, causal=False, init="lin", out="linear",
             activation="silu")
     x = _x()
     y = fwd(m, x)
@@ -61,15 +61,15 @@ def test_bidirectional_fft_equals_scan_and_no_decode():
     assert np.abs(np.asarray(fwd(m, x2)[:, 0] - y[:, 0])).max() > 1e-4
     m.mode = "scan"
     np.testing.assert_allclose(np.asarray(fwd(m, x)), np.asarray(y), atol=2e-5)
-    with pytest.raises(ValueError, match="bidirectional"):
+    with pytest.raises(ValueError, match="causal=False"):
         m.init_cache(2, 13)
-    with pytest.raises(ValueError, match="bidirectional"):
+    with pytest.raises(ValueError, match="causal=False"):
         m.decode(x[:, :1], {"state": None, "pos": None})
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_padding_invariance(bidirectional):
-    m = S4D(H, rngs=nnx.Rngs(0), d_state=N, bidirectional=bidirectional)
+@pytest.mark.parametrize("causal", [True, False])
+def test_padding_invariance(causal):
+    m = S4D(H, rngs=nnx.Rngs(0), d_state=N, causal=causal)
     L, lengths = 13, [13, 7]
     x = _x(L=L)
     mask = jnp.arange(L)[None] < jnp.asarray(lengths)[:, None]
@@ -82,7 +82,7 @@ def test_padding_invariance(bidirectional):
 
 
 def test_gradients_reach_every_parameter():
-    m = S4D(H, rngs=nnx.Rngs(0), d_state=N, bidirectional=True)
+    m = S4D(H, rngs=nnx.Rngs(0), d_state=N, causal=False)
     x = _x()
 
     def loss(model):

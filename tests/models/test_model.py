@@ -37,7 +37,7 @@ def _padded_pair(b=3, length=11, extra=6, seed=0):
 )
 def test_padding_does_not_change_predictions(norm, prenorm, pool, ffn):
     cfg = ModelConfig(mixer="s4d", d_model=16, n_layers=2, norm=norm, prenorm=prenorm,
-                      pool=pool, ffn=ffn, mixer_args=dict(SMALL, bidirectional=True))
+                      pool=pool, ffn=ffn, mixer_args=dict(SMALL, causal=False))
     model = build_model(cfg, CLS, rngs=nnx.Rngs(0))
     (x1, m1), (x2, m2) = _padded_pair()
     for mode in ("train", "eval"):  # train: BatchNorm statistics over real positions only
@@ -49,7 +49,7 @@ def test_padding_does_not_change_predictions(norm, prenorm, pool, ffn):
 
 def test_pattern_builds_alternating_mixers_with_their_args():
     cfg = ModelConfig(mixer="s4d", d_model=32, n_layers=3, pattern=("s4d", "hydra"),
-                      mixer_args={"s4d": SMALL, "hydra": {"d_state": 8, "headdim": 16}})
+                      mixer_args={"s4d": SMALL, "hydra": {"d_state": 8, "head_dim": 16}})
     model = build_model(cfg, CLS, rngs=nnx.Rngs(0))
     kinds = [type(b.mixer).__name__ for b in model.backbone.blocks]
     assert kinds == ["S4D", "Hydra", "S4D"]
@@ -94,7 +94,7 @@ def test_language_model_decode_equals_forward():
                     causal=True)
     cfg = ModelConfig(mixer="s4d", d_model=32, n_layers=2, pattern=("s4d", "mamba2"),
                       ffn="glu", mixer_args={"s4d": SMALL, "mamba2": {"d_state": 8,
-                                                                      "headdim": 16}})
+                                                                      "head_dim": 16}})
     model = build_model(cfg, info, rngs=nnx.Rngs(0))
     model.eval()
     tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 13)
@@ -131,17 +131,17 @@ def test_causality_rules():
     assert build_model(ok, lm, rngs=nnx.Rngs(0)).backbone.blocks[0].causal
     for bad, words in (
         (dict(mixer="mha", mixer_args={"n_heads": 2, "causal": False}), "layer 0 ('mha')"),
-        (dict(mixer="s4d", mixer_args=dict(SMALL, bidirectional=True)), "bidirectional"),
+        (dict(mixer="s4d", mixer_args=dict(SMALL, causal=False)), "bidirectional"),
         (dict(mixer="mha", mixer_args={"n_heads": 2}, norm="batch"), "norm: batch"),
     ):
         with pytest.raises(ModelBuildError, match=words.replace("(", r"\(").replace(")", r"\)")):
             build_model(ModelConfig(**{**ok.__dict__, **bad}), lm, rngs=nnx.Rngs(0))
     with pytest.raises(ModelBuildError, match="pool: cls"):
         build_model(ModelConfig(mixer="deltanet", d_model=16, n_layers=1, pool="cls",
-                                mixer_args={"num_heads": 2}), CLS, rngs=nnx.Rngs(0))
+                                mixer_args={"n_heads": 2}), CLS, rngs=nnx.Rngs(0))
 
 
 def test_unknown_argument_of_a_forwarding_mixer_lists_the_valid_ones():
-    with pytest.raises(ModelBuildError, match=r"Valid arguments: .*num_householder"):
+    with pytest.raises(ModelBuildError, match=r"Valid arguments: .*n_householder"):
         build_model(ModelConfig(mixer="deltaproduct", d_model=16, n_layers=1,
                                 mixer_args={"num_housholder": 2}), CLS, rngs=nnx.Rngs(0))

@@ -34,7 +34,7 @@ def _cfg(npz, **train):
     t.update(train)
     return config_from_dict({
         "model": {"mixer": "s4d", "d_model": 16, "n_layers": 1, "norm": "layer",
-                  "mixer_args": {"d_state": 8, "init": "inv", "bidirectional": True}},
+                  "mixer_args": {"d_state": 8, "init": "inv", "causal": False}},
         "data": {"name": "arrays", "path": npz, "pad_to": "max"},
         "train": t,
     })
