@@ -16,7 +16,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, UserError)
 
 
 def _train(args) -> int:
-    from seqlab.train.config import load_config
+    from seqlab.config import load_config
     from seqlab.train.run import train
 
     cfg = load_config(args.config, args.set)
@@ -39,8 +39,8 @@ def _check(args) -> int:
     import jax
     from flax import nnx
 
+    from seqlab.config import dump_config, load_config
     from seqlab.models import build_model
-    from seqlab.train.config import dump_config, load_config
     from seqlab.train.run import _check_batch_size, check_labels, load_split
 
     cfg = load_config(args.config, args.set)

@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 from flax import nnx
 
+from seqlab.config import TaskInfo, load_config
 from seqlab.data import source_options
-from seqlab.data.types import TaskInfo
 from seqlab.models import build_model
 from seqlab.models.blocks import check_mixer_args, layer_mixers, mixer_args_for
-from seqlab.train.config import load_config
 
 CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
 

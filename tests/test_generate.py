@@ -7,10 +7,9 @@ import pytest
 from flax import nnx
 
 import seqlab
-from seqlab.data.types import TaskInfo
+from seqlab.config import ModelConfig, TaskInfo
 from seqlab.generate import filter_logits
 from seqlab.models import build_model
-from seqlab.train.config import ModelConfig
 
 INFO = TaskInfo(task="token", n_classes=13, vocab_size=13, input_dim=None, max_length=32,
                 causal=True)

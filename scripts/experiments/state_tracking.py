@@ -25,7 +25,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from seqlab.train.config import load_config
+from seqlab.config import load_config
 from seqlab.train.run import train
 
 TASKS = {"parity": "parity_deltaproduct.yaml", "S3": "s3_deltaproduct.yaml",

@@ -3,33 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import datasets
 
-Task = Literal["classify", "retrieval", "token"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskInfo:
-    """What a model needs to know about a task to build its encoder and head.
-
-    task: "classify" (one label per sequence), "retrieval" (one label per pair of sequences,
-      LRA's dual encoder) or "token" (one label per position, -1 = no target; language
-      modelling is a token task whose labels are the next tokens).
-    n_classes: number of output classes (the vocabulary size for language modelling).
-    vocab_size: inputs are integer tokens in [0, vocab_size); None when inputs are features.
-    input_dim: channels of float feature inputs; None for token inputs.
-    max_length: the longest sequence in the task.
-    causal: True when the task must only see the past (language modelling).
-    """
-
-    task: Task
-    n_classes: int
-    vocab_size: int | None
-    input_dim: int | None
-    max_length: int
-    causal: bool = False
+from seqlab.config import Task, TaskInfo  # noqa: F401  (re-exported: defined with the config)
 
 
 @dataclasses.dataclass(frozen=True)

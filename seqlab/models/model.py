@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqlab.data.types import TaskInfo
+from seqlab.config import ModelConfig, TaskInfo
 from seqlab.models.blocks import Backbone, ModelBuildError, layer_mixers, mixer_args_for
-from seqlab.train.config import ModelConfig
 
 POOLS = ("mean", "last", "cls")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

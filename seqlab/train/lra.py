@@ -67,7 +67,7 @@ def read_results(run_dir: Path) -> dict | None:
 def run_grid(tasks: Sequence[str], models: Sequence[str], workdir: Path,
              overrides: Sequence[str] = (), configs: Path | None = None) -> dict:
     """Train every (task, model) run that has not finished. Returns {(task, model): status}."""
-    from seqlab.train.config import load_config
+    from seqlab.config import load_config
     from seqlab.train.run import train
 
     configs = configs or default_configs()

@@ -12,8 +12,8 @@ import jax
 import optax
 from flax import nnx
 
+from seqlab.config import TrainConfig
 from seqlab.layers.common import SSMParam
-from seqlab.train.config import TrainConfig
 
 GROUPS = ("ssm", "no_decay", "decay")
 

@@ -19,10 +19,10 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from seqlab import data as data_lib
+from seqlab.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
 from seqlab.data.loader import Loader
 from seqlab.models import build_model
 from seqlab.train.checkpoint import Checkpoints
-from seqlab.train.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
 from seqlab.train.metrics import MetricsWriter
 from seqlab.train.optim import make_tx
 from seqlab.train.sharding import (

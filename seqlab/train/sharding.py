@@ -9,7 +9,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from seqlab.train.config import ConfigError, MeshConfig
+from seqlab.config import ConfigError, MeshConfig
 
 
 def maybe_initialize_distributed(cfg: MeshConfig) -> None:

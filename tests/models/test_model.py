@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from seqlab.data.types import TaskInfo
+from seqlab.config import ModelConfig, TaskInfo
 from seqlab.models import ModelBuildError, build_model
 from seqlab.models.blocks import Block, Norm
-from seqlab.train.config import ModelConfig
 
 CLS = TaskInfo("classify", n_classes=5, vocab_size=13, input_dim=None, max_length=64)
 SMALL = {"d_state": 8, "init": "inv"}

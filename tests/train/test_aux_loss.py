@@ -10,8 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from seqlab.data.types import TaskInfo
-from seqlab.train.config import Config, MeshConfig, ModelConfig, TrainConfig
+from seqlab.config import Config, MeshConfig, ModelConfig, TaskInfo, TrainConfig
 from seqlab.train.run import Run
 from seqlab.train.sharding import make_mesh, shard_batch, state_shardings
 from seqlab.train.steps import forward_with_aux, make_eval_step, make_train_step

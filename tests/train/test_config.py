@@ -2,7 +2,7 @@
 
 import pytest
 
-from seqlab.train.config import (
+from seqlab.config import (
     ConfigError,
     config_from_dict,
     config_to_dict,

@@ -6,9 +6,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from seqlab.data.types import TaskInfo
+from seqlab.config import ModelConfig, TaskInfo, TrainConfig
 from seqlab.models import build_model
-from seqlab.train.config import ModelConfig, TrainConfig
 from seqlab.train.optim import make_tx, param_groups, schedule
 
 INFO = TaskInfo("classify", n_classes=3, vocab_size=11, input_dim=None, max_length=32)

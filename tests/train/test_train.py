@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from seqlab.config import ConfigError, config_from_dict
 from seqlab.train import run as run_lib
 from seqlab.train.checkpoint import CheckpointError
-from seqlab.train.config import ConfigError, config_from_dict
 from seqlab.train.metrics import read_metrics
 
 

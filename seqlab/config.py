@@ -1,7 +1,10 @@
-"""Experiment configuration: frozen dataclasses loaded from YAML, with dotted overrides.
+"""Experiment configuration: frozen dataclasses loaded from YAML, with dotted overrides, and
+``TaskInfo``, what a model needs to know about its task.
 
-``load_config("configs/demo.yaml", ["model.d_model=256", "train.lr=1e-3"])``. Unknown keys and
-wrong types raise ``ConfigError`` naming the key, the closest valid key and the valid choices.
+``load_config("demo", ["model.d_model=256", "train.lr=1e-3"])``. Unknown keys and wrong types
+raise ``ConfigError`` naming the key, the closest valid key and the valid choices.
+
+This module imports neither the models, the trainer nor the data sources: all three read it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,31 @@ from seqlab.utils import did_you_mean
 
 class ConfigError(ValueError):
     """A user error in a config file or an override."""
+
+
+Task = Literal["classify", "retrieval", "token"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """What a model needs to know about a task to build its encoder and head.
+
+    task: "classify" (one label per sequence), "retrieval" (one label per pair of sequences,
+      LRA's dual encoder) or "token" (one label per position, -1 = no target; language
+      modelling is a token task whose labels are the next tokens).
+    n_classes: number of output classes (the vocabulary size for language modelling).
+    vocab_size: inputs are integer tokens in [0, vocab_size); None when inputs are features.
+    input_dim: channels of float feature inputs; None for token inputs.
+    max_length: the longest sequence in the task.
+    causal: True when the task must only see the past (language modelling).
+    """
+
+    task: Task
+    n_classes: int
+    vocab_size: int | None
+    input_dim: int | None
+    max_length: int
+    causal: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
