@@ -8,7 +8,7 @@ from flax import nnx
 from seqlab.config import TaskInfo, load_config
 from seqlab.data import source_options
 from seqlab.models import build_model
-from seqlab.models.blocks import check_mixer_args, layer_mixers, mixer_args_for
+from seqlab.models.builder import check_mixer_args, layer_mixers, mixer_args_for
 
 CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
 

@@ -1,6 +1,23 @@
-"""Composition: blocks -> backbones -> task heads."""
+"""Models from modules: ``Block`` (a residual block around any built mixer), ``Backbone`` (a
+stack of blocks), task models (``Classifier``, ``DualEncoder``, ``LanguageModel``) taking an
+embedding, a backbone and a head, and ``build_model``, the config path over them."""
 
-from seqlab.models.blocks import Backbone, Block, ModelBuildError
-from seqlab.models.model import SequenceModel, build_model
+from seqlab.models.blocks import FFN, Backbone, Block, ModelBuildError, Norm, mixer_is_causal
+from seqlab.models.builder import build_mixer, build_model
+from seqlab.models.tasks import Classifier, DualEncoder, LanguageModel, MLPHead, pool
 
-__all__ = ["Backbone", "Block", "ModelBuildError", "SequenceModel", "build_model"]
+__all__ = [
+    "FFN",
+    "Backbone",
+    "Block",
+    "Classifier",
+    "DualEncoder",
+    "LanguageModel",
+    "MLPHead",
+    "ModelBuildError",
+    "Norm",
+    "build_mixer",
+    "build_model",
+    "mixer_is_causal",
+    "pool",
+]

@@ -1,78 +1,57 @@
-"""Residual blocks and the backbone: n blocks of one registered mixer or of a pattern."""
+"""Residual blocks around built mixers, and the backbone: a stack of blocks.
+
+A block takes a *built* mixer, any ``nnx.Module`` obeying the mixer protocol of
+``seqlab.layers`` (``y = mixer(x, mask=None)``, x and y [batch, length, d_model], and a boolean
+attribute ``causal``); nothing here looks a mixer up by name (that is ``seqlab.models.builder``).
+A hybrid is a list comprehension::
+
+    rngs = nnx.Rngs(0)
+    blocks = [Block(S4D(64, rngs=rngs) if i % 2 else MLA(64, n_heads=4, rngs=rngs), 64,
+                    ffn="glu", rngs=rngs) for i in range(4)]
+    backbone = Backbone(blocks, final_norm=Norm("layer", 64, rngs=rngs))
+"""
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqlab.layers import MIXERS
 from seqlab.layers.common import apply_mask
-from seqlab.utils import did_you_mean
 
 NORMS = ("layer", "rms", "batch")
 FFNS = ("none", "mlp", "glu")
 
 
 class ModelBuildError(ValueError):
-    """A model config that cannot be built (unknown mixer, unknown mixer argument, ...)."""
+    """A model that cannot be built (unknown mixer or argument, a layer that breaks the task's
+    causality, ...)."""
 
 
-def get_mixer(name: str) -> type[nnx.Module]:
-    if name not in MIXERS:
+def mixer_is_causal(mixer: nnx.Module) -> bool:
+    """The mixer's ``causal`` attribute (True: position t never sees positions > t)."""
+    causal = getattr(mixer, "causal", None)
+    if causal is None and type(mixer).__module__.startswith("seqlab.layers"):  # TEMPORARY
+        try:
+            jax.eval_shape(lambda: mixer.init_cache(1, 1))
+            return True
+        except (ValueError, AttributeError):
+            return False
+    if not isinstance(causal, bool):
         raise ModelBuildError(
-            f"unknown mixer {name!r}.{did_you_mean(name, MIXERS)} "
-            f"Registered mixers: {', '.join(sorted(MIXERS))}."
+            f"mixer {type(mixer).__name__} has no boolean attribute 'causal'; the mixer protocol "
+            f"(seqlab.layers) requires one: set self.causal = True in __init__ when an output "
+            f"never depends on later positions, else False."
         )
-    return MIXERS[name]
-
-
-def accepted_args(cls: type) -> list[str]:
-    """Keyword arguments of a mixer class, following ``**options`` up its base classes."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        for k, p in inspect.signature(init).parameters.items():
-            skip = k in ("self", "d_model", "rngs", "dtype") or p.kind is p.VAR_KEYWORD
-            if not skip and k not in names:
-                names.append(k)
-    return names
-
-
-def check_mixer_args(name: str, args: dict) -> None:
-    """Raise a clear error for a keyword the mixer class ``name`` does not accept."""
-    params = inspect.signature(get_mixer(name).__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [k for k, p in params.items() if k not in ("self", "d_model", "rngs", "dtype")]
-    for key in args:
-        if key not in valid:
-            raise ModelBuildError(
-                f"mixer {name!r} has no argument {key!r}.{did_you_mean(key, valid)} "
-                f"Valid arguments: {', '.join(valid)}."
-            )
-
-
-def is_causal(mixer: nnx.Module) -> bool:
-    """True when the mixer has a recurrent decode mode (its outputs never see the future).
-    Every bidirectional mixer raises ValueError from ``init_cache`` (the mixer protocol)."""
-    if not hasattr(mixer, "init_cache"):
-        return False
-    try:
-        jax.eval_shape(lambda: mixer.init_cache(1, 1))
-    except ValueError:
-        return False
-    return True
+    return causal
 
 
 class Norm(nnx.Module):
-    """LayerNorm, RMSNorm or BatchNorm over the channel axis of x: [batch, length, d_model].
-    BatchNorm statistics use real positions only (mask)."""
+    """LayerNorm, RMSNorm or BatchNorm over the channel axis of x: [batch, length, d_model],
+    computed in float32. BatchNorm statistics use real positions only (mask)."""
 
     def __init__(self, kind: str, d_model: int, *, rngs: nnx.Rngs):
         if kind not in NORMS:
@@ -96,6 +75,8 @@ class FFN(nnx.Module):
     """Channel mixer: "mlp" = W2 gelu(W1 x); "glu" = W2 (silu(W1 x) * W3 x)."""
 
     def __init__(self, kind: str, d_model: int, expand: int, *, dtype, rngs: nnx.Rngs):
+        if kind not in FFNS[1:]:
+            raise ModelBuildError(f"unknown ffn {kind!r}; valid choices: {', '.join(FFNS)}.")
         hidden = expand * d_model
         self.kind = kind
         width = 2 * hidden if kind == "glu" else hidden
@@ -113,14 +94,19 @@ class FFN(nnx.Module):
 
 
 class Block(nnx.Module):
-    """One residual block. Pre-norm: x + drop(mixer(norm(x))); post-norm: norm(x + drop(mixer(x))).
-    An optional FFN sub-block follows with its own norm and residual."""
+    """One residual block around a built ``mixer``.
+
+    Pre-norm: x + drop(mixer(norm(x))); post-norm: norm(x + drop(mixer(x))). An optional FFN
+    sub-block ("mlp" or "glu", hidden width ffn_expand * d_model) follows with its own norm and
+    residual. x: [batch, length, d_model], mask: [batch, length] bool; masked positions of the
+    output are zero. Parameters are drawn from ``rngs`` in the order norm, FFN, FFN norm (the
+    mixer drew its own before).
+    """
 
     def __init__(
         self,
-        mixer: str,
+        mixer: nnx.Module,
         d_model: int,
-        mixer_args: dict,
         *,
         norm: str = "layer",
         prenorm: bool = True,
@@ -132,18 +118,15 @@ class Block(nnx.Module):
     ):
         if ffn not in FFNS:
             raise ModelBuildError(f"unknown ffn {ffn!r}; valid choices: {', '.join(FFNS)}.")
-        check_mixer_args(mixer, mixer_args)
-        self.prenorm = prenorm
-        cls = get_mixer(mixer)
-        try:
-            self.mixer = cls(d_model=d_model, rngs=rngs, dtype=dtype, **mixer_args)
-        except TypeError as e:  # an unknown keyword reaching a class that takes **options
-            if "unexpected keyword argument" not in str(e):
-                raise
+        if isinstance(mixer, str):
             raise ModelBuildError(
-                f"mixer {mixer!r}: {e}. Valid arguments: {', '.join(accepted_args(cls))}."
-            ) from None
-        self.causal = is_causal(self.mixer)
+                f"Block takes a built mixer module, got the name {mixer!r}; build it first "
+                f"(e.g. seqlab.layers.S4D(d_model, rngs=rngs)) or use "
+                f"seqlab.models.build_mixer({mixer!r}, d_model, args, rngs=rngs)."
+            )
+        mixer_is_causal(mixer)
+        self.d_model, self.prenorm = d_model, prenorm
+        self.mixer = mixer
         self.norm = Norm(norm, d_model, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         if ffn != "none":
@@ -151,6 +134,10 @@ class Block(nnx.Module):
             self.ffn_norm = Norm(norm, d_model, rngs=rngs)
         else:
             self.ffn = None
+
+    @property
+    def causal(self) -> bool:
+        return mixer_is_causal(self.mixer)
 
     def _residual(self, x, f, norm: Norm, mask):
         if self.prenorm:
@@ -164,9 +151,10 @@ class Block(nnx.Module):
         return apply_mask(x, mask)
 
     def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> Any:
-        """The mixer's decode cache (a pytree of arrays)."""
-        if not hasattr(self.mixer, "init_cache"):
-            raise ValueError(f"mixer {type(self.mixer).__name__} has no recurrent decode mode")
+        """The mixer's decode cache (a pytree of arrays); causal mixers only."""
+        if not self.causal:
+            raise ValueError(f"mixer {type(self.mixer).__name__} is bidirectional: it has no "
+                             f"recurrent decode mode")
         return self.mixer.init_cache(batch_size, max_length, dtype)
 
     def decode(self, x: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
@@ -184,61 +172,19 @@ class Block(nnx.Module):
         return x, new_cache[0]
 
 
-def layer_mixers(mixer: str, n_layers: int, pattern: tuple[str, ...] | None) -> list[str]:
-    """The mixer name of each layer: ``mixer`` n times, or ``pattern`` repeated to n layers."""
-    if pattern:
-        return [pattern[i % len(pattern)] for i in range(n_layers)]
-    return [mixer] * n_layers
-
-
-def mixer_args_for(name: str, mixer_args: dict, pattern: tuple[str, ...] | None) -> dict:
-    """With a pattern, ``mixer_args`` maps mixer name -> kwargs; otherwise it is the kwargs."""
-    if not pattern:
-        return dict(mixer_args)
-    unknown = set(mixer_args) - set(pattern)
-    if unknown:
-        raise ModelBuildError(
-            f"with model.pattern, model.mixer_args maps mixer names of the pattern to their "
-            f"arguments; {sorted(unknown)} are not in the pattern {list(pattern)}."
-        )
-    return dict(mixer_args.get(name) or {})
-
-
 class Backbone(nnx.Module):
-    """``n_layers`` blocks; a final norm when pre-norm. x: [batch, length, d_model]."""
+    """``blocks`` applied in order, then ``final_norm`` (usual after pre-norm blocks).
+    x: [batch, length, d_model] -> [batch, length, d_model]."""
 
-    def __init__(
-        self,
-        mixers: list[str],
-        d_model: int,
-        args: list[dict],
-        *,
-        norm: str,
-        prenorm: bool,
-        dropout: float,
-        ffn: str,
-        ffn_expand: int,
-        dtype,
-        rngs: nnx.Rngs,
-    ):
-        self.blocks = nnx.List(
-            [
-                Block(
-                    m,
-                    d_model,
-                    a,
-                    norm=norm,
-                    prenorm=prenorm,
-                    dropout=dropout,
-                    ffn=ffn,
-                    ffn_expand=ffn_expand,
-                    dtype=dtype,
-                    rngs=rngs,
-                )
-                for m, a in zip(mixers, args, strict=True)
-            ]
-        )
-        self.final_norm = Norm(norm, d_model, rngs=rngs) if prenorm else None
+    def __init__(self, blocks: Sequence[Block], *, final_norm: Norm | None = None):
+        if not blocks:
+            raise ModelBuildError("a Backbone needs at least one block.")
+        widths = {b.d_model for b in blocks}
+        if len(widths) > 1:
+            raise ModelBuildError(f"the blocks of a Backbone differ in d_model: {sorted(widths)}.")
+        self.d_model = blocks[0].d_model
+        self.blocks = nnx.List(list(blocks))
+        self.final_norm = final_norm
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         for block in self.blocks:

@@ -23,8 +23,11 @@ AUX_LOSS = "aux_loss"
 
 
 def forward(model: nnx.Module, batch: dict) -> jax.Array:
-    """Logits of ``model`` on a batch (the format of seqlab/data/types.py)."""
-    return model(batch["inputs"], batch["mask"], batch.get("inputs2"), batch.get("mask2"))
+    """Logits of ``model`` on a batch (the format of seqlab/data/types.py):
+    ``model(inputs, mask)``, or ``model(inputs, mask, inputs2, mask2)`` for pairs."""
+    if "inputs2" in batch:
+        return model(batch["inputs"], batch["mask"], batch["inputs2"], batch["mask2"])
+    return model(batch["inputs"], batch["mask"])
 
 
 def forward_with_aux(model: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Array]:

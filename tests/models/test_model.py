@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from seqlab.config import ModelConfig, TaskInfo
+from seqlab.layers import S4D
 from seqlab.models import ModelBuildError, build_model
 from seqlab.models.blocks import Block, Norm
 
@@ -66,7 +67,9 @@ def test_bad_model_configs_are_clear():
     with pytest.raises(ModelBuildError, match="valid norms"):
         Norm("group", 4, rngs=nnx.Rngs(0))
     with pytest.raises(ModelBuildError, match="unknown ffn"):
-        Block("s4d", 8, SMALL, ffn="moe", rngs=nnx.Rngs(0))
+        Block(S4D(8, rngs=nnx.Rngs(0), **SMALL), 8, ffn="moe", rngs=nnx.Rngs(0))
+    with pytest.raises(ModelBuildError, match="built mixer module"):
+        Block("s4d", 8, rngs=nnx.Rngs(0))
 
 
 def test_retrieval_head_and_feature_inputs():
@@ -129,13 +132,14 @@ def test_causality_rules():
     ok = ModelConfig(mixer="mha", d_model=16, n_layers=1, mixer_args={"n_heads": 2})
     assert build_model(ok, lm, rngs=nnx.Rngs(0)).backbone.blocks[0].causal
     for bad, words in (
-        (dict(mixer="mha", mixer_args={"n_heads": 2, "causal": False}), "layer 0 ('mha')"),
+        (dict(mixer="mha", mixer_args={"n_heads": 2, "causal": False}),
+         "layer 0 (MultiHeadAttention)"),
         (dict(mixer="s4d", mixer_args=dict(SMALL, causal=False)), "bidirectional"),
-        (dict(mixer="mha", mixer_args={"n_heads": 2}, norm="batch"), "norm: batch"),
+        (dict(mixer="mha", mixer_args={"n_heads": 2}, norm="batch"), "BatchNorm"),
     ):
         with pytest.raises(ModelBuildError, match=words.replace("(", r"\(").replace(")", r"\)")):
             build_model(ModelConfig(**{**ok.__dict__, **bad}), lm, rngs=nnx.Rngs(0))
-    with pytest.raises(ModelBuildError, match="pool: cls"):
+    with pytest.raises(ModelBuildError, match="pool='cls'"):
         build_model(ModelConfig(mixer="deltanet", d_model=16, n_layers=1, pool="cls",
                                 mixer_args={"n_heads": 2}), CLS, rngs=nnx.Rngs(0))
 
