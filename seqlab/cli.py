@@ -41,10 +41,10 @@ def _check(args) -> int:
 
     from seqlab.config import dump_config, load_config
     from seqlab.models import build_model
-    from seqlab.train.run import _check_batch_size, check_labels, load_split
+    from seqlab.train.inputs import check_batch_size, check_labels, load_split
 
     cfg = load_config(args.config, args.set)
-    _check_batch_size(cfg)
+    check_batch_size(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.mesh)
     split = load_split(cfg, "train")
     check_labels(split, "train")
     model = nnx.eval_shape(lambda: build_model(cfg.model, split.info, rngs=nnx.Rngs(0)))

@@ -10,6 +10,10 @@ This module imports neither the models, the trainer nor the data sources: all th
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -129,10 +133,15 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """A run. imports: Python modules imported before the model is built (where mixers of
+    your own register themselves with ``seqlab.layers.register_mixer``): dotted module names
+    (the current directory is searched too) or paths to .py files."""
+
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    imports: tuple[str, ...] = ()
 
 
 # Keys under ``data:`` that are DataConfig fields; every other key is a source option.
@@ -258,11 +267,59 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: cannot read the value as YAML ({e}).") from None
 
 
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with seqlab (``demo``, ``lra/listops/s4d``, ...)."""
+    return sorted(str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml"))
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file: ``name`` itself when it is a file, else the shipped config of that name
+    (``lra/listops/s4d`` -> seqlab/configs/lra/listops/s4d.yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIGS / path, CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"config file {str(name)!r} does not exist, and no shipped config has that name."
+        f"{did_you_mean(str(name), packaged_configs())} Shipped configs: "
+        f"{', '.join(c for c in packaged_configs() if '/' not in c)}, lra/<task>/<model>, ..."
+    )
+
+
+def import_modules(names: typing.Iterable[str]) -> None:
+    """Import each module of ``names`` (a dotted name, searched from the current directory
+    too, or a path to a .py file), so that the mixers it registers can be built."""
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                path = Path(name)
+                if not path.is_file():
+                    raise FileNotFoundError(name)
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                if "" not in sys.path and os.getcwd() not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+                importlib.import_module(name)
+        except (ImportError, FileNotFoundError) as e:
+            raise ConfigError(
+                f"cannot import {name!r} (imports / --import): {e}. Give an importable module "
+                f"name (installed, on PYTHONPATH or under the current directory) or the path "
+                f"of a .py file."
+            ) from None
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a YAML config and apply ``section.key=value`` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist.")
+    """Read a YAML config (a path, or the name of a shipped config such as ``demo`` or
+    ``lra/listops/s4d``) and apply ``section.key=value`` overrides."""
+    path = resolve_config(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -281,6 +338,7 @@ def config_to_dict(cfg: Config) -> dict:
     raw["data"].update(raw["data"].pop("options"))
     if raw["model"]["pattern"] is not None:
         raw["model"]["pattern"] = list(raw["model"]["pattern"])
+    raw["imports"] = list(raw["imports"])
     return raw
 
 

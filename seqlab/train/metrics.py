@@ -8,12 +8,14 @@ from pathlib import Path
 
 
 class MetricsWriter:
-    """Appends (never truncates) to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
+    """Appends (never truncates) to ``metrics.jsonl``; mirrors scalars to TensorBoard. Without a
+    workdir the records are only kept in ``records``."""
 
-    def __init__(self, workdir: Path, tensorboard: bool = True):
-        self.path = Path(workdir) / "metrics.jsonl"
+    def __init__(self, workdir: Path | None, tensorboard: bool = True):
+        self.records: list[dict] = []
+        self.path = None if workdir is None else Path(workdir) / "metrics.jsonl"
         self._tb = None
-        if tensorboard:
+        if tensorboard and workdir is not None:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
@@ -21,8 +23,10 @@ class MetricsWriter:
     def write(self, step: int, split: str, **values: float) -> dict:
         record = {"step": int(step), "split": split}
         record.update({k: (float(v) if v is not None else None) for k, v in values.items()})
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.records.append(record)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in values.items():
                 if v is not None and math.isfinite(float(v)):

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from seqlab.config import Config, MeshConfig, ModelConfig, TaskInfo, TrainConfig
-from seqlab.train.run import Run
+from seqlab.train.run import make_trainer
 from seqlab.train.sharding import make_mesh, shard_batch, state_shardings
 from seqlab.train.steps import forward_with_aux, make_eval_step, make_train_step
 
@@ -129,7 +129,7 @@ def _with(state, indexer_from, step: int):
 
 def test_dsa_indexer_trains_through_the_trainer():
     """A period-5 token task (the next token is the one 4 positions back) trained for 12
-    dense warm-up steps, then 18 sparse steps, through ``Run``'s compiled train step. The KL is
+    dense warm-up steps, then 18 sparse steps, through the Trainer's compiled train step. The KL is
     then measured against the trained model's own attention: with the trained indexer it is far
     below the KL with the initial indexer, for both objectives (eq. 3 dense, eq. 4 sparse)."""
     vocab, length, period, warm, steps = 8, 24, 5, 12, 30
@@ -144,7 +144,7 @@ def test_dsa_indexer_trains_through_the_trainer():
                           weight_decay=0.0, seed=0),
         mesh=MeshConfig(data=2),
     )
-    run = Run(cfg, info)
+    run = make_trainer(cfg, info)
     initial = jax.tree.map(jnp.copy, run.state[0])  # the train step donates its input
     rng = np.random.default_rng(0)
 

@@ -10,8 +10,10 @@ import pytest
 
 from seqlab.config import ConfigError, config_from_dict
 from seqlab.train import run as run_lib
+from seqlab.train import trainer as trainer_lib
 from seqlab.train.checkpoint import CheckpointError
 from seqlab.train.metrics import read_metrics
+from seqlab.train.sharding import shard_batch
 
 
 def _task(path, n=384, length=24, seed=0):
@@ -58,7 +60,7 @@ def runs(npz, tmp_path_factory):
     straight = run_lib.train(cfg, root / "straight")
     # killed during step 16 (after logging and evaluating step 15; last checkpoint: 10), ...
     with pytest.MonkeyPatch.context() as mp:
-        real = run_lib.make_train_step
+        real = trainer_lib.make_train_step
 
         def dies_at_16(graphdef, shardings):
             step_fn, calls = real(graphdef, shardings), [0]
@@ -71,7 +73,7 @@ def runs(npz, tmp_path_factory):
 
             return wrapped
 
-        mp.setattr(run_lib, "make_train_step", dies_at_16)
+        mp.setattr(trainer_lib, "make_train_step", dies_at_16)
         with pytest.raises(KeyboardInterrupt):
             run_lib.train(cfg, root / "resumed")
     # ... resumed and paused at step 20, then resumed to the end
@@ -135,7 +137,7 @@ def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_deleted(runs, tmp_
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(npz, tmp_path, monkeypatch):
-    real = run_lib.make_train_step
+    real = trainer_lib.make_train_step
 
     def poisoned(graphdef, shardings):
         step_fn, calls = real(graphdef, shardings), [0]
@@ -149,7 +151,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(npz, tmp_path, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(run_lib, "make_train_step", poisoned)
+    monkeypatch.setattr(trainer_lib, "make_train_step", poisoned)
     with pytest.raises(run_lib.TrainingDiverged, match="last good checkpoint"):
         run_lib.train(_cfg(npz), tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
@@ -177,11 +179,11 @@ def test_sharded_training_matches_single_device(npz):
     losses = {}
     for data, fsdp in ((1, 1), (8, 1), (4, 2)):
         cfg = dataclasses.replace(base, mesh=dataclasses.replace(base.mesh, data=data, fsdp=fsdp))
-        r = run_lib.Run(cfg, split.info)
+        r = run_lib.make_trainer(cfg, split.info)
         out = []
         with jax.set_mesh(r.mesh):
             for b in batches:
-                sharded = run_lib.shard_batch(b, r.mesh)
+                sharded = shard_batch(b, r.mesh)
                 assert sharded["inputs"].sharding.spec[0] == "data"
                 r.state, m = r.train_step(r.state, sharded)
                 out.append(float(m["loss"]))
