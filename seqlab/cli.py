@@ -1,4 +1,4 @@
-"""The ``seqlab`` command: train, eval, check, lra, bench. Thin: parses, validates, calls
+"""The ``seqlab`` command: train, eval, check, export, lra, bench. Thin: parses, validates, calls
 train/ and data/. User errors print one paragraph and exit 2 (SEQLAB_DEBUG=1 shows tracebacks)."""
 
 from __future__ import annotations
@@ -12,19 +12,38 @@ from collections.abc import Sequence
 from seqlab.utils import UserError
 
 # Bad configs, data, files and checkpoints; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, UserError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, UserError)
+
+
+def _config(args):
+    """The config of ``args.config`` with the ``--set`` overrides and ``--import`` modules."""
+    import dataclasses
+
+    from seqlab.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    extra = tuple(m for m in args.imports if m not in cfg.imports)
+    return dataclasses.replace(cfg, imports=cfg.imports + extra)
 
 
 def _train(args) -> int:
-    from seqlab.config import load_config
     from seqlab.train.run import train
 
-    cfg = load_config(args.config, args.set)
+    cfg = _config(args)
     workdir = args.workdir or os.path.join(
         "runs", os.path.splitext(os.path.basename(args.config))[0]
     )
     result = train(cfg, workdir)
     print(json.dumps(result))
+    return 0
+
+
+def _export(args) -> int:
+    from seqlab.saving import export
+
+    out = export(args.workdir, args.out, checkpoint=args.checkpoint,
+                 safetensors=args.safetensors)
+    print(json.dumps({"export": str(out)}))
     return 0
 
 
@@ -39,11 +58,12 @@ def _check(args) -> int:
     import jax
     from flax import nnx
 
-    from seqlab.config import dump_config, load_config
+    from seqlab.config import dump_config, import_modules
     from seqlab.models import build_model
     from seqlab.train.inputs import check_batch_size, check_labels, load_split
 
-    cfg = load_config(args.config, args.set)
+    cfg = _config(args)
+    import_modules(cfg.imports)
     check_batch_size(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.mesh)
     split = load_split(cfg, "train")
     check_labels(split, "train")
@@ -64,6 +84,28 @@ def _delegate(module: str, argv: list[str]) -> int:
     return importlib.import_module(module).cli_main(argv)
 
 
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a YAML file, or the name of a shipped config: demo, "
+                   "lra/listops/s4d, ... (seqlab/configs)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.d_model=256 (repeatable)",
+    )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (dotted name or .py path) first, e.g. one registering a mixer of "
+        "your own with @seqlab.layers.register_mixer (repeatable; recorded as imports: in the "
+        "run's config)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seqlab",
@@ -73,14 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a run of a YAML config")
-    t.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.d_model=256 (repeatable)",
-    )
+    _config_args(t)
     t.add_argument(
         "--workdir", help="run directory (default runs/<config name>); an existing one is resumed"
     )
@@ -93,9 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_eval)
 
     c = sub.add_parser("check", help="validate a config; build its model (shapes only) and data")
-    c.add_argument("config")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(c)
     c.set_defaults(fn=_check)
+
+    x = sub.add_parser("export", help="write a run's model (parameters and config, no optimiser "
+                       "state) to a new directory that seqlab.load reads without the data")
+    x.add_argument("workdir")
+    x.add_argument("out", help="a new directory")
+    x.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    x.add_argument("--safetensors", action="store_true",
+                   help="also write model.safetensors (flat names, for use outside JAX)")
+    x.set_defaults(fn=_export)
 
     sub.add_parser("lra", help="run a Long Range Arena task x model grid (see seqlab lra --help)")
     sub.add_parser("bench", help="benchmark mixers against references, peers and the device's "
