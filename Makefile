@@ -1,23 +1,31 @@
-# Two entry points for newcomers: `make demo` and `make test`. Both create .venv themselves.
+# Entry points for newcomers: `make demo` (installs seqlab alone) and `make test` (adds the test
+# and benchmark extras: pytest, ruff, CPU torch and fla for the reference comparisons). Both
+# create .venv themselves.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/seqlab: pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,bench]'
-	touch $(BIN)/seqlab
+	touch $@ $(VENV)/.installed-demo
 
 .PHONY: env demo test lint
-env: $(BIN)/seqlab
+env: $(VENV)/.installed-test
 
-demo: env
-	$(BIN)/seqlab train configs/demo.yaml --workdir runs/demo
+demo: $(VENV)/.installed-demo
+	$(BIN)/seqlab train demo --workdir runs/demo
 
-test: env
-	$(BIN)/ruff check seqlab tests scripts
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check seqlab tests scripts examples
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
-lint: env
-	$(BIN)/ruff check seqlab tests scripts
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check seqlab tests scripts examples

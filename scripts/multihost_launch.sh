@@ -9,8 +9,8 @@
 # Checkpoints go to a --workdir that all hosts can read and write (a shared filesystem or GCS).
 #
 # Example: 2 hosts x 8 GPUs, data-parallel on 8 and parameter-sharded (FSDP) on 2:
-#   host 0: JAX_PROCESS_ID=0 scripts/multihost_launch.sh configs/lra/image/s4d.yaml
-#   host 1: JAX_PROCESS_ID=1 scripts/multihost_launch.sh configs/lra/image/s4d.yaml
+#   host 0: JAX_PROCESS_ID=0 scripts/multihost_launch.sh lra/image/s4d
+#   host 1: JAX_PROCESS_ID=1 scripts/multihost_launch.sh lra/image/s4d
 # On SLURM or Cloud TPU, jax.distributed.initialize() detects all of this by itself; the
 # three variables below are then unnecessary.
 set -euo pipefail

@@ -23,7 +23,7 @@ def test_help_everywhere(capsys):
 
 
 def test_check_demo(capsys):
-    assert main(["check", "configs/demo.yaml", *SMALL]) == 0
+    assert main(["check", "demo", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "# ok: 2 layers of s4d" in out and "64 train examples" in out
 
@@ -31,12 +31,12 @@ def test_check_demo(capsys):
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["check", "configs/demo.yaml", "--set", "model.d_modle=3"], ["model.d_modle", "d_model"]),
-        (["check", "configs/demo.yaml", "--set", "model.mixer=s4dd"], ["'s4d'", "Registered"]),
-        (["check", "configs/demo.yaml", "--set", "data.max_lenght=9"], ["max_length"]),
-        (["check", "configs/demo.yaml", "--set", "data.name=listop"], ["'listops'"]),
+        (["check", "demo", "--set", "model.d_modle=3"], ["model.d_modle", "d_model"]),
+        (["check", "demo", "--set", "model.mixer=s4dd"], ["'s4d'", "Registered"]),
+        (["check", "demo", "--set", "data.max_lenght=9"], ["max_length"]),
+        (["check", "demo", "--set", "data.name=listop"], ["'listops'"]),
         (["check", "configs/nope.yaml"], ["does not exist"]),
-        (["train", "configs/demo.yaml", "--set", "train.batch_size=3", "--set", "mesh.data=2"],
+        (["train", "demo", "--set", "train.batch_size=3", "--set", "mesh.data=2"],
          ["divisible"]),
         (["eval", "/nonexistent/workdir"], ["not a seqlab workdir"]),
     ],
@@ -53,7 +53,7 @@ def test_user_errors_are_one_paragraph(argv, words, capsys):
 def test_train_then_eval(tmp_path, capsys):
     import json
 
-    argv = ["train", "configs/demo.yaml", *SMALL, "--set", "train.steps=2", "--set",
+    argv = ["train", "demo", *SMALL, "--set", "train.steps=2", "--set",
             "train.eval_every=2", "--set", "train.progress=false", "--set", "model.d_model=16",
             "--workdir", str(tmp_path)]
     assert main(argv) == 0

@@ -10,11 +10,11 @@ from seqlab.data import source_options
 from seqlab.models import build_model
 from seqlab.models.builder import check_mixer_args, layer_mixers, mixer_args_for
 
-CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+CONFIGS = sorted(str(p) for p in Path("seqlab/configs").rglob("*.yaml"))
 
 
 def test_there_are_configs():
-    assert "configs/demo.yaml" in CONFIGS
+    assert "seqlab/configs/demo.yaml" in CONFIGS
 
 
 @pytest.mark.parametrize("path", CONFIGS)

@@ -14,7 +14,7 @@ claims for one layer:
     .venv/bin/python scripts/experiments/state_tracking.py              # full grid (long on CPU)
     .venv/bin/python scripts/experiments/state_tracking.py --tasks parity --steps 300
 
-Runs through ``seqlab.train.run.train`` on ``configs/synthetic/*_deltaproduct.yaml`` with the
+Runs through ``seqlab.train.run.train`` on ``seqlab/configs/synthetic/*_deltaproduct.yaml`` with the
 mixer, its options and the budget overridden; work directories go under ``--workdir``.
 """
 
@@ -25,7 +25,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from seqlab.config import load_config
+from seqlab.config import CONFIGS, load_config
 from seqlab.train.run import train
 
 TASKS = {"parity": "parity_deltaproduct.yaml", "S3": "s3_deltaproduct.yaml",
@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--workdir", default="/tmp/seqlab_state_tracking")
     args = p.parse_args()
-    config_dir = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+    config_dir = CONFIGS / "synthetic"
 
     rows = []
     for task in args.tasks:

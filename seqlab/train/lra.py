@@ -1,6 +1,6 @@
 """``seqlab lra``: run a Long Range Arena task x model grid, then tabulate and plot it.
 
-Each run trains ``configs/lra/<task>/<model>.yaml`` in ``WORKDIR/<task>/<model>`` with
+Each run trains the shipped ``seqlab/configs/lra/<task>/<model>.yaml`` in ``WORKDIR/<task>/<model>`` with
 ``seqlab.train.run.train``. The grid is resumable: a run with a finished ``results.json`` is
 skipped, an unfinished one resumes from its last checkpoint. After the runs (or with
 ``--report``), ``WORKDIR/results.md`` lists test accuracy next to the published numbers and
@@ -40,9 +40,10 @@ PUBLISHED_AVERAGE_ONLY = {"S5-PTD": (87.6, "Yu et al. 2023 (average of the six t
 
 
 def default_configs() -> Path:
-    """``configs/lra`` of the source tree (seqlab is installed editable), else of the cwd."""
-    tree = Path(__file__).resolve().parents[2] / "configs" / "lra"
-    return tree if tree.is_dir() else Path.cwd() / "configs" / "lra"
+    """The LRA configs shipped inside the package (seqlab/configs/lra)."""
+    from seqlab.config import CONFIGS
+
+    return CONFIGS / "lra"
 
 
 def _pick(values: Sequence[str], valid: tuple[str, ...], what: str) -> list[str]:
@@ -183,7 +184,7 @@ def report(workdir: Path, tasks: Sequence[str], models: Sequence[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seqlab lra",
-        description="Train a Long Range Arena grid (configs/lra/<task>/<model>.yaml), resumably, "
+        description="Train a Long Range Arena grid (seqlab/configs/lra/<task>/<model>.yaml), resumably, "
         "and write WORKDIR/results.md (test accuracy next to published numbers) and "
         "WORKDIR/curves.png.")
     p.add_argument("--tasks", nargs="+", default=["all"],
@@ -194,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override applied to every run's config, e.g. train.steps=1000")
     p.add_argument("--workdir", default="runs/lra", help="grid directory (default runs/lra)")
     p.add_argument("--configs", default=None,
-                   help="directory of <task>/<model>.yaml (default: the repository's "
-                   "configs/lra)")
+                   help="directory of <task>/<model>.yaml (default: the shipped "
+                   "seqlab/configs/lra)")
     p.add_argument("--report", action="store_true",
                    help="only rebuild results.md and curves.png from existing runs")
     return p

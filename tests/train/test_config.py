@@ -13,7 +13,7 @@ from seqlab.config import (
 
 
 def test_demo_config_loads_with_overrides():
-    cfg = load_config("configs/demo.yaml", ["model.d_model=96", "train.lr=1e-3", "data.size=7"])
+    cfg = load_config("seqlab/configs/demo.yaml", ["model.d_model=96", "train.lr=1e-3", "data.size=7"])
     assert cfg.model.d_model == 96
     assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
     assert cfg.model.mixer_args["init"] == "inv"
@@ -22,7 +22,7 @@ def test_demo_config_loads_with_overrides():
 
 
 def test_round_trip():
-    cfg = load_config("configs/demo.yaml", ["model.pattern=[s4d, hydra]"])
+    cfg = load_config("demo", ["model.pattern=[s4d, hydra]"])
     assert cfg.model.pattern == ("s4d", "hydra")
     again = config_from_dict(config_to_dict(cfg))
     assert again == cfg
