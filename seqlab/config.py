@@ -297,9 +297,12 @@ def import_modules(names: typing.Iterable[str]) -> None:
     for name in names:
         try:
             if name.endswith(".py"):
-                path = Path(name)
+                path = Path(name).resolve()
                 if not path.is_file():
                     raise FileNotFoundError(name)
+                loaded = sys.modules.get(path.stem)
+                if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+                    continue  # imported before: its mixers are registered
                 spec = importlib.util.spec_from_file_location(path.stem, path)
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[path.stem] = module
@@ -329,7 +332,11 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(raw, key, value)
-    return config_from_dict(raw)
+    cfg = config_from_dict(raw)
+    # a relative .py import is a file next to the config
+    beside = [str((path.parent / m).resolve())
+              if m.endswith(".py") and (path.parent / m).is_file() else m for m in cfg.imports]
+    return dataclasses.replace(cfg, imports=tuple(beside))
 
 
 def config_to_dict(cfg: Config) -> dict:

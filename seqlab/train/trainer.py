@@ -19,7 +19,7 @@ last good checkpoint kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,10 +250,3 @@ class Trainer:
             self.history += metrics.records
         return {"step": self.step, "train": last, "finished": self.step >= tc.steps}
 
-
-def batches_of(arrays: dict, batch_size: int) -> Iterable[dict]:
-    """Consecutive batches of equal-length arrays (``{"inputs": x, "labels": y, ...}``), the
-    last one dropped when short: a minimal re-iterable for ``Trainer``."""
-    n = len(next(iter(arrays.values())))
-    return [{k: v[i : i + batch_size] for k, v in arrays.items()}
-            for i in range(0, n - batch_size + 1, batch_size)]
