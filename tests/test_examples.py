@@ -16,9 +16,9 @@ from seqlab.cli import main
 from seqlab.layers import MIXERS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY = ["--set", "train.steps=3", "--set", "train.eval_every=3", "--set", "train.batch_size=8",
-        "--set", "train.progress=false", "--set", "model.d_model=8", "--set",
-        "data.sizes={train: 32, val: 8, test: 8}"]
+LOOP = ["--set", "train.steps=3", "--set", "train.eval_every=3", "--set", "train.batch_size=8",
+        "--set", "train.progress=false", "--set", "data.sizes={train: 32, val: 8, test: 8}"]
+TINY = [*LOOP, "--set", "model.d_model=8"]
 
 
 def example(name: str) -> dict:
@@ -53,6 +53,14 @@ def test_own_mixer_through_the_cli(own_mixer_module, tmp_path, monkeypatch, caps
             "model.mixer_args={}", *TINY, "--workdir", str(tmp_path / "b")]
     assert main(argv) == 0
     assert "my_mixers" in (tmp_path / "b" / "config.yaml").read_text()
+    # the LRA runner: a --configs directory holding the own mixer's config, --import
+    (tmp_path / "lra" / "listops").mkdir(parents=True)
+    (tmp_path / "lra" / "listops" / "ema.yaml").write_text(
+        "model: {mixer: ema, d_model: 8, n_layers: 1}\ndata: {name: listops, max_length: 64}\n")
+    argv = ["lra", "--tasks", "listops", "--models", "ema", "--configs", str(tmp_path / "lra"),
+            "--import", "my_mixers", "--workdir", str(tmp_path / "grid"), *LOOP]
+    assert main(argv) == 0
+    assert (tmp_path / "grid" / "listops" / "ema" / "results.json").exists()
     # without the import the name is unknown, and the error says how to register one
     MIXERS.pop("ema")
     assert main(["check", "demo", "--set", "model.mixer=ema"]) == 2

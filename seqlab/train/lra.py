@@ -1,15 +1,17 @@
 """``seqlab lra``: run a Long Range Arena task x model grid, then tabulate and plot it.
 
-Each run trains the shipped ``seqlab/configs/lra/<task>/<model>.yaml`` in ``WORKDIR/<task>/<model>`` with
-``seqlab.train.run.train``. The grid is resumable: a run with a finished ``results.json`` is
-skipped, an unfinished one resumes from its last checkpoint. After the runs (or with
-``--report``), ``WORKDIR/results.md`` lists test accuracy next to the published numbers and
-``WORKDIR/curves.png`` plots every run's ``metrics.jsonl`` (training loss, validation accuracy).
+Each run trains the shipped ``seqlab/configs/lra/<task>/<model>.yaml`` (or those of ``--configs
+DIR``) in ``WORKDIR/<task>/<model>`` with ``seqlab.train.run.train``. The grid is resumable: a
+run with a finished ``results.json`` is skipped, an unfinished one resumes from its last
+checkpoint. After the runs (or with ``--report``), ``WORKDIR/results.md`` lists test accuracy
+next to the published numbers and ``WORKDIR/curves.png`` plots every run's ``metrics.jsonl``
+(training loss, validation accuracy).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -66,7 +68,8 @@ def read_results(run_dir: Path) -> dict | None:
 
 
 def run_grid(tasks: Sequence[str], models: Sequence[str], workdir: Path,
-             overrides: Sequence[str] = (), configs: Path | None = None) -> dict:
+             overrides: Sequence[str] = (), configs: Path | None = None,
+             imports: Sequence[str] = ()) -> dict:
     """Train every (task, model) run that has not finished. Returns {(task, model): status}."""
     from seqlab.config import load_config
     from seqlab.train.run import train
@@ -85,6 +88,8 @@ def run_grid(tasks: Sequence[str], models: Sequence[str], workdir: Path,
                   + (" (resuming)" if (run_dir / "config.yaml").exists() else ""))
             try:
                 cfg = load_config(config, overrides)
+                extra = tuple(m for m in imports if m not in cfg.imports)
+                cfg = dataclasses.replace(cfg, imports=cfg.imports + extra)
                 result = train(cfg, run_dir)
             except Exception as e:  # one failed run must not stop the grid
                 status[task, model] = f"failed: {e}"
@@ -184,8 +189,8 @@ def report(workdir: Path, tasks: Sequence[str], models: Sequence[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seqlab lra",
-        description="Train a Long Range Arena grid (seqlab/configs/lra/<task>/<model>.yaml), resumably, "
-        "and write WORKDIR/results.md (test accuracy next to published numbers) and "
+        description="Train a Long Range Arena grid (seqlab/configs/lra/<task>/<model>.yaml), "
+        "resumably, and write WORKDIR/results.md (test accuracy next to published numbers) and "
         "WORKDIR/curves.png.")
     p.add_argument("--tasks", nargs="+", default=["all"],
                    help=f"tasks (space or comma separated): {', '.join(TASKS)} or all")
@@ -197,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None,
                    help="directory of <task>/<model>.yaml (default: the shipped "
                    "seqlab/configs/lra)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module first in every run (e.g. one registering a mixer of "
+                   "your own; its configs go in a --configs directory)")
     p.add_argument("--report", action="store_true",
                    help="only rebuild results.md and curves.png from existing runs")
     return p
@@ -205,14 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str]) -> int:
     """``seqlab lra ...``; returns the exit status (1 when a run failed)."""
     args = build_parser().parse_args(argv)
+    configs = Path(args.configs) if args.configs else default_configs()
     tasks = _pick(args.tasks, TASKS, "task")
-    models = _pick(args.models, MODELS, "model")
+    own = sorted({p.stem for p in configs.glob("*/*.yaml")} - set(MODELS))
+    models = _pick(args.models, MODELS + tuple(own), "model")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     failed = []
     if not args.report:
-        configs = Path(args.configs) if args.configs else None
-        status = run_grid(tasks, models, workdir, args.set, configs)
+        status = run_grid(tasks, models, workdir, args.set, configs, args.imports)
         failed = [f"{t}/{m}: {s}" for (t, m), s in status.items() if s.startswith("failed")]
     report(workdir, tasks, models)
     if failed:
