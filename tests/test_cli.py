@@ -62,3 +62,11 @@ def test_train_then_eval(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--split", "test"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out) >= {"accuracy", "loss"} and out["accuracy"] == result["test"]["accuracy"]
+
+
+def test_renamed_mixer_argument_names_the_new_one(capsys):
+    argv = ["check", "demo", "--set", "model.mixer=deltanet", "--set",
+            "model.mixer_args={num_heads: 2}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'num_heads' was renamed to 'n_heads'" in err and "Traceback" not in err

@@ -34,12 +34,6 @@ class ModelBuildError(ValueError):
 def mixer_is_causal(mixer: nnx.Module) -> bool:
     """The mixer's ``causal`` attribute (True: position t never sees positions > t)."""
     causal = getattr(mixer, "causal", None)
-    if causal is None and type(mixer).__module__.startswith("seqlab.layers"):  # TEMPORARY
-        try:
-            jax.eval_shape(lambda: mixer.init_cache(1, 1))
-            return True
-        except (ValueError, AttributeError):
-            return False
     if not isinstance(causal, bool):
         raise ModelBuildError(
             f"mixer {type(mixer).__name__} has no boolean attribute 'causal'; the mixer protocol "

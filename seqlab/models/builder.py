@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqlab.config import ModelConfig, TaskInfo
-from seqlab.layers import MIXERS
+from seqlab.layers import MIXERS, check_renamed
 from seqlab.models.blocks import Backbone, Block, ModelBuildError, Norm
 from seqlab.models.tasks import POOLS, Classifier, DualEncoder, LanguageModel, MLPHead
 from seqlab.utils import did_you_mean
@@ -55,7 +55,9 @@ def accepted_args(cls: type) -> list[str]:
 
 
 def check_mixer_args(name: str, args: dict) -> None:
-    """Raise a clear error for a keyword the mixer class ``name`` does not accept."""
+    """Raise a clear error for a keyword the mixer class ``name`` does not accept (naming the
+    new name of a renamed argument)."""
+    check_renamed(f"mixer {name!r}", args)
     params = inspect.signature(get_mixer(name).__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
