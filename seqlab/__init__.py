@@ -32,7 +32,7 @@ _ATTRS = {
     "build_model": ("seqlab.models", "build_model"),
     "load": ("seqlab.saving", "load"),
     "export": ("seqlab.saving", "export"),
-    "generate": ("seqlab.generate", "generate"),
+    "generate": ("seqlab.sampling", "generate"),
 }
 
 __all__ = [
@@ -55,8 +55,8 @@ __all__ = [
 if TYPE_CHECKING:
     from seqlab import config, data, layers, models, train
     from seqlab.config import ModelConfig, TaskInfo, TrainConfig, load_config
-    from seqlab.generate import generate
     from seqlab.models import build_model
+    from seqlab.sampling import generate
     from seqlab.saving import export, load
     from seqlab.train.trainer import Trainer
 

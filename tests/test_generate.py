@@ -1,4 +1,4 @@
-"""seqlab.generate: cached decoding == recomputing the whole prefix each step; sampling filters."""
+"""seqlab.generate (seqlab/sampling.py): cached decoding == recomputing the prefix; filters."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,8 @@ from flax import nnx
 
 import seqlab
 from seqlab.config import ModelConfig, TaskInfo
-from seqlab.generate import filter_logits
 from seqlab.models import build_model
+from seqlab.sampling import filter_logits
 
 INFO = TaskInfo(task="token", n_classes=13, vocab_size=13, input_dim=None, max_length=32,
                 causal=True)
