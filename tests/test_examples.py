@@ -56,7 +56,8 @@ def test_own_mixer_through_the_cli(own_mixer_module, tmp_path, monkeypatch, caps
     # the LRA runner: a --configs directory holding the own mixer's config, --import
     (tmp_path / "lra" / "listops").mkdir(parents=True)
     (tmp_path / "lra" / "listops" / "ema.yaml").write_text(
-        "model: {mixer: ema, d_model: 8, n_layers: 1}\ndata: {name: listops, max_length: 64}\n")
+        "model: {mixer: ema, d_model: 8, n_layers: 1}\n"
+        "data: {name: listops, max_length: 64, min_length: 16}\n")
     argv = ["lra", "--tasks", "listops", "--models", "ema", "--configs", str(tmp_path / "lra"),
             "--import", "my_mixers", "--workdir", str(tmp_path / "grid"), *LOOP]
     assert main(argv) == 0

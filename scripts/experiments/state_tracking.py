@@ -14,8 +14,8 @@ claims for one layer:
     .venv/bin/python scripts/experiments/state_tracking.py              # full grid (long on CPU)
     .venv/bin/python scripts/experiments/state_tracking.py --tasks parity --steps 300
 
-Runs through ``seqlab.train.run.train`` on ``seqlab/configs/synthetic/*_deltaproduct.yaml`` with the
-mixer, its options and the budget overridden; work directories go under ``--workdir``.
+Runs through ``seqlab.train.run.train`` on ``seqlab/configs/synthetic/*_deltaproduct.yaml``
+with the mixer, its options and the budget overridden; work directories go under ``--workdir``.
 """
 
 from __future__ import annotations

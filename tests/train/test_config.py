@@ -13,7 +13,8 @@ from seqlab.config import (
 
 
 def test_demo_config_loads_with_overrides():
-    cfg = load_config("seqlab/configs/demo.yaml", ["model.d_model=96", "train.lr=1e-3", "data.size=7"])
+    cfg = load_config("seqlab/configs/demo.yaml",
+                      ["model.d_model=96", "train.lr=1e-3", "data.size=7"])
     assert cfg.model.d_model == 96
     assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
     assert cfg.model.mixer_args["init"] == "inv"
