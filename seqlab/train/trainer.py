@@ -101,7 +101,8 @@ class Trainer:
     @property
     def model(self) -> nnx.Module:
         """The model with the current parameters (a new module object; training is
-        functional)."""
+        functional). Its arrays are the trainer's: a further ``fit`` donates them to the next
+        step, so take the model after training (or ``best_model()``, read from disk)."""
         return nnx.merge(self.model_graphdef, self.state[0])
 
     def best_model(self) -> nnx.Module:
