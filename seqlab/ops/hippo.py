@@ -1,6 +1,8 @@
 """HiPPO transition matrices, their NPLR/DPLR forms and diagonal initialisations (numpy float64).
 
-Init-time only: every function returns float64 / complex128 numpy arrays.
+Init-time only: every function returns float64 / complex128 numpy arrays. S4-PTD's perturbation
+is found by optimisation in JAX (:func:`optimise_perturbation`) and shipped for the common sizes
+as text under ``ptd_data/`` (``scripts/ptd_perturbation.py`` writes them).
 
 Conventions: the continuous system is ``x'(t) = A x(t) + B u(t)`` with A stable. References:
 HiPPO (Gu et al. 2020, 'HiPPO: Recurrent Memory with Optimal Polynomial Projections'), S4 (Gu et
@@ -11,6 +13,12 @@ for Long Sequences via Approximate Diagonalization').
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -142,7 +150,9 @@ def _positive_half(Lambda: np.ndarray) -> np.ndarray:
     return np.concatenate([real[0::2], pos])
 
 
-def dplr(measure: str, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def dplr(
+    measure: str, N: int, B_clip: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Diagonal plus low-rank form in the eigenbasis, conjugate-symmetric half (S4, Sec. 3.3).
 
     Returns ``Lambda [N//2]``, ``P [r, N//2]``, ``B [N//2]`` (complex): the rows of
@@ -153,12 +163,25 @@ def dplr(measure: str, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ``A = diag(Lambda, conj Lambda) - p p^H``, ``p = [P^T; conj P^T]``, ``B = [B; conj B]``,
     output ``2 Re(C x)`` (``ops.ssm.kernel_dplr``); it equals the HiPPO system up to the unitary
     change of basis V.
+
+    ``B_clip``: the S4 reference's ``nplr(..., B_clip=2.0)`` (state-spaces/s4,
+    ``src/models/hippo/hippo.py``) clamps ``Im(V^H B)`` to ``[-B_clip, B_clip]`` (P untouched);
+    the system is then no longer exactly HiPPO (LegS at N = 64: 11 of 32 entries exceed 2, up to
+    40.8). None (default here) keeps the exact form; the S4 layer and S4D-LegS
+    (:func:`diagonal_init`) default to the reference's 2.0. The reference keeps the conjugate
+    half (the same eigenvectors up to conjugation, its B is conj of ours), so the symmetric clamp
+    acts identically.
     """
     _check_even(N, f"dplr({measure!r})")
+    if B_clip is not None and not B_clip > 0:
+        raise ValueError(f"B_clip must be > 0 (or None for no clipping), got {B_clip}")
     Lambda, P, B, V = nplr(measure, N)
     idx = _positive_half(Lambda)
     Vh = V.conj().T
-    return Lambda[idx], (Vh @ P.T).T[:, idx], (Vh @ B)[idx]
+    Bh = (Vh @ B)[idx]
+    if B_clip is not None:
+        Bh = Bh.real + 1j * np.clip(Bh.imag, -B_clip, B_clip)
+    return Lambda[idx], (Vh @ P.T).T[:, idx], Bh
 
 
 def conjugate_reduce(
@@ -178,39 +201,161 @@ def conjugate_reduce(
     return np.where(real, Lambda.real, Lambda)[keep], B[keep], V[:, keep]
 
 
-def ptd(
-    N: int, eps: float = 1e-3, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Perturb-then-diagonalise HiPPO-LegS (Yu et al. 2023, Sec. 3): ``A + E = V Lambda V^-1``.
+# --- S4-PTD: perturb-then-diagonalise with an optimised perturbation ---------------------------
 
-    E is a real Gaussian matrix scaled to ``||E||_2 = eps ||A||_2`` (deterministic given
-    ``seed``). Returns the conjugate-reduced system (:func:`conjugate_reduce`):
-    ``Lambda [M]``, ``Bt = V^-1 B [M]``, ``V [N, M]`` (unit-norm eigenvectors; a diagonal layer
-    initialises ``C~ = C V``), M = N/2 plus half the number of real eigenvalues of A + E
-    (usually 0 to 3), and the condition number ``kappa(V)`` of the full eigenvector matrix.
+PTD_LAMBDA = 3e-3
+PTD_DATA = Path(__file__).with_name("ptd_data")
+
+
+@functools.cache
+def _ptd_runner(N: int, lam: float, lr: float, chunk: int):
+    """Jitted ``chunk`` Adam steps on the PTD objective (built once per recipe), float64."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    # the reference's step decay (lr x 0.98 every 100 steps); a non-finite gradient (two
+    # eigenvalues colliding make the eigenvector derivative 1/0) is skipped as zeros
+    opt = optax.chain(optax.zero_nans(),
+                      optax.adam(optax.exponential_decay(lr, 100, 0.98, staircase=True)))
+    A = transition("legs", N)[0]
+
+    def loss(p):  # p [2, N, N]: (Re E, Im E)
+        V = jax.lax.linalg.eig(A + (p[0] + 1j * p[1]), compute_left_eigenvectors=False,
+                               enable_eigvec_derivs=True)[1]
+        s = jnp.linalg.svd(V, compute_uv=False)
+        kappa, norm = s[0] / s[-1], jnp.sqrt(jnp.sum(p**2))
+        return kappa**2 + lam * norm, (kappa, norm)
+
+    def body(carry, _):
+        p, state, best_p, best = carry
+        (value, aux), grad = jax.value_and_grad(loss, has_aux=True)(p)
+        better = value < best
+        best_p, best = jnp.where(better, p, best_p), jnp.where(better, value, best)
+        updates, state = opt.update(grad, state, p)
+        return (optax.apply_updates(p, updates), state, best_p, best), aux
+
+    def init(p0):
+        p = jnp.asarray(p0)
+        return p, opt.init(p), p, jnp.asarray(jnp.inf, p.dtype)
+
+    def finish(carry):  # the best iterate, including the one after the last update
+        p, _, best_p, best = carry
+        return jnp.where(loss(p)[0] < best, p, best_p)
+
+    return init, jax.jit(lambda c: jax.lax.scan(body, c, length=chunk)), jax.jit(finish)
+
+
+def optimise_perturbation(
+    N: int, lam: float = PTD_LAMBDA, *, steps: int = 10_000, lr: float = 0.3, seed: int = 0,
+    chunk: int = 100, log: Callable[[int, float, float], None] | None = None,
+) -> np.ndarray:
+    """The S4-PTD perturbation ``E [N, N]`` (complex128) of HiPPO-LegS's A (Yu et al. 2023, Sec. 4).
+
+    Minimises ``kappa_2(V)^2 + lam ||E||_F`` over complex E, where ``A + E = V diag(w) V^-1``
+    with unit-norm eigenvectors (LAPACK's normalisation), so that A + E is diagonalised by a
+    well-conditioned V while E stays small. The recipe is the reference's
+    (``perturbation_trainer`` in AnnanYu/Approximate_Diagonal, S4-PTD/.../s4block.py): Adam at
+    ``lr`` (betas 0.9, 0.999) decayed by 0.98 every 100 steps, ``steps`` steps, start
+    ``E_0 = -(U + i U')/10`` with U, U' uniform on [0, 1) (the reference perturbs
+    ``-A = A_pos`` by ``P_0 = (U + i U')/10``; ``E = -P``). Differences: float64/complex128
+    throughout (the reference trains P in complex64), numpy's generator draws ``E_0``
+    (``seed``), and the iterate with the lowest loss is returned rather than the last one
+    (the loss spikes when two eigenvalues nearly collide). Deterministic on a given machine
+    (XLA's CPU LAPACK eig and SVD). Steps run in jitted chunks of ``chunk`` (``steps`` is
+    rounded up to a multiple); ``log(step, kappa, ||E||_F)`` is called after each chunk.
     """
-    _check_even(N, "ptd")
-    if not eps > 0:
-        raise ValueError(f"the PTD perturbation size eps must be > 0, got {eps}")
+    import jax
+
+    if not isinstance(N, (int, np.integer)) or N < 1:
+        raise ValueError(f"the PTD state size N must be an integer >= 1, got {N!r}")
+    if not lam > 0 or not steps > 0:
+        raise ValueError(f"PTD needs lam > 0 and steps > 0, got lam={lam}, steps={steps}")
+    p0 = -0.1 * np.random.default_rng(seed).uniform(size=(2, N, N))  # (Re E_0, Im E_0)
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        init, run, finish = _ptd_runner(int(N), float(lam), float(lr), int(chunk))
+        carry = init(p0)
+        for done in range(chunk, steps + chunk, chunk):  # steps rounded up to whole chunks
+            carry, (kappa, norm) = run(carry)
+            if log is not None:
+                log(done, float(kappa[-1]), float(norm[-1]))
+        best_p = np.asarray(finish(carry))
+    return best_p[0] + 1j * best_p[1]
+
+
+def ptd_data_path(N: int, lam: float = PTD_LAMBDA) -> Path:
+    """Where the shipped perturbation for ``(N, lam)`` lives (``scripts/ptd_perturbation.py``
+    writes it: a header of ``#`` lines with its provenance, then N rows of
+    ``Re E[n, 0] Im E[n, 0] Re E[n, 1] ...``)."""
+    return PTD_DATA / f"legs_N{N}_lambda{lam:g}.txt"
+
+
+@functools.cache
+def _perturbation(N: int, lam: float) -> np.ndarray:
+    path = ptd_data_path(N, lam)
+    if path.exists():
+        rows = np.loadtxt(path, ndmin=2)
+        return rows[:, 0::2] + 1j * rows[:, 1::2]
+    warnings.warn(
+        f"no shipped S4-PTD perturbation for N={N}, lambda={lam:g} ({path.name}); optimising "
+        "one now (10000 Adam steps on the CPU, seconds for small N, minutes for N >= 64). "
+        "Ship it with scripts/ptd_perturbation.py to skip this.", stacklevel=3)
+    return optimise_perturbation(N, lam)
+
+
+def ptd_perturbation(N: int, lam: float = PTD_LAMBDA) -> np.ndarray:
+    """``E [N, N]`` (complex128) of :func:`optimise_perturbation`: the shipped array for
+    ``(N, lam)`` if there is one (:func:`ptd_data_path`), else optimised now; cached in memory."""
+    return _perturbation(int(N), float(lam)).copy()
+
+
+class PTD(NamedTuple):
+    """S4-PTD's diagonal system: ``Lambda [N]`` (complex, Re < 0), ``B = V^-1 B [N]``,
+    ``V [N, N]`` (unit-norm eigenvectors of A + E), ``cond = kappa_2(V)`` and
+    ``rel_norm = ||E||_F / ||A||_F``."""
+
+    Lambda: np.ndarray
+    B: np.ndarray
+    V: np.ndarray
+    cond: float
+    rel_norm: float
+
+
+def ptd(N: int, lam: float = PTD_LAMBDA) -> PTD:
+    """Perturb-then-diagonalise HiPPO-LegS (Yu et al. 2023, Sec. 3-4): ``A + E = V Lambda V^-1``.
+
+    E is :func:`ptd_perturbation` (optimised for a well-conditioned V, complex). As the
+    reference (AnnanYu/Approximate_Diagonal), every one of the N modes is kept (A + E is
+    complex: its eigenvalues do not come in conjugate pairs) and a mode that E pushed into the
+    right half-plane is reflected, ``Re Lambda = -|Re Lambda|``, rather than clipped. A diagonal
+    layer uses the N modes with output ``2 Re(C~ x)`` and folds ``V^-1 B`` into C:
+    ``C~ = (C V) * B`` with ``B~ = 1`` (C real [..., N]). Modes are sorted by imaginary part.
+    """
     A, B = transition("legs", N)
-    E = np.random.default_rng(seed).standard_normal((N, N))
-    E *= eps * np.linalg.norm(A, 2) / np.linalg.norm(E, 2)
+    E = ptd_perturbation(N, lam)
     Lambda, V = np.linalg.eig(A + E)
+    order = np.lexsort((Lambda.real, Lambda.imag))
+    Lambda, V = Lambda[order], V[:, order]
     V = V / np.linalg.norm(V, axis=0, keepdims=True)
-    cond = float(np.linalg.cond(V))
-    return (*conjugate_reduce(Lambda, np.linalg.solve(V, B), V), cond)
+    Bt = np.linalg.solve(V, B)
+    Lambda = -np.abs(Lambda.real) + 1j * Lambda.imag
+    rel = float(np.linalg.norm(E) / np.linalg.norm(A))
+    return PTD(Lambda, Bt, V, float(np.linalg.cond(V)), rel)
 
 
-def diagonal_init(kind: str, N: int) -> tuple[np.ndarray, np.ndarray]:
+def diagonal_init(
+    kind: str, N: int, B_clip: float | None = 2.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Diagonal SSM initialisation ``(Lambda [N//2], B [N//2])`` (complex128), N = state size.
 
-    (For ``ptd``, ``N//2 + k/2`` modes when A + E has k real eigenvalues: see :func:`ptd`.)
+    (For ``ptd``, N modes: see :func:`ptd`.)
 
     - ``lin`` (S4D-Lin, S4D eq. (8)): ``Lambda_n = -1/2 + i pi n``, ``B_n = 1``.
     - ``inv`` (S4D-Inv, S4D eq. (9)): ``Lambda_n = -1/2 + i (N/pi) (N/(2n+1) - 1)``, ``B_n = 1``.
     - ``legs`` (S4D-LegS, S4D Sec. 4): the diagonal part of HiPPO-LegS's DPLR form,
-      ``Lambda`` and ``V^H B`` of :func:`dplr` (the low-rank term is dropped).
-    - ``ptd`` (S4-PTD): :func:`ptd` with its default perturbation size.
+      ``Lambda`` and ``V^H B`` of :func:`dplr` (the low-rank term is dropped), with
+      ``Im B`` clamped to ``[-B_clip, B_clip]`` as the S4 reference (default 2.0; None: exact).
+    - ``ptd`` (S4-PTD): :func:`ptd`'s ``Lambda`` and ``V^-1 B`` (all N modes).
     """
     if kind not in DIAGONAL_INITS:
         raise ValueError(
@@ -223,7 +368,7 @@ def diagonal_init(kind: str, N: int) -> tuple[np.ndarray, np.ndarray]:
     if kind == "inv":
         return -0.5 + 1j * (N / np.pi) * (N / (2 * n + 1) - 1), np.ones(N // 2, np.complex128)
     if kind == "legs":
-        Lambda, _, B = dplr("legs", N)
+        Lambda, _, B = dplr("legs", N, B_clip)
         return Lambda, B
-    Lambda, B, _, _ = ptd(N)
-    return Lambda, B
+    system = ptd(N)
+    return system.Lambda, system.B
