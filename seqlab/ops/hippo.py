@@ -272,7 +272,9 @@ def optimise_perturbation(
     if not lam > 0 or not steps > 0:
         raise ValueError(f"PTD needs lam > 0 and steps > 0, got lam={lam}, steps={steps}")
     p0 = -0.1 * np.random.default_rng(seed).uniform(size=(2, N, N))  # (Re E_0, Im E_0)
-    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+    # concrete even when a layer is built under a trace (nnx.eval_shape, jit)
+    with (jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]),
+          jax.ensure_compile_time_eval()):
         init, run, finish = _ptd_runner(int(N), float(lam), float(lr), int(chunk))
         carry = init(p0)
         for done in range(chunk, steps + chunk, chunk):  # steps rounded up to whole chunks
