@@ -29,7 +29,8 @@ class S4(S4D):
     Options: ``measure`` in ``legs | legt | lagt | fout`` (default ``legs``); ``d_state`` (N, even),
     ``real_param``, ``dt_min``/``dt_max``, ``causal``, ``activation``, ``out``,
     ``dropout``, ``max_length`` as in :class:`S4D`. Discretisation is bilinear (S4's kernel
-    algorithm needs it).
+    algorithm needs it). ``b_clip`` (default 2.0): ``Im(V^H B)`` clamped as the S4 reference's
+    ``nplr(..., B_clip=2.0)`` (None: the exact HiPPO projection; ``ops.hippo.dplr``).
 
     Trainable SSM parameters (``SSMParam``): ``log_dt [H]``, ``Lambda_re, Lambda_im [H, N/2]``
     (Re Lambda kept negative by ``real_param``; measures whose Re Lambda is 0 start at -1e-4),
@@ -63,7 +64,7 @@ class S4(S4D):
         self.measure = measure
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
-        Lambda, P, B = hippo.dplr(choice("measure", self.init, hippo.MEASURES), N)
+        Lambda, P, B = hippo.dplr(choice("measure", self.init, hippo.MEASURES), N, self.b_clip)
         self._P0 = P
         return Lambda, B, None
 

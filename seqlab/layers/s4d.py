@@ -54,8 +54,11 @@ class S4D(SSMOutputStage):
     projection), ``dropout``, ``mode`` (fft | scan), ``max_length`` (optional: longer inputs are
     a clear error).
 
-    ``Re(Lambda)`` is floored at -1e-4 at init (strictly stable). S4-PTD may keep a few more
-    than N/2 modes (``n_modes``; see ``ops.hippo.ptd``); below, N/2 stands for ``n_modes``.
+    ``b_clip`` (default 2.0, the S4 reference's ``B_clip``): S4D-LegS's ``Im(V^H B)`` is clamped
+    to ``[-b_clip, b_clip]`` at init (``ops.hippo.dplr``; None keeps the exact projection).
+
+    ``Re(Lambda)`` is floored at -1e-4 at init (strictly stable). S4-PTD keeps all N modes
+    (``n_modes``; see ``ops.hippo.ptd``); below, N/2 stands for ``n_modes``.
 
     Trainable SSM parameters (``SSMParam``: own lr, no weight decay): ``log_dt [H]``,
     ``Lambda_re, Lambda_im [H, N/2]``, ``B [H, N/2, 2]``. ``C [dirs, H, N/2, 2]`` and ``D [H]``
@@ -81,8 +84,10 @@ class S4D(SSMOutputStage):
         dropout: float = 0.0,
         mode: str = "fft",
         max_length: int | None = None,
+        b_clip: float | None = 2.0,
     ):
         self.d_model, self.d_state, self.dtype, self.init = d_model, d_state, dtype, init
+        self.b_clip = b_clip
         self.disc = choice("disc", disc, DISCRETIZATIONS)
         self.real_param = choice("real_param", real_param, REAL_PARAMS)
         self.activation = choice("activation", activation, ACTIVATIONS)
@@ -102,7 +107,7 @@ class S4D(SSMOutputStage):
         dirs = 1 if self.causal else 2
         if C0 is None:  # C ~ complex standard normal (variance 1/2 per part), as in S4
             C = jax.random.normal(rngs.params(), (dirs, H, M, 2)) * math.sqrt(0.5)
-        else:  # a change of basis (S4-PTD: C~ = C V with C real standard normal)
+        else:  # a change of basis (S4-PTD: C~ = (C V) * V^-1 B, C real standard normal)
             C_real = jax.random.normal(rngs.params(), (dirs, H, d_state))
             C = complex_param(C_real @ jnp.asarray(C0, jnp.complex64))
         self.C = nnx.Param(C)
@@ -111,7 +116,8 @@ class S4D(SSMOutputStage):
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         """(Lambda [N/2], B [N/2], basis for C [N, N/2] or None) from ``ops.hippo``."""
-        Lambda, B = hippo.diagonal_init(choice("init", self.init, hippo.DIAGONAL_INITS), N)
+        init = choice("init", self.init, hippo.DIAGONAL_INITS)
+        Lambda, B = hippo.diagonal_init(init, N, B_clip=self.b_clip)
         return Lambda, B, None
 
     # ---- SSM parameters ----------------------------------------------------------------------
@@ -202,11 +208,19 @@ class S4D(SSMOutputStage):
 
 @register_mixer("s4-ptd")
 class S4PTD(S4D):
-    """S4-PTD (Yu et al. 2023): S4D initialised by perturb-then-diagonalise of HiPPO-LegS.
+    """S4-PTD (Yu et al. 2023, Sec. 4): S4D initialised by perturb-then-diagonalise of HiPPO-LegS.
 
-    ``A + E = V Lambda V^-1`` with ``||E||_2 = eps ||A||_2`` (option ``eps``, default 1e-3;
-    ``ptd_seed`` fixes E): Lambda, ``V^-1 B`` and ``C~ = C V`` (C real Gaussian) initialise the
-    diagonal system. ``self.cond_V`` reports the condition number of V. Other options as S4D.
+    ``A + E = V Lambda V^-1`` with E the optimised perturbation of ``ops.hippo.ptd`` (Adam on
+    ``kappa(V)^2 + ptd_lambda ||E||``; shipped arrays, see ``ops.hippo.ptd_data_path``):
+    all N eigenvalues (``n_modes = N``, output ``2 Re(C~ x)`` as the reference), those E pushed
+    right reflected (``Re = -|Re|``), ``B~ = 1`` and ``C~ = (C V) * V^-1 B`` with C real
+    standard normal [dirs, H, N] (V^-1 B folded into C, as AnnanYu/Approximate_Diagonal).
+    ``ptd_lambda``: None (default) takes the lambda of the array shipped for ``d_state``
+    (``ops.hippo.default_lambda``: 3e-3, the paper's, at N = 64). The layer reports
+    ``cond_V = kappa_2(V)`` and ``rel_norm_E = ||E||_F / ||A||_F``.
+
+    Difference from the reference: B~ is kept as a trainable SSM parameter (starting at 1; the
+    reference drops B, which only enters the kernel as the product C~ B~). Other options as S4D.
     """
 
     @reject_renamed
@@ -216,16 +230,22 @@ class S4PTD(S4D):
         *,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
-        eps: float = 1e-3,
-        ptd_seed: int = 0,
+        ptd_lambda: float | None = None,
         **options,
     ):
         if "init" in options:
             raise ValueError("S4PTD fixes init='ptd'; use 's4d' for other diagonal inits")
-        self.eps, self.ptd_seed = eps, ptd_seed
+        for old in ("eps", "ptd_seed"):
+            if old in options:
+                raise ValueError(
+                    f"S4PTD no longer takes {old}: its perturbation E is optimised for a "
+                    "well-conditioned V (ops.hippo.ptd), not drawn at random; drop it, and set "
+                    "ptd_lambda (the weight of ||E||) if needed")
+        self.ptd_lambda = ptd_lambda
         super().__init__(d_model, rngs=rngs, dtype=dtype, init="ptd", **options)
 
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
-        Lambda, B, V, cond = hippo.ptd(N, self.eps, self.ptd_seed)
-        self.cond_V = cond
-        return Lambda, B, V
+        lam = hippo.default_lambda(N) if self.ptd_lambda is None else self.ptd_lambda
+        system = hippo.ptd(N, lam)
+        self.cond_V, self.rel_norm_E = system.cond, system.rel_norm
+        return system.Lambda, np.ones_like(system.B), system.V * system.B

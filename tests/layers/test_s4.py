@@ -84,3 +84,18 @@ def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         S4(H, rngs=nnx.Rngs(0), **kwargs)
 
+
+
+def test_b_clip_default_is_the_s4_reference():
+    """S4 builds B with the reference's nplr(..., B_clip=2.0): Im(V^H B) in [-2, 2], P exact;
+    b_clip=None keeps the exact HiPPO projection."""
+    from seqlab.ops import hippo
+
+    n = 16
+    clipped = S4(H, rngs=nnx.Rngs(0), d_state=n)
+    exact = S4(H, rngs=nnx.Rngs(0), d_state=n, b_clip=None)
+    _, P0, B0 = hippo.dplr("legs", n)
+    np.testing.assert_allclose(np.asarray(exact.B[0, :, 1]), B0.imag, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(clipped.B[0, :, 1]), np.clip(B0.imag, -2, 2), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(clipped.P[...]), np.asarray(exact.P[...]))
+    assert (np.abs(B0.imag) > 2).sum() == 3

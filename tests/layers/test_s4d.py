@@ -9,6 +9,7 @@ from flax import nnx
 from seqlab.layers import MIXERS
 from seqlab.layers.common import SSMParam
 from seqlab.layers.s4d import S4D, S4PTD
+from seqlab.ops import hippo
 
 H, N = 6, 8
 fwd = nnx.jit(lambda m, x, mask=None: m(x, mask))
@@ -82,7 +83,8 @@ def test_padding_invariance(causal):
 
 
 def test_gradients_reach_every_parameter():
-    m = S4D(H, rngs=nnx.Rngs(0), d_state=N, causal=False)
+    # exact LegS B (no clip): the float32 finite-difference tolerance below was set on it
+    m = S4D(H, rngs=nnx.Rngs(0), d_state=N, causal=False, b_clip=None)
     x = _x()
 
     def loss(model):
@@ -126,14 +128,39 @@ def test_dropout_eval_and_bf16():
     np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(fwd(m32, x)), atol=0.05)
 
 
-def test_s4_ptd_condition_number_and_decode():
-    m = S4PTD(H, rngs=nnx.Rngs(0), d_state=N, eps=1e-2)
-    m_small = S4PTD(H, rngs=nnx.Rngs(0), d_state=N, eps=1e-4)
-    assert 1 < m.cond_V < m_small.cond_V  # smaller perturbation -> worse conditioned V
+def test_s4_ptd_published_init_folds_b_into_c_and_decodes():
+    """S4-PTD as Yu et al.'s reference: all N modes of A + E (E optimised, shipped), strictly
+    stable after reflection, B~ = 1 and C~ = (C V) * V^-1 B; kappa(V), ||E||/||A|| reported."""
+    n = 4
+    m = S4PTD(H, rngs=nnx.Rngs(0), d_state=n)
+    system = hippo.ptd(n)
+    assert m.n_modes == n and m.cond_V == system.cond and m.rel_norm_E == system.rel_norm
+    assert m.cond_V < 10 and m.rel_norm_E < 0.05  # (random E at 1e-3 ||A||: kappa 7.9e3 at 64)
+    A, _, _, _ = m.ssm()
+    assert np.all(np.asarray(A.real) < 0)
+    np.testing.assert_allclose(np.asarray(A[0]), system.Lambda, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(m.B[...]), np.tile([[[1.0, 0.0]]], (H, n, 1)))
+    # C~ V^-1 B^-1 recovers a real C (the folded change of basis)
+    C = (np.asarray(m.C[...], np.float64) @ [1, 1j]) / system.B @ np.linalg.inv(system.V)
+    np.testing.assert_allclose(C.imag, 0, atol=1e-4 * np.abs(C).max())
     x = _x()
     cache = m.init_cache(2, 13)
     y_dec, _ = dec(m, x, cache)
     np.testing.assert_allclose(np.asarray(y_dec), np.asarray(fwd(m, x)), atol=2e-5)
+    with pytest.raises(ValueError, match="no longer takes eps"):
+        S4PTD(H, rngs=nnx.Rngs(0), d_state=n, eps=1e-3)
+
+
+def test_s4d_legs_b_clip_default_is_the_reference():
+    """S4D-LegS clamps Im(V^H B) to [-2, 2] by default (S4's B_clip=2.0); None keeps it exact."""
+    n = 16  # Im(V^H B) reaches 10.2 at N = 16
+    clipped = S4D(H, rngs=nnx.Rngs(0), d_state=n)
+    exact = S4D(H, rngs=nnx.Rngs(0), d_state=n, b_clip=None)
+    b0 = hippo.dplr("legs", n)[2]
+    np.testing.assert_allclose(np.asarray(exact.B[0, :, 1]), b0.imag, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(clipped.B[0, :, 1]), np.clip(b0.imag, -2, 2), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(clipped.B[..., 0]), np.asarray(exact.B[..., 0]))
+    assert np.abs(b0.imag).max() > 10
 
 
 @pytest.mark.parametrize(

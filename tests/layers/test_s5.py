@@ -22,7 +22,8 @@ def _x(b=2, L=13, seed=1):
 
 def _reference_ssm(m, u):
     """S5 eqs. (6)-(7) in float64 numpy, one step at a time, both directions."""
-    re = -np.exp(np.asarray(m.Lambda_re[...], np.float64))
+    re = np.asarray(m.Lambda_re[...], np.float64)
+    re = {"none": re, "exp": -np.exp(re), "clip": np.minimum(re, -1e-4)}[m.real_param]
     lam = re + 1j * np.asarray(m.Lambda_im[...], np.float64)
     dt = np.exp(np.asarray(m.log_dt[...], np.float64))
     Bt = np.asarray(m.B[...], np.float64) @ np.array([1, 1j])
@@ -36,14 +37,16 @@ def _reference_ssm(m, u):
         x = np.zeros((b, len(lam)), complex)
         for t in order:
             x = dlam * x + u[:, t] @ dB.T
-            y[:, t] += 2 * np.real(x @ Ct[d].T)
+            y[:, t] += (2 if m.conj_sym else 1) * np.real(x @ Ct[d].T)
     return y
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_scan_matches_sequential_reference(causal):
+@pytest.mark.parametrize("causal, init, real_param", [(True, "hippo-n", "none"),
+                                                       (False, "hippo-n", "exp"),
+                                                       (False, "ptd", "clip")])
+def test_scan_matches_sequential_reference(causal, init, real_param):
     m = S5(H, rngs=nnx.Rngs(0), d_state=P, blocks=2, causal=causal, out="none",
-           activation="identity")
+           activation="identity", init=init, real_param=real_param)
     x = _x()
     np.testing.assert_allclose(np.asarray(fwd(m, x)), _reference_ssm(m, x), atol=2e-5)
 
@@ -89,3 +92,45 @@ def test_block_hippo_n_init():
         block_hippo_n(8, 3)
     with pytest.raises(ValueError, match="blocks"):
         S5(H, rngs=nnx.Rngs(0), d_state=12, blocks=4)  # blocks of odd size 3
+    for bad, match in ((dict(init="legs"), "hippo-n, ptd"), (dict(c_init="normal"), "trunc_"),
+                       (dict(real_param="softplus"), "none, exp, clip")):
+        with pytest.raises(ValueError, match=match):
+            S5(H, rngs=nnx.Rngs(0), d_state=P, **bad)
+
+
+def test_init_statistics_are_the_reference_s5():
+    """lindermanlab/S5: B LeCun normal [P, H] (std 1/sqrt(P), not 1/sqrt(H)), then B~ = V^H B,
+    so E|B~|^2 = 1/P; C complex with real and imaginary parts of std 1/sqrt(P), then C~ = C V,
+    so E|C~|^2 = 2/P (a real C gives 1/P); Re(Lambda) is the parameter itself (-1/2)."""
+    p, h = 64, 16
+    m = S5(h, rngs=nnx.Rngs(0), d_state=p, blocks=4)
+    Bt = np.asarray(m.B[...], np.float64) @ [1, 1j]
+    Ct = np.asarray(m.C[...], np.float64) @ [1, 1j]
+    assert Bt.shape == (p // 2, h) and Ct.shape == (1, h, p // 2)
+    np.testing.assert_allclose(np.mean(np.abs(Bt) ** 2) * p, 1.0, rtol=0.15)
+    np.testing.assert_allclose(np.mean(np.abs(Ct) ** 2) * p / 2, 1.0, rtol=0.15)
+    np.testing.assert_allclose(np.asarray(m.Lambda_re[...]), -0.5, atol=1e-6)
+    lecun = S5(h, rngs=nnx.Rngs(0), d_state=p, blocks=4, c_init="lecun_normal")
+    Cl = np.asarray(lecun.C[...], np.float64) @ [1, 1j]
+    np.testing.assert_allclose(np.mean(np.abs(Cl) ** 2) * p * h / 2, 1.0, rtol=0.15)
+    direct = S5(h, rngs=nnx.Rngs(0), d_state=p, blocks=4, c_init="complex_normal")
+    np.testing.assert_allclose(np.mean(np.asarray(direct.C[...]) ** 2), 0.5, rtol=0.15)
+
+
+def test_s5_ptd_keeps_every_mode_of_each_block():
+    """S5-PTD (init='ptd'): each block is S4-PTD's A + E (all P/J modes, reflected), no
+    conjugate symmetry; B~ = V^-1 B maps back to a real B; kappa(V) and ||E||/||A|| reported."""
+    p, blocks = 32, 2
+    m = S5(H, rngs=nnx.Rngs(0), d_state=p, blocks=blocks, init="ptd")
+    system = hippo.ptd(p // blocks)
+    assert m.n_modes == p and not m.conj_sym
+    assert m.cond_V == system.cond and m.rel_norm_E == system.rel_norm < 0.05
+    np.testing.assert_allclose(np.asarray(m.Lambda_re[...]), np.tile(system.Lambda.real, 2),
+                               rtol=1e-6)
+    Bt = np.asarray(m.B[...], np.float64) @ [1, 1j]
+    B = np.kron(np.eye(blocks), system.V) @ Bt
+    np.testing.assert_allclose(B.imag, 0, atol=1e-4 * np.abs(B).max())
+    np.testing.assert_allclose(np.std(B.real) * np.sqrt(p), 1.0, rtol=0.2)
+    x = _x()
+    cache = m.init_cache(2, 13)
+    np.testing.assert_allclose(np.asarray(dec(m, x, cache)[0]), np.asarray(fwd(m, x)), atol=2e-5)
