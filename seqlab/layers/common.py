@@ -169,7 +169,7 @@ def dt_bias_init(
 
 
 class GatedRMSNorm(nnx.Module):
-    """RMSNorm over the last axis with an optional SiLU gate, computed in float32.
+    """RMSNorm over the last axis (or over groups of it) with an optional SiLU gate, float32.
 
     x, z: [..., dim]; weight w: [dim] (ones at init); returns x's dtype.
 
@@ -177,21 +177,29 @@ class GatedRMSNorm(nnx.Module):
     ``norm_before_gate=False`` (Mamba-2, Dao & Gu 2024 Sec. 7.3): y = rms(x * silu(z)) * w
     ``z=None``: y = rms(x) * w, where rms(x) = x / sqrt(mean(x^2) + eps).
 
-    Per-head norms (DeltaNet) pass x, z as [..., heads, head_dim] with ``dim = head_dim``.
+    ``group_size`` (must divide dim; None = dim): the mean of x^2 is taken over each
+    contiguous group of ``group_size`` features separately, as mamba_ssm's
+    ``RMSNormGated(group_size=...)`` (Mamba-2 passes ``d_ssm // ngroups``). Per-head norms
+    (DeltaNet) pass x, z as [..., heads, head_dim] with ``dim = head_dim``.
     """
 
-    def __init__(self, dim: int, *, norm_before_gate: bool = True, eps: float = 1e-5):
+    def __init__(self, dim: int, *, norm_before_gate: bool = True, eps: float = 1e-5,
+                 group_size: int | None = None):
+        group_size = dim if group_size is None else group_size
+        if group_size < 1 or dim % group_size:
+            raise ValueError(f"GatedRMSNorm: group_size={group_size} must divide dim={dim}")
         self.weight = nnx.Param(jnp.ones((dim,)))
-        self.norm_before_gate, self.eps = norm_before_gate, eps
+        self.norm_before_gate, self.eps, self.group_size = norm_before_gate, eps, group_size
 
     def __call__(self, x: jax.Array, z: jax.Array | None = None) -> jax.Array:
-        dtype = x.dtype
+        dtype, shape = x.dtype, x.shape
         x = x.astype(jnp.float32)
         gate = None if z is None else jax.nn.silu(z.astype(jnp.float32))
         if gate is not None and not self.norm_before_gate:
             x = x * gate
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        x = x * self.weight[...]
+        g = x.reshape(*shape[:-1], shape[-1] // self.group_size, self.group_size)
+        g = g * jax.lax.rsqrt(jnp.mean(g * g, axis=-1, keepdims=True) + self.eps)
+        x = g.reshape(shape) * self.weight[...]
         if gate is not None and self.norm_before_gate:
             x = x * gate
         return x.astype(dtype)

@@ -77,7 +77,9 @@ class Hydra(_SSDMixerBase):
     ``[z | x | B_fw C_fw | B_bw C_bw | dt_fw dt_bw]``; a shared centred depthwise convolution
     (odd ``d_conv``) + SiLU over ``[x | B C]``; a shared negative ``A`` per head; ``dt =
     softplus(dt + dt_bias)``; the quasiseparable mixer with the data-dependent diagonal
-    ``D + W_D x`` (``seqlab.ops.ssd.quasiseparable``); gated RMSNorm; output projection.
+    ``D + W_D x`` (``seqlab.ops.ssd.quasiseparable``); gated RMSNorm ``rms(y) * silu(z)`` over
+    all of d_inner even when ``n_groups > 1`` (as goombalab/hydra, whose ``RMSNormGated`` has no
+    ``group_size``; Mamba-2 normalises per group); output projection.
     Heads: ``expand * d_model / head_dim``. Bidirectional: ``decode`` raises.
     """
 
@@ -114,6 +116,8 @@ class Hydra(_SSDMixerBase):
         self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max, dt_init_floor))
         self.D = nnx.Param(jnp.ones((h,)))
         self.fc_D = nnx.Linear(self.d_inner, h, use_bias=False, dtype=dtype, rngs=rngs)
+        # over all of d_inner whatever n_groups, as goombalab/hydra's
+        # RMSNormGated(d_inner, norm_before_gate=True) (no group_size there)
         self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=True)
         self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=use_bias, dtype=dtype,
                                    rngs=rngs)
@@ -170,9 +174,10 @@ class Mamba2(_SSDMixerBase):
 
     u: [batch, length, d_model] -> y: [batch, length, d_model]. One input projection to
     ``[z | x | B | C | dt]``; a causal depthwise convolution + SiLU over ``[x | B C]``;
-    ``y = SSD(x) + D x`` (``seqlab.ops.ssd.ssd``); gated RMSNorm ``rms(y * silu(z))``; output
-    projection. Decode cache: ``{"conv": [batch, d_conv-1, channels], "state": [batch, heads,
-    head_dim, d_state]}`` (fixed size: ``max_length`` is not needed).
+    ``y = SSD(x) + D x`` (``seqlab.ops.ssd.ssd``); gated RMSNorm ``rms(y * silu(z))`` per group
+    of ``d_inner / n_groups`` features (mamba_ssm's ``RMSNormGated(group_size=d_ssm //
+    ngroups)``); output projection. Decode cache: ``{"conv": [batch, d_conv-1, channels],
+    "state": [batch, heads, head_dim, d_state]}`` (fixed size: ``max_length`` is not needed).
     """
 
     @reject_renamed
@@ -206,7 +211,10 @@ class Mamba2(_SSDMixerBase):
         self.A_log = SSMParam(_A_log_init(rngs, h, A_init_range))
         self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max, dt_init_floor))
         self.D = nnx.Param(jnp.ones((h,)))
-        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=False)
+        # per group of d_inner / n_groups features, as mamba_ssm's Mamba2
+        # (RMSNormGated(d_ssm, group_size=d_ssm // ngroups))
+        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=False,
+                                 group_size=self.d_inner // self.n_groups)
         self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=use_bias, dtype=dtype,
                                    rngs=rngs)
 

@@ -185,3 +185,42 @@ def test_hydra_beats_causal_mamba2_on_a_bidirectional_task():
     hydra, mamba2 = train_and_eval(Hydra), train_and_eval(Mamba2)
     assert hydra > 0.95, hydra
     assert mamba2 < 0.32, mamba2  # causal ceiling 0.25; 1120 fresh labels: std ~0.013
+
+
+def _grouped_rmsnorm_reference(x, z, w, group_size, norm_before_gate, eps=1e-5):
+    """mamba_ssm's RMSNormGated in float64 numpy, one group at a time."""
+    x, z = np.asarray(x, np.float64), np.asarray(z, np.float64)
+    gate = z / (1 + np.exp(-z))
+    if not norm_before_gate:
+        x = x * gate
+    y = np.empty_like(x)
+    for g0 in range(0, x.shape[-1], group_size):
+        xg = x[..., g0 : g0 + group_size]
+        y[..., g0 : g0 + group_size] = xg / np.sqrt(np.mean(xg**2, -1, keepdims=True) + eps)
+    y = y * np.asarray(w, np.float64)
+    return y * gate if norm_before_gate else y
+
+
+@pytest.mark.parametrize("norm_before_gate", [True, False])
+def test_grouped_gated_rmsnorm_matches_per_group_reference(norm_before_gate):
+    from seqlab.layers.common import GatedRMSNorm
+
+    dim, group = 12, 4
+    norm = GatedRMSNorm(dim, norm_before_gate=norm_before_gate, group_size=group)
+    norm.weight[...] = jnp.linspace(0.5, 1.5, dim)
+    kx, kz = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (2, 5, dim)) * jnp.array([1.0] * 4 + [10.0] * 4 + [0.1] * 4)
+    z = jax.random.normal(kz, (2, 5, dim))
+    ref = _grouped_rmsnorm_reference(x, z, norm.weight[...], group, norm_before_gate)
+    np.testing.assert_allclose(np.asarray(norm(x, z)), ref, rtol=1e-5, atol=1e-6)
+    whole = _grouped_rmsnorm_reference(x, z, norm.weight[...], dim, norm_before_gate)
+    assert np.abs(ref - whole).max() > 0.1  # groups of very different scale: not the same norm
+    with pytest.raises(ValueError, match="group_size=5 must divide dim=12"):
+        GatedRMSNorm(dim, group_size=5)
+
+
+def test_mamba2_normalises_per_group_and_hydra_over_d_inner():
+    m = Mamba2(16, rngs=nnx.Rngs(0), d_state=8, head_dim=8, n_groups=2)
+    assert m.norm.group_size == m.d_inner // 2
+    h = Hydra(16, rngs=nnx.Rngs(0), d_state=8, head_dim=8, n_groups=2)
+    assert h.norm.group_size == h.d_inner  # goombalab/hydra: RMSNormGated without group_size
