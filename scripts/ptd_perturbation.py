@@ -7,7 +7,7 @@ For each N, runs ``seqlab.ops.hippo.optimise_perturbation`` (Adam on
 recipe, machine, wall time, and kappa(V), ||E||/||A|| and the modes reflected, all measured on
 the rounded E that is shipped), then N rows ``Re E[n,0] Im E[n,0] Re E[n,1] ...``.
 
-    python scripts/ptd_perturbation.py --N 64 [--lam 3e-3] [--steps 3000] [--lr 0.05] [--out DIR]
+    python scripts/ptd_perturbation.py --N 64 [--lam 3e-3] [--steps 3000] [--lr 0.02] [--out DIR]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--N", type=int, nargs="+", required=True)
     ap.add_argument("--lam", type=float, default=hippo.PTD_LAMBDA)
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--decimals", type=int, default=4)
     ap.add_argument("--out", type=Path, default=hippo.PTD_DATA)
