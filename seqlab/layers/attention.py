@@ -7,9 +7,28 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from seqlab.layers.common import apply_mask, check_input, linear, reject_renamed
+from seqlab.layers.common import apply_mask, check_input, choice, linear, reject_renamed
 from seqlab.layers.protocol import register_mixer
 from seqlab.ops.attention import apply_rope, attention
+
+ROPE_LAYOUTS = ("rotate_half", "interleaved")
+
+
+def rope(x: jax.Array, positions: jax.Array, base: float, layout: str = "rotate_half"
+         ) -> jax.Array:
+    """RoPE of x [b, t, heads, D] at positions [t] (RoFormer eq. 34), in either pair layout.
+
+    ``rotate_half`` pairs dimension i with i + D/2 (GPT-NeoX, Hugging Face Llama);
+    ``interleaved`` pairs 2i with 2i + 1 (RoFormer, Meta's Llama and DeepSeek checkpoints: a
+    complex multiplication of ``(x_2i + i x_2i+1)`` by ``e^{i pos theta_i}``). Pair i turns by
+    ``pos * base^(-2i/D)`` in both; the layouts differ by a fixed permutation of the dimensions,
+    so a model trained from scratch is the same either way, but converted weights need theirs.
+    """
+    if layout == "rotate_half":
+        return apply_rope(x, positions, base)
+    d = x.shape[-1]
+    y = apply_rope(jnp.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1), positions, base)
+    return jnp.stack([y[..., : d // 2], y[..., d // 2 :]], axis=-1).reshape(x.shape)
 
 
 def cache_positions(cache: dict, t: int) -> jax.Array:
@@ -43,7 +62,9 @@ class MultiHeadAttention(nnx.Module):
     q = x W_Q: [b, t, n_heads, head_dim]; k, v = x W_K, x W_V: [b, t, n_kv_heads, head_dim];
     RoPE on the first ``rope_dim`` dimensions of every q and k head (``None``, the default: the
     whole head; ``0``: no RoPE; in between: partial rotary as GPT-NeoX's ``rotary_pct``, the
-    frequencies spread over ``rope_dim`` dimensions); y = attention(q, k, v) W_O.
+    frequencies spread over ``rope_dim`` dimensions); ``rope_layout`` ``rotate_half`` (default,
+    GPT-NeoX / Hugging Face Llama) or ``interleaved`` (Meta Llama, DeepSeek checkpoints; see
+    :func:`rope`); y = attention(q, k, v) W_O.
     ``n_kv_heads`` divides ``n_heads``: equal is MHA, 1 is MQA (Shazeer 2019), in between GQA
     (Ainslie et al. 2023).
     ``causal=True`` (default) has a KV cache: ``init_cache`` / ``decode``; ``causal=False`` is
@@ -61,9 +82,11 @@ class MultiHeadAttention(nnx.Module):
         causal: bool = True,
         rope_dim: int | None = None,
         rope_base: float = 10000.0,
+        rope_layout: str = "rotate_half",
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
     ):
+        self.rope_layout = choice("rope_layout", rope_layout, ROPE_LAYOUTS)
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads:
             raise ValueError(
@@ -102,9 +125,8 @@ class MultiHeadAttention(nnx.Module):
         r = self.rope_dim
         if r == 0:
             return x
-        if r == self.head_dim:
-            return apply_rope(x, positions, self.rope_base)
-        return jnp.concatenate([apply_rope(x[..., :r], positions, self.rope_base), x[..., r:]], -1)
+        roped = rope(x[..., :r], positions, self.rope_base, self.rope_layout)
+        return roped if r == self.head_dim else jnp.concatenate([roped, x[..., r:]], -1)
 
     def output(self, o: jax.Array) -> jax.Array:
         """o: [b, t, Hq, D] -> [b, t, d_model]."""

@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqlab.layers.attention import cache_positions, write_cache
-from seqlab.layers.common import apply_mask, check_input, linear, reject_renamed
+from seqlab.layers.attention import ROPE_LAYOUTS, cache_positions, rope, write_cache
+from seqlab.layers.common import apply_mask, check_input, choice, linear, reject_renamed
 from seqlab.layers.protocol import register_mixer
-from seqlab.ops.attention import apply_rope, attention
+from seqlab.ops.attention import attention
 
 DECODE_MODES = ("absorb", "naive")
 
@@ -44,7 +44,12 @@ class MLA(nnx.Module):
     rope_dim (DeepSeek-V2's qk_rope_head_dim; half of it), v_head_dim (d_model / n_heads),
     rope_heads (1), kv_norm
     (RMSNorm on c_kv; the TransMLA conversion turns it off), softmax_scale (default
-    1/sqrt(nope + rope_heads rope)), decode_mode ("absorb" | "naive"), causal.
+    1/sqrt(nope + rope_heads rope)), decode_mode ("absorb" | "naive"), causal, rope_layout
+    ("rotate_half" default | "interleaved": DeepSeek's checkpoints rotate interleaved pairs, so
+    converted DeepSeek weights need it; rotate-half is kept as the default because it is the
+    same function up to a fixed permutation of the rope dimensions and matches seqlab's MHA,
+    from which ``seqlab.layers.convert`` builds MLA layers). The query latent (``q_lora_rank``)
+    is RMS-normalised (DeepSeek-V2's ``q_norm``) when present.
     """
 
     @reject_renamed
@@ -64,9 +69,11 @@ class MLA(nnx.Module):
         decode_mode: str = "absorb",
         causal: bool = True,
         rope_base: float = 10000.0,
+        rope_layout: str = "rotate_half",
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
     ):
+        self.rope_layout = choice("rope_layout", rope_layout, ROPE_LAYOUTS)
         if decode_mode not in DECODE_MODES:
             raise ValueError(
                 f"unknown decode_mode {decode_mode!r}; valid: {', '.join(DECODE_MODES)}"
@@ -101,13 +108,19 @@ class MLA(nnx.Module):
         self.wv_b = nnx.Param(init(rngs.params(), (self.rank, n_heads, self.dv)))  # W_UV
         self.wo = linear(n_heads * self.dv, d_model, dtype, rngs)
 
+    def query_latent(self, x: jax.Array) -> jax.Array | None:
+        """c_q = q_norm(x W_DQ) [b, t, q_lora_rank] (DeepSeek-V2 eq. 37), None without
+        ``q_lora_rank``; DeepSeek-V3.2's indexer reads its queries from it."""
+        return None if self.q_lora_rank is None else self.q_norm(self.wq_a(x))
+
     def _queries(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """-> q_nope [b, t, H, nope], q_rope [b, t, H, rope_heads * rope] (RoPE'd)."""
         b, t, _ = x.shape
-        cq = x if self.q_lora_rank is None else self.q_norm(self.wq_a(x))
+        cq = self.query_latent(x)
+        cq = x if cq is None else cq
         q = self.wq(cq).reshape(b, t, self.n_heads, self.qk_dim)
         q_rope = q[..., self.nope :].reshape(b, t, self.n_heads * self.rope_heads, self.rope_dim)
-        q_rope = apply_rope(q_rope, positions, self.rope_base)
+        q_rope = rope(q_rope, positions, self.rope_base, self.rope_layout)
         return q[..., : self.nope], q_rope.reshape(b, t, self.n_heads, -1)
 
     def latent(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -117,7 +130,7 @@ class MLA(nnx.Module):
         c = ckv[..., : self.rank]
         c = c if self.kv_norm is None else self.kv_norm(c)
         kr = ckv[..., self.rank :].reshape(b, t, self.rope_heads, self.rope_dim)
-        return c, apply_rope(kr, positions, self.rope_base)
+        return c, rope(kr, positions, self.rope_base, self.rope_layout)
 
     def up(self, c: jax.Array, kr: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Naive keys and values from the latent: k [b,s,H,nope+rope_heads rope], v [b,s,H,dv]."""

@@ -16,12 +16,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from seqlab.layers.attention import MultiHeadAttention, cache_positions, write_cache
-from seqlab.layers.common import apply_mask, check_input, linear, reject_renamed
+from seqlab.layers.attention import MultiHeadAttention, cache_positions, rope, write_cache
+from seqlab.layers.common import apply_mask, check_input, choice, linear, reject_renamed
 from seqlab.layers.mla import MLA
 from seqlab.layers.protocol import register_mixer
 from seqlab.ops.attention import (
-    apply_rope,
     attention,
     dsa,
     dsa_indexer,
@@ -31,6 +30,7 @@ from seqlab.ops.attention import (
 )
 
 DSA_BASES = ("mha", "mla")
+INDEX_DTYPES = ("float32", "bfloat16")
 
 
 @register_mixer("topk")
@@ -56,14 +56,23 @@ class TopKAttention(MultiHeadAttention):
 class DSA(nnx.Module):
     """DeepSeek Sparse Attention (DeepSeek-V3.2): a lightning indexer on top of MHA or MLA.
 
-    Indexer (eq. 1): q_idx = RoPE(x W_qI) [b,t,index_heads,index_head_dim], one shared key
-    k_idx = RoPE(x W_kI) [b,t,index_head_dim], weights w = x W_w / sqrt(index_heads); score
-    I[t,s] = sum_j w[t,j] relu(q_idx[t,j].k_idx[s] / sqrt(index_head_dim)); the top ``topk``
-    causal keys of each query are attended by every head of the base layer (eq. 2).
-    Options: base ("mha" | "mla"), topk, index_heads, index_head_dim, block_size (queries per
-    indexer block), indexer_warmup_steps, indexer_loss_weight, and any option of the base layer
-    (n_heads, n_kv_heads, kv_lora_rank, ...). The cache is the base layer's plus k_idx:
-    index_head_dim more numbers per token. Always causal (``causal`` is True).
+    Indexer (eq. 1), as DeepSeek-V3.2's ``inference/model.py`` class ``Indexer``:
+    q_idx = c W_qI [b,t,index_heads,index_head_dim] with c the query latent of an MLA base
+    (``q_norm(x W_DQ)``, when it has ``q_lora_rank``) or x; one shared key
+    k_idx = LayerNorm(x W_kI) [b,t,index_head_dim]; RoPE (rotate-half, the reference's
+    indexer layout) on the first ``index_rope_dim`` dimensions of q_idx and k_idx only (default:
+    the base's rope dims for MLA, half of index_head_dim for MHA; V3.2: 64 of 128); weights
+    w = x W_w / sqrt(index_heads); score I[t,s] = sum_j w[t,j] relu(q_idx[t,j].k_idx[s] /
+    sqrt(index_head_dim)); the top ``topk`` causal keys of each query are attended by every head
+    of the base layer (eq. 2). The reference's Hadamard rotation of q and k before its FP8
+    quantisation is orthogonal, so it leaves the float scores unchanged and is not applied.
+    ``index_dtype`` ("float32" | "bfloat16"): the precision of q_idx, k_idx (and the k_idx
+    cache); scores accumulate in float32 either way (V3.2 runs its indexer in FP8).
+    Options: base ("mha" | "mla"), topk, index_heads, index_head_dim, index_rope_dim,
+    index_dtype, block_size (queries per indexer block), indexer_warmup_steps,
+    indexer_loss_weight, and any option of the base layer (n_heads, n_kv_heads, kv_lora_rank,
+    rope_layout, ...). The cache is the base layer's plus k_idx: index_head_dim more numbers
+    per token.
 
     Training (``model.train()``, i.e. ``deterministic=False``; the trainer sets it), following
     DeepSeek-V3.2 section 2.1. Each training-mode call advances ``indexer_step`` (an int32
@@ -102,6 +111,8 @@ class DSA(nnx.Module):
         topk: int = 64,
         index_heads: int = 4,
         index_head_dim: int = 32,
+        index_rope_dim: int | None = None,
+        index_dtype: str = "float32",
         block_size: int = 256,
         rope_base: float = 10000.0,
         indexer_warmup_steps: int = 0,
@@ -132,21 +143,42 @@ class DSA(nnx.Module):
         self.rope_base = rope_base
         self.indexer_warmup_steps = indexer_warmup_steps
         self.indexer_loss_weight = indexer_loss_weight
-        self.wq_idx = linear(d_model, index_heads * index_head_dim, dtype, rngs)
+        if index_rope_dim is None:
+            index_rope_dim = (min(self.attn.rope_dim, index_head_dim) if base == "mla"
+                              else index_head_dim // 2)
+        if not 0 <= index_rope_dim <= index_head_dim or index_rope_dim % 2:
+            raise ValueError(f"DSA needs an even index_rope_dim in 0..index_head_dim="
+                             f"{index_head_dim}, got {index_rope_dim}")
+        self.index_rope_dim = index_rope_dim
+        self.index_dtype = jnp.dtype(choice("index_dtype", index_dtype, INDEX_DTYPES))
+        q_in = getattr(self.attn, "q_lora_rank", None) or d_model
+        self.wq_idx = linear(q_in, index_heads * index_head_dim, dtype, rngs)
         self.wk_idx = linear(d_model, index_head_dim, dtype, rngs)
+        self.k_norm = nnx.LayerNorm(index_head_dim, epsilon=1e-6, rngs=rngs)
         self.w_idx = linear(d_model, index_heads, dtype, rngs)
         self.indexer_step = nnx.Variable(jnp.zeros((), jnp.int32))
         self.deterministic = True  # inference mode; model.train() sets False
 
     def indexer_inputs(self, x: jax.Array, positions: jax.Array):
-        """-> q_idx [b,t,Hi,Di], k_idx [b,t,Di], w_idx [b,t,Hi]."""
+        """-> q_idx [b,t,Hi,Di], k_idx [b,t,Di] (``index_dtype``), w_idx [b,t,Hi].
+
+        Callers detach x; the MLA query latent is detached too, so the indexer's KL never
+        reaches the base layer's parameters."""
         b, t, _ = x.shape
         x = x.astype(self.dtype)
-        q_idx = self.wq_idx(x).reshape(b, t, self.index_heads, self.index_head_dim)
-        k_idx = self.wk_idx(x).reshape(b, t, 1, self.index_head_dim)
-        q_idx = apply_rope(q_idx, positions, self.rope_base)
-        k_idx = apply_rope(k_idx, positions, self.rope_base)[:, :, 0]
-        return q_idx, k_idx, self.w_idx(x) * self.index_heads**-0.5
+        latent = self.attn.query_latent(x) if isinstance(self.attn, MLA) else None
+        c = x if latent is None else lax.stop_gradient(latent)
+        q_idx = self.wq_idx(c).reshape(b, t, self.index_heads, self.index_head_dim)
+        k_idx = self.k_norm(self.wk_idx(x)).reshape(b, t, 1, self.index_head_dim)
+        q_idx, k_idx = (self._rope(z, positions).astype(self.index_dtype) for z in (q_idx, k_idx))
+        return q_idx, k_idx[:, :, 0], self.w_idx(x) * self.index_heads**-0.5
+
+    def _rope(self, z: jax.Array, positions: jax.Array) -> jax.Array:
+        """RoPE (rotate-half) on the first ``index_rope_dim`` dims of z [b, t, heads, Di]."""
+        r = self.index_rope_dim
+        if r == 0:
+            return z
+        return jnp.concatenate([rope(z[..., :r], positions, self.rope_base), z[..., r:]], -1)
 
     def _sparse_stage(self, q, k, v, index, mask) -> tuple[jax.Array, jax.Array]:
         """Top-k attention (eq. 2) and the KL on the selected keys (eq. 4)."""
@@ -202,10 +234,12 @@ class DSA(nnx.Module):
         )
 
     def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype = jnp.float32) -> dict:
-        """{"base": the base layer's cache, "k_idx": [batch, max_length, index_head_dim]}."""
+        """{"base": the base layer's cache, "k_idx": [batch, max_length, index_head_dim] in
+        ``index_dtype``}."""
         return {
             "base": self.attn.init_cache(batch_size, max_length, dtype),
-            "k_idx": jnp.zeros((batch_size, max_length, self.index_head_dim), dtype),
+            "k_idx": jnp.zeros((batch_size, max_length, self.index_head_dim),
+                               self.index_dtype),
         }
 
     def decode(self, x: jax.Array, cache: dict) -> tuple[jax.Array, dict]:

@@ -100,3 +100,28 @@ def test_decoding_past_the_cache_is_an_error_not_a_silent_overwrite():
             y, cache = step(layer, x[:, t : t + 1], cache)
             finite.append(bool(jnp.isfinite(y).all()))
         assert finite == [True] * 4 + [False], (name, finite)
+
+
+def test_interleaved_rope_is_deepseeks_and_loads_permuted_weights():
+    """rope_layout='interleaved' rotates pairs (2i, 2i+1) as a complex product (DeepSeek's
+    apply_rotary_emb); an MHA with interleaved RoPE and its q/k weights permuted per head
+    equals the rotate-half MHA: converted checkpoints load by choosing the layout."""
+    from seqlab.layers.attention import rope
+
+    x = np.asarray(jax.random.normal(jax.random.key(0), (1, 5, 2, 8)), np.float64)
+    pos = np.arange(5.0)
+    theta = 10000.0 ** (-np.arange(0, 8, 2) / 8)
+    z = (x[..., 0::2] + 1j * x[..., 1::2]) * np.exp(1j * pos[None, :, None, None] * theta)
+    ref = np.stack([z.real, z.imag], -1).reshape(x.shape)
+    np.testing.assert_allclose(rope(jnp.asarray(x, jnp.float32), jnp.arange(5), 10000.0,
+                                    "interleaved"), ref, atol=1e-5)
+    half = MultiHeadAttention(16, n_heads=2, rngs=nnx.Rngs(0))
+    inter = MultiHeadAttention(16, n_heads=2, rope_layout="interleaved", rngs=nnx.Rngs(0))
+    perm = np.stack([np.arange(4), np.arange(4) + 4], -1).reshape(-1)  # half -> interleaved
+    cols = np.concatenate([h * 8 + perm for h in range(2)])
+    for name in ("wq", "wk"):
+        getattr(inter, name).kernel[...] = getattr(half, name).kernel[...][:, cols]
+    xs = jax.random.normal(jax.random.key(1), (2, 6, 16))
+    np.testing.assert_allclose(inter(xs), half(xs), atol=1e-5)
+    with pytest.raises(ValueError, match="rotate_half, interleaved"):
+        MultiHeadAttention(16, rope_layout="neox", rngs=nnx.Rngs(0))

@@ -109,3 +109,79 @@ def test_dsa_training_stages_and_gradients():
     assert int(rest["indexer_step"].get_value()) == 2 and train_call._cache_size() == 1
     assert float(jnp.abs(jnp.where(real, refs[0] - refs[1], 0)).max()) > 1e-3
     assert float(refs[2]) > 0 and float(refs[3]) > 0
+
+
+def _rope_half_np(z, pos, base):
+    """Rotate-half RoPE in float64: pair (i, i + D/2) turns by pos * base^(-2i/D)."""
+    d = z.shape[-1]
+    ang = pos[:, None] * base ** (-np.arange(0, d, 2) / d)  # [t, D/2]
+    c, s = np.cos(ang)[None, :, None], np.sin(ang)[None, :, None]
+    z1, z2 = z[..., : d // 2], z[..., d // 2 :]
+    return np.concatenate([z1 * c - z2 * s, z2 * c + z1 * s], -1)
+
+
+def _indexer_reference(layer, x):
+    """DeepSeek-V3.2 ``Indexer`` in float64 numpy: q from the query latent (MLA) or x,
+    k = LayerNorm(x W_k), RoPE on the first index_rope_dim dims only, I = sum_j w_j relu(q_j.k)."""
+    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    x = f(x)
+    b, t, _ = x.shape
+    Hi, Di, r = layer.index_heads, layer.index_head_dim, layer.index_rope_dim
+    c = x
+    if getattr(layer.attn, "q_lora_rank", None):
+        a = x @ f(layer.attn.wq_a.kernel[...])
+        c = a / np.sqrt(np.mean(a**2, -1, keepdims=True) + 1e-6) * f(layer.attn.q_norm.scale[...])
+    q = (c @ f(layer.wq_idx.kernel[...])).reshape(b, t, Hi, Di)
+    k = x @ f(layer.wk_idx.kernel[...])
+    k = (k - k.mean(-1, keepdims=True)) / np.sqrt(k.var(-1, keepdims=True) + 1e-6)
+    k = (k * f(layer.k_norm.scale[...]) + f(layer.k_norm.bias[...]))[:, :, None]
+    pos = np.arange(t, dtype=np.float64)
+    q = np.concatenate([_rope_half_np(q[..., :r], pos, layer.rope_base), q[..., r:]], -1)
+    k = np.concatenate([_rope_half_np(k[..., :r], pos, layer.rope_base), k[..., r:]], -1)[:, :, 0]
+    w = x @ f(layer.w_idx.kernel[...]) / np.sqrt(Hi)
+    score = np.einsum("btj,btjs->bts", w, np.maximum(np.einsum("btjd,bsd->btjs", q, k), 0))
+    return q, k, score / np.sqrt(Di)
+
+
+@pytest.mark.parametrize("base, options", [("mha", {}), ("mla", {"q_lora_rank": 12})])
+def test_dsa_indexer_is_deepseek_v32s(base, options):
+    """LayerNorm'd index key, RoPE on the first rope dims only (the rest position-free), the
+    index query from MLA's query latent; scores equal the float64 reference."""
+    layer = DSA(16, base=base, topk=3, index_heads=2, index_head_dim=8, rngs=nnx.Rngs(1),
+                **options)
+    layer.k_norm.scale[...] = jnp.linspace(0.5, 1.5, 8)
+    layer.k_norm.bias[...] = jnp.linspace(-0.2, 0.2, 8)
+    assert layer.index_rope_dim == (4 if base == "mha" else layer.attn.rope_dim)
+    x = jax.random.normal(jax.random.key(7), (2, 7, 16))
+    q, k, w = jax.jit(layer.indexer_inputs)(x, jnp.arange(7))
+    q_ref, k_ref, score_ref = _indexer_reference(layer, x)
+    np.testing.assert_allclose(q, q_ref, atol=1e-5)
+    np.testing.assert_allclose(k, k_ref, atol=1e-5)
+    score = jnp.einsum("btj,btjs->bts", w, jax.nn.relu(jnp.einsum("btjd,bsd->btjs", q, k)))
+    np.testing.assert_allclose(score / np.sqrt(8), score_ref, atol=1e-5)
+    r = layer.index_rope_dim  # the dims past r do not depend on the position
+    q_moved, _, _ = jax.jit(layer.indexer_inputs)(x, jnp.arange(7) + 5)
+    np.testing.assert_allclose(q_moved[..., r:], q[..., r:], atol=1e-6)
+    assert float(jnp.abs(q_moved[..., :r] - q[..., :r]).max()) > 1e-2
+
+
+def test_bf16_indexer_agrees_with_float32():
+    """index_dtype='bfloat16' keeps q_idx, k_idx (and the k_idx cache) in bf16 and picks
+    nearly the same keys as the float32 indexer."""
+    from seqlab.ops.attention import dsa_indexer
+
+    f32 = DSA(32, topk=8, index_heads=4, index_head_dim=16, rngs=nnx.Rngs(0))
+    b16 = DSA(32, topk=8, index_heads=4, index_head_dim=16, index_dtype="bfloat16",
+              rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (2, 64, 32))
+    pos = jnp.arange(64)
+    q, k, w = b16.indexer_inputs(x, pos)
+    assert q.dtype == k.dtype == jnp.bfloat16
+    assert b16.init_cache(1, 4)["k_idx"].dtype == jnp.bfloat16
+    i32 = np.asarray(dsa_indexer(*f32.indexer_inputs(x, pos), topk=8))
+    i16 = np.asarray(dsa_indexer(q, k, w, topk=8))
+    overlap = [len(set(a[a >= 0]) & set(c[c >= 0])) / max(1, (a >= 0).sum())
+               for a, c in zip(i32.reshape(-1, 8), i16.reshape(-1, 8), strict=True)]
+    assert np.mean(overlap) > 0.9
+    with pytest.raises(ValueError, match="float32, bfloat16"):
+        DSA(32, index_dtype="float16", rngs=nnx.Rngs(0))
