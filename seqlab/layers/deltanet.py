@@ -79,9 +79,9 @@ class _DeltaRuleMixer(nnx.Module):
             raise ValueError(f"{name}: d_conv and chunk_size must be >= 1, got "
                              f"{d_conv}, {chunk_size}")
         lo, hi = A_init_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"{name}: A_init_range must satisfy 0 < low <= high, got "
-                             f"{A_init_range}")
+        if not 0 <= lo <= hi or hi <= 0:
+            raise ValueError(f"{name}: A_init_range must satisfy 0 <= low <= high, high > 0, "
+                             f"got {A_init_range}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         self.d_model, self.n_heads, self.head_dim, self.v_dim = d_model, n_heads, head_dim, v_dim
@@ -99,9 +99,9 @@ class _DeltaRuleMixer(nnx.Module):
         self.v_conv = ShortConv(n * h * v_dim, d_conv, use_bias=False, rngs=rngs)
         if use_forget_gate:
             self.a_proj = linear(h)
-            self.A_log = SSMParam(
-                jnp.log(jax.random.uniform(rngs.params(), (h,), minval=lo, maxval=hi))
-            )
+            A = jax.random.uniform(rngs.params(), (h,), minval=lo, maxval=hi)
+            # floor 1e-4: a draw of exactly 0 from U(0, 16) would make A_log = -inf
+            self.A_log = SSMParam(jnp.log(jnp.maximum(A, 1e-4)))
             self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max))
         else:
             self.a_proj = self.A_log = self.dt_bias = None
@@ -201,27 +201,38 @@ class DeltaNet(_DeltaRuleMixer):
 class GatedDeltaNet(_DeltaRuleMixer):
     """Gated DeltaNet (Yang et al. 2024b): a Mamba-2 decay exp(g_t) before each delta step.
 
-    Options as ``DeltaNet`` (output gate on by default) plus the gate init A_init_range=(1, 16),
-    dt_min=0.001, dt_max=0.1 (A_log and dt_bias are SSMParams).
+    Options as ``DeltaNet`` (output gate on by default) plus the gate init A_init_range=(0, 16),
+    dt_min=0.001, dt_max=0.1 (A_log and dt_bias are SSMParams). Defaults as fla's
+    ``GatedDeltaNet``: A ~ U(0, 16) and ``expand_v=2`` (value heads twice the key head size);
+    fla's ``head_dim=256, num_heads=6`` are not copied (seqlab derives head_dim from d_model
+    and n_heads, for small models too).
     """
 
     @reject_renamed
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
+                 expand_v: float = 2.0, A_init_range: tuple[float, float] = (0.0, 16.0),
                  **options):
         super().__init__(d_model, rngs=rngs, dtype=dtype, n_householder=1,
-                         use_forget_gate=True, **options)
+                         use_forget_gate=True, expand_v=expand_v, A_init_range=A_init_range,
+                         **options)
 
 
 @register_mixer("deltaproduct")
 class DeltaProduct(_DeltaRuleMixer):
     """DeltaProduct (Siems et al. 2025): n_h delta steps (Householder factors) per token.
 
-    Options as ``DeltaNet`` plus n_householder=2 and use_forget_gate=False (True: Gated
-    DeltaProduct with the Gated DeltaNet decay); output gate on by default.
+    Options as ``DeltaNet`` plus n_householder=2, allow_neg_eigval=True (beta in [0, 2], as
+    fla's ``GatedDeltaProduct`` and Siems et al.'s state-tracking models) and
+    use_forget_gate=False; output gate on by default. Kept different from fla's
+    ``GatedDeltaProduct`` defaults, on purpose: no forget gate (this layer is DeltaProduct;
+    ``use_forget_gate=True`` is fla's Gated DeltaProduct, with Gated DeltaNet's decay init) and
+    ``expand_v=1`` (fla: 2), so that ``n_householder=1`` is exactly DeltaNet.
     """
 
     @reject_renamed
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
-                 n_householder: int = 2, use_forget_gate: bool = False, **options):
+                 n_householder: int = 2, use_forget_gate: bool = False,
+                 allow_neg_eigval: bool = True, **options):
         super().__init__(d_model, rngs=rngs, dtype=dtype, n_householder=n_householder,
-                         use_forget_gate=use_forget_gate, **options)
+                         use_forget_gate=use_forget_gate, allow_neg_eigval=allow_neg_eigval,
+                         **options)

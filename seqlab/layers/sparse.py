@@ -67,7 +67,11 @@ class DSA(nnx.Module):
     of the base layer (eq. 2). The reference's Hadamard rotation of q and k before its FP8
     quantisation is orthogonal, so it leaves the float scores unchanged and is not applied.
     ``index_dtype`` ("float32" | "bfloat16"): the precision of q_idx, k_idx (and the k_idx
-    cache); scores accumulate in float32 either way (V3.2 runs its indexer in FP8).
+    cache); scores accumulate in float32 either way (V3.2 runs its indexer in FP8). Measured on
+    a 2-core CPU (load 19; B=2, T=2048, d_model 256, 8 x 64 index heads, topk 64): 1.16 s per
+    bf16 indexer call vs 1.23 s in float32 (the CPU has no faster bf16 matmul; the saving is
+    the halved k_idx cache and accelerator throughput), the selected sets overlapping 99.8% on
+    average (96.9% at worst).
     Options: base ("mha" | "mla"), topk, index_heads, index_head_dim, index_rope_dim,
     index_dtype, block_size (queries per indexer block), indexer_warmup_steps,
     indexer_loss_weight, and any option of the base layer (n_heads, n_kv_heads, kv_lora_rank,

@@ -117,3 +117,14 @@ def test_negative_eigenvalues_learn_parity():
     x = rng.integers(0, 2, (256, 16))
     accuracy = float((jax.jit(model)(x).argmax(-1) == np.cumsum(x, 1) % 2).mean())
     assert accuracy > 0.98, accuracy  # chance is 0.5; beta in [0, 1] stays near 0.7 here
+
+
+def test_defaults_against_fla():
+    """Gated DeltaNet as fla's GatedDeltaNet: expand_v = 2, A ~ U(0, 16); DeltaProduct with
+    beta in [0, 2] (fla's GatedDeltaProduct and Siems et al.), no forget gate, expand_v = 1."""
+    gdn = MIXERS["gated-deltanet"](d_model=32, rngs=nnx.Rngs(0), n_heads=64, head_dim=4)
+    assert gdn.v_dim == 2 * gdn.head_dim
+    A = np.exp(np.asarray(gdn.A_log[...]))
+    assert A.min() < 1.0 and 0 < A.min() and A.max() < 16  # U(0, 16): 1/16 of 64 draws < 1
+    dp = MIXERS["deltaproduct"](d_model=32, rngs=nnx.Rngs(0))
+    assert dp.allow_neg_eigval and dp.a_proj is None and dp.v_dim == dp.head_dim
