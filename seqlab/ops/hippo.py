@@ -184,23 +184,6 @@ def dplr(
     return Lambda[idx], (Vh @ P.T).T[:, idx], Bh
 
 
-def conjugate_reduce(
-    Lambda: np.ndarray, B: np.ndarray, V: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep one mode per conjugate pair of a real system's eigendecomposition.
-
-    ``Lambda [N]``, ``B = V^-1 B [N]``, ``V [N, N]`` -> the modes with ``Im Lambda > 0`` and every
-    real mode with its B halved, so that ``2 Re(sum_kept C V B / (z - Lambda))`` equals the full
-    sum over all N modes for real C (exactly). Returns M = N/2 + (number of real modes)/2 modes.
-    """
-    tol = 1e-9 * max(1.0, np.abs(Lambda).max())
-    real = np.abs(Lambda.imag) <= tol
-    keep = real | (Lambda.imag > tol)
-    B = np.where(real, B.real / 2, B)
-    V = np.where(real[None], V.real, V)
-    return np.where(real, Lambda.real, Lambda)[keep], B[keep], V[:, keep]
-
-
 # --- S4-PTD: perturb-then-diagonalise with an optimised perturbation ---------------------------
 
 PTD_LAMBDA = 3e-3

@@ -162,29 +162,6 @@ def test_diagonal_inits_match_s4d_formulas():
     np.testing.assert_array_equal(B_ref, hippo.dplr("legs", N, B_clip=2.0)[2])
 
 
-def test_conjugate_reduce_is_exact_with_real_modes():
-    rng = np.random.default_rng(1)
-    blocks = np.zeros((6, 6))  # eigenvalues -1, -2 (real) and -0.5 +- 2i, -1 +- 3i
-    blocks[0, 0], blocks[1, 1] = -1.0, -2.0
-    blocks[2:4, 2:4] = [[-0.5, 2.0], [-2.0, -0.5]]
-    blocks[4:, 4:] = [[-1.0, 3.0], [-3.0, -1.0]]
-    S = rng.standard_normal((6, 6))
-    A = S @ blocks @ np.linalg.inv(S)
-    lam, V = np.linalg.eig(A)
-    b, c = rng.standard_normal(6), rng.standard_normal(6)
-    lr, br, Vr = hippo.conjugate_reduce(lam, np.linalg.solve(V, b), V)
-    assert len(lr) == 4  # 2 pairs + 2 real modes
-    w = np.linspace(-5, 5, 7)
-    G = np.array([c @ np.linalg.solve(1j * wi * np.eye(6) - A, b) for wi in w])
-    np.testing.assert_allclose(_transfer(c @ Vr, br, lr, w), G, atol=1e-12)
-
-
-def _transfer(c, b, lam, w):
-    """G(iw) over both halves of the conjugate pairs: c b/(iw - lam) + conj(c b)/(iw - conj lam)."""
-    s = 1j * w[:, None]
-    return ((c * b) / (s - lam) + np.conj(c * b) / (s - np.conj(lam))).sum(-1)
-
-
 @pytest.mark.parametrize("measure", hippo.MEASURES)
 def test_dplr_b_clip_clamps_only_the_imaginary_part_of_b(measure):
     """S4 reference: ``nplr(..., B_clip=2.0)`` clamps Im(V^H B) to [-2, 2], nothing else."""
