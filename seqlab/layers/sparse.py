@@ -33,6 +33,18 @@ DSA_BASES = ("mha", "mla")
 INDEX_DTYPES = ("float32", "bfloat16")
 
 
+class _IndexKey(nnx.Module):
+    """The indexer's key: ``LayerNorm(x W_k)`` [..., index_head_dim] (V3.2's ``wk``, ``k_norm``;
+    LayerNorm with scale and bias, eps 1e-6)."""
+
+    def __init__(self, d_model: int, dim: int, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.proj = linear(d_model, dim, dtype, rngs)
+        self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.norm(self.proj(x))
+
+
 @register_mixer("topk")
 class TopKAttention(MultiHeadAttention):
     """Multi-head attention where each (query, head) keeps its ``topk`` best visible keys
@@ -61,7 +73,7 @@ class DSA(nnx.Module):
     (``q_norm(x W_DQ)``, when it has ``q_lora_rank``) or x; one shared key
     k_idx = LayerNorm(x W_kI) [b,t,index_head_dim]; RoPE (rotate-half, the reference's
     indexer layout) on the first ``index_rope_dim`` dimensions of q_idx and k_idx only (default:
-    the base's rope dims for MLA, half of index_head_dim for MHA; V3.2: 64 of 128); weights
+    the base's rope dims, at most index_head_dim; V3.2: MLA's 64 of 128); weights
     w = x W_w / sqrt(index_heads); score I[t,s] = sum_j w[t,j] relu(q_idx[t,j].k_idx[s] /
     sqrt(index_head_dim)); the top ``topk`` causal keys of each query are attended by every head
     of the base layer (eq. 2). The reference's Hadamard rotation of q and k before its FP8
@@ -147,9 +159,8 @@ class DSA(nnx.Module):
         self.rope_base = rope_base
         self.indexer_warmup_steps = indexer_warmup_steps
         self.indexer_loss_weight = indexer_loss_weight
-        if index_rope_dim is None:
-            index_rope_dim = (min(self.attn.rope_dim, index_head_dim) if base == "mla"
-                              else index_head_dim // 2)
+        if index_rope_dim is None:  # the base's rope dims (V3.2: qk_rope_head_dim, 64 of 128)
+            index_rope_dim = min(self.attn.rope_dim, index_head_dim)
         if not 0 <= index_rope_dim <= index_head_dim or index_rope_dim % 2:
             raise ValueError(f"DSA needs an even index_rope_dim in 0..index_head_dim="
                              f"{index_head_dim}, got {index_rope_dim}")
@@ -157,8 +168,7 @@ class DSA(nnx.Module):
         self.index_dtype = jnp.dtype(choice("index_dtype", index_dtype, INDEX_DTYPES))
         q_in = getattr(self.attn, "q_lora_rank", None) or d_model
         self.wq_idx = linear(q_in, index_heads * index_head_dim, dtype, rngs)
-        self.wk_idx = linear(d_model, index_head_dim, dtype, rngs)
-        self.k_norm = nnx.LayerNorm(index_head_dim, epsilon=1e-6, rngs=rngs)
+        self.wk_idx = _IndexKey(d_model, index_head_dim, dtype, rngs)
         self.w_idx = linear(d_model, index_heads, dtype, rngs)
         self.indexer_step = nnx.Variable(jnp.zeros((), jnp.int32))
         self.deterministic = True  # inference mode; model.train() sets False
@@ -173,7 +183,7 @@ class DSA(nnx.Module):
         latent = self.attn.query_latent(x) if isinstance(self.attn, MLA) else None
         c = x if latent is None else lax.stop_gradient(latent)
         q_idx = self.wq_idx(c).reshape(b, t, self.index_heads, self.index_head_dim)
-        k_idx = self.k_norm(self.wk_idx(x)).reshape(b, t, 1, self.index_head_dim)
+        k_idx = self.wk_idx(x).reshape(b, t, 1, self.index_head_dim)
         q_idx, k_idx = (self._rope(z, positions).astype(self.index_dtype) for z in (q_idx, k_idx))
         return q_idx, k_idx[:, :, 0], self.w_idx(x) * self.index_heads**-0.5
 

@@ -96,7 +96,7 @@ def test_dsa_training_stages_and_gradients():
         return {"/".join(map(str, p)): float(jnp.abs(g).max()) for p, g in nnx.to_flat_state(grads)}
 
     real = mask[..., None]
-    idx = ("wq_idx/kernel", "wk_idx/kernel", "w_idx/kernel")
+    idx = ("wq_idx/kernel", "wk_idx/proj/kernel", "wk_idx/norm/scale", "w_idx/kernel")
     for stage in (0, 1):  # 0: dense warm-up, 1: sparse
         y, aux, rest, g_out, g_aux, refs = train_call(params, rest)
         np.testing.assert_allclose(jnp.where(real, y, 0), jnp.where(real, refs[stage], 0),
@@ -132,9 +132,9 @@ def _indexer_reference(layer, x):
         a = x @ f(layer.attn.wq_a.kernel[...])
         c = a / np.sqrt(np.mean(a**2, -1, keepdims=True) + 1e-6) * f(layer.attn.q_norm.scale[...])
     q = (c @ f(layer.wq_idx.kernel[...])).reshape(b, t, Hi, Di)
-    k = x @ f(layer.wk_idx.kernel[...])
+    k = x @ f(layer.wk_idx.proj.kernel[...])
     k = (k - k.mean(-1, keepdims=True)) / np.sqrt(k.var(-1, keepdims=True) + 1e-6)
-    k = (k * f(layer.k_norm.scale[...]) + f(layer.k_norm.bias[...]))[:, :, None]
+    k = (k * f(layer.wk_idx.norm.scale[...]) + f(layer.wk_idx.norm.bias[...]))[:, :, None]
     pos = np.arange(t, dtype=np.float64)
     q = np.concatenate([_rope_half_np(q[..., :r], pos, layer.rope_base), q[..., r:]], -1)
     k = np.concatenate([_rope_half_np(k[..., :r], pos, layer.rope_base), k[..., r:]], -1)[:, :, 0]
@@ -143,15 +143,17 @@ def _indexer_reference(layer, x):
     return q, k, score / np.sqrt(Di)
 
 
-@pytest.mark.parametrize("base, options", [("mha", {}), ("mla", {"q_lora_rank": 12})])
+@pytest.mark.parametrize("base, options", [("mha", {"rope_dim": 4}),
+                                           ("mla", {"q_lora_rank": 12, "rope_dim": 4})])
 def test_dsa_indexer_is_deepseek_v32s(base, options):
-    """LayerNorm'd index key, RoPE on the first rope dims only (the rest position-free), the
-    index query from MLA's query latent; scores equal the float64 reference."""
+    """LayerNorm'd index key, RoPE on the first rope dims only (the base's: 4 of 8 here; the
+    rest position-free), the index query from MLA's query latent; scores equal the float64
+    reference."""
     layer = DSA(16, base=base, topk=3, index_heads=2, index_head_dim=8, rngs=nnx.Rngs(1),
                 **options)
-    layer.k_norm.scale[...] = jnp.linspace(0.5, 1.5, 8)
-    layer.k_norm.bias[...] = jnp.linspace(-0.2, 0.2, 8)
-    assert layer.index_rope_dim == (4 if base == "mha" else layer.attn.rope_dim)
+    layer.wk_idx.norm.scale[...] = jnp.linspace(0.5, 1.5, 8)
+    layer.wk_idx.norm.bias[...] = jnp.linspace(-0.2, 0.2, 8)
+    assert layer.index_rope_dim == layer.attn.rope_dim == 4
     x = jax.random.normal(jax.random.key(7), (2, 7, 16))
     q, k, w = jax.jit(layer.indexer_inputs)(x, jnp.arange(7))
     q_ref, k_ref, score_ref = _indexer_reference(layer, x)
