@@ -36,11 +36,11 @@ PUBLISHED: dict[str, tuple[tuple[float | None, ...], str]] = {
     "S4D-LegS": ((60.47, 86.18, 89.46, 88.19, 93.06, 91.95), "Gu et al. 2022b, Table 3"),
     "S4D-Inv": ((60.18, 87.34, 91.09, 87.83, 93.78, 92.80), "Gu et al. 2022b, Table 3"),
     "S5": ((62.15, 89.31, 91.40, 88.00, 95.33, 98.58),
-           "Smith et al. 2023, Table 1; configs/lra/*/s5.yaml"),
+           "Smith et al. 2023, Table 1; seqlab/configs/lra/*/s5.yaml"),
     "S4-PTD": ((60.65, 88.32, 91.07, 88.27, 94.79, 96.39), "Yu et al. 2023, Table 2"),
 }
 PUBLISHED_AVERAGE_ONLY = {"S5-PTD": (87.6, "Yu et al. 2023 (average of the six tasks); "
-                                           "configs/lra/*/s5-ptd.yaml")}
+                                           "seqlab/configs/lra/*/s5-ptd.yaml")}
 
 
 def default_configs() -> Path:
