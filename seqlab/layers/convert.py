@@ -57,9 +57,9 @@ def gqa_to_mla(
       of the weights themselves).
     """
     if (not isinstance(layer, MultiHeadAttention) or layer.rope_dim != layer.head_dim
-            or not layer.causal):
-        raise ValueError("gqa_to_mla converts a causal MultiHeadAttention layer with RoPE on the "
-                         "whole head (rope_dim=None)")
+            or not layer.causal or layer.rope_layout != "rotate_half"):
+        raise ValueError("gqa_to_mla converts a causal MultiHeadAttention layer with rotate-half "
+                         "RoPE on the whole head (rope_dim=None, rope_layout='rotate_half')")
     d, hq, hk, dh = layer.d_model, layer.n_heads, layer.n_kv_heads, layer.head_dim
     rope_heads = hk if rope_heads is None else rope_heads
     if not 1 <= rope_heads <= hk:

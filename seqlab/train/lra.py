@@ -22,7 +22,7 @@ from pathlib import Path
 from seqlab.train.metrics import read_metrics
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
-MODELS = ("s4", "s4d", "s4-ptd", "hydra", "deltaproduct", "mla", "topk")
+MODELS = ("s4", "s4d", "s4-ptd", "s5", "s5-ptd", "hydra", "deltaproduct", "mla", "topk")
 TASK_TITLES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
                "pathfinder": "Pathfinder", "pathx": "Path-X"}
 

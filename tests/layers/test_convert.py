@@ -55,3 +55,5 @@ def test_bad_arguments():
         gqa_to_mla(gqa, rope_heads=2)
     with pytest.raises(ValueError, match="rope_dim=None"):
         gqa_to_mla(MultiHeadAttention(16, rope_dim=0, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="rotate-half"):
+        gqa_to_mla(MultiHeadAttention(16, rope_layout="interleaved", rngs=nnx.Rngs(0)))

