@@ -23,33 +23,92 @@ seeded shuffle, so small splits are class-mixed).
 
 from __future__ import annotations
 
+import codecs
+import importlib
+import os
 import pickle
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 import numpy as np
 import pyarrow as pa
 
 from seqlab.data.listops import cached
-from seqlab.data.types import Split, TaskInfo
+from seqlab.data.types import Split, TaskInfo, describing
 
 AAN_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv",
              "test": "new_aan_pairs.test.tsv"}
 GRAY = np.array([0.2989, 0.5870, 0.1140])
 VERSION = 1
+HUB_PROBE_SECONDS = 1.0  # bound on the one connection attempt made before touching the hub
 
 
 def _offline() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE)
 
 
-def _missing(task: str, where: str, files: str, hub: str | None) -> FileNotFoundError:
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the hub answers one HTTP request within ``timeout`` seconds (any HTTP status
+    counts; name resolution included: the request runs in a daemon thread that is abandoned at
+    the bound).
+
+    ``datasets.load_dataset`` retries an unreachable hub for tens of seconds and then raises a
+    ``ConnectionError``; this probe gives a machine without network the one-paragraph "place
+    the files" error at once instead. It asks for an HTTP answer, not just a TCP connection,
+    because sandboxes and firewalls may accept connections that never answer.
+    """
+    answered: list[bool] = []
+
+    def probe() -> None:
+        request = urllib.request.Request(_hub_endpoint().rstrip("/") + "/api/datasets",
+                                         method="HEAD")
+        try:
+            urllib.request.urlopen(request, timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:  # an HTTP status is an answer
+            answered.append(True)
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def _missing(task: str, where: str, files: str, hub: str | None,
+             reason: str | None = None) -> FileNotFoundError:
     online = (f", or run on a machine with internet access, where {hub} is downloaded from "
               "the HF hub instead") if hub else ""
-    state = " (this machine is offline)" if hub and _offline() else ""
+    if reason is None and hub and _offline():
+        reason = "this machine is offline"
+    state = f" ({reason})" if reason else ""
     return FileNotFoundError(
         f"LRA {task}: no data found{state}. Place {files} under {where} and set data.root to "
         f"that directory{online}.")
+
+
+def _from_hub(task: str, where: str, files: str, hub: str, part: str) -> datasets.Dataset:
+    """``part`` of the hub dataset ``hub``, or the "place the files" error at once when the
+    machine is offline or the hub cannot be reached (no retries)."""
+    if _offline():
+        raise _missing(task, where, files, hub)
+    if not _hub_reachable():
+        raise _missing(task, where, files, hub,
+                       f"the HF hub at {_hub_endpoint()} cannot be reached")
+    try:
+        return datasets.load_dataset(hub, split=part)
+    except (ConnectionError, TimeoutError) as e:
+        raise _missing(task, where, files, hub,
+                       f"downloading {hub} from the HF hub failed: {e}") from None
 
 
 def _bytes_column(texts: list[bytes], max_length: int) -> pa.Array:
@@ -98,11 +157,9 @@ def _imdb(source: Path | None, part: str) -> tuple[list[bytes], list[int]]:
     """Reviews and labels from the local folders, else (online) from the hub."""
     if source is not None and (source / "aclImdb" / part).is_dir():
         return _imdb_files(source, part)
-    if _offline():
-        raise _missing("text", str(source or "a directory of your choice"),
-                       "the IMDB folders aclImdb/{train,test}/{pos,neg}/*.txt (from "
-                       "aclImdb_v1.tar.gz)", "stanfordnlp/imdb")
-    ds = datasets.load_dataset("stanfordnlp/imdb", split=part)
+    ds = _from_hub("text", str(source or "a directory of your choice"),
+                   "the IMDB folders aclImdb/{train,test}/{pos,neg}/*.txt (from "
+                   "aclImdb_v1.tar.gz)", "stanfordnlp/imdb", part)
     return [t.encode("utf-8") for t in ds["text"]], list(ds["label"])
 
 
@@ -163,6 +220,10 @@ def _read_aan(path: Path) -> tuple[list[bytes], list[bytes], list[int]]:
 def retrieval(split: str, root: str | None = None, *, size: int | None = None,
               max_length: int = 4000, seed: int = 0) -> Split:
     """LRA Retrieval: do two AAN papers cite each other? Two byte sequences per example."""
+    info = TaskInfo(task="retrieval", n_classes=2, vocab_size=256, input_dim=None,
+                    max_length=max_length)
+    if describing():
+        return Split(data=None, info=info)
     if root is None:
         raise _missing("retrieval", "a directory of your choice",
                        ", ".join(AAN_FILES.values()), None)
@@ -178,12 +239,69 @@ def retrieval(split: str, root: str | None = None, *, size: int | None = None,
                           "label": pa.array(np.asarray(labels, np.int64))})
         return _finish(table, size, seed)
 
-    info = TaskInfo(task="retrieval", n_classes=2, vocab_size=256, input_dim=None,
-                    max_length=max_length)
     return Split(data=cached("lra-retrieval", None, key, build), info=info)
 
 
 # ---------------------------------------------------------------- image (CIFAR-10)
+
+def _numpy_dtype(*args) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.hasobject:  # object arrays unpickle arbitrary Python objects
+        raise pickle.UnpicklingError("an array of Python objects (dtype object)")
+    return dtype
+
+
+def _numpy_core(module: str):
+    """``numpy._core.<module>`` (numpy 2), else ``numpy.core.<module>`` (numpy 1)."""
+    try:
+        return importlib.import_module(f"numpy._core.{module}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{module}")
+
+
+# The globals a CIFAR-10 python batch refers to: numpy arrays pickle as
+# ``_reconstruct(ndarray, (0,), b"b")`` plus ``__setstate__`` with a ``dtype`` (module
+# ``numpy.core`` before numpy 2, ``numpy._core`` after; protocol 5 uses ``_frombuffer``), and
+# Python 3 writes bytes at protocol 2 as ``_codecs.encode(str, "latin1")``. Dicts, lists, ints
+# and bytes are opcodes, not globals.
+_CIFAR_GLOBALS = {
+    **{(f"numpy.{c}.multiarray", "_reconstruct"): lambda: _numpy_core("multiarray")._reconstruct
+       for c in ("core", "_core")},
+    **{(f"numpy.{c}.numeric", "_frombuffer"): lambda: _numpy_core("numeric")._frombuffer
+       for c in ("core", "_core")},
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: _numpy_dtype,
+    ("_codecs", "encode"): lambda: codecs.encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only ``_CIFAR_GLOBALS``: loading a tampered batch cannot call
+    anything else (``os.system`` in a ``__reduce__``, say)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+        return _CIFAR_GLOBALS[module, name]()
+
+
+def read_cifar_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch (a pickled dict: b"data" [N, 3072] uint8, b"labels" [N]),
+    read with an unpickler that admits only dicts, lists, bytes, numbers and numpy arrays."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"LRA image: {path} is not a CIFAR-10 python batch ({e}); it was refused unread "
+            "because only dicts, lists, bytes, numbers and numpy arrays may appear in one. "
+            "Replace it with the file from the official cifar-10-python.tar.gz.") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"LRA image: {path} is not a CIFAR-10 python batch (expected a dict "
+                         "with b'data' and b'labels'); replace it with the file from the "
+                         "official cifar-10-python.tar.gz.")
+    return batch
+
 
 def _cifar_files(root: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     folder = root / "cifar-10-batches-py"
@@ -193,8 +311,7 @@ def _cifar_files(root: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
                        "(from cifar-10-python.tar.gz)", "uoft-cs/cifar10")
     xs, ys = [], []
     for n in names:
-        with open(folder / n, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # the official format is a pickle
+        batch = read_cifar_batch(folder / n)
         xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[b"labels"], np.int64))
     return np.concatenate(xs), np.concatenate(ys)
@@ -204,11 +321,9 @@ def _cifar(source: Path | None, part: str) -> tuple[np.ndarray, np.ndarray]:
     """[N, 3, 32, 32] uint8 images and labels from the local batches, else from the hub."""
     if source is not None and (source / "cifar-10-batches-py").is_dir():
         return _cifar_files(source, part)
-    if _offline():
-        raise _missing("image", str(source or "a directory of your choice"),
-                       "cifar-10-batches-py/{data_batch_1..5,test_batch} (from "
-                       "cifar-10-python.tar.gz)", "uoft-cs/cifar10")
-    ds = datasets.load_dataset("uoft-cs/cifar10", split=part)
+    ds = _from_hub("image", str(source or "a directory of your choice"),
+                   "cifar-10-batches-py/{data_batch_1..5,test_batch} (from "
+                   "cifar-10-python.tar.gz)", "uoft-cs/cifar10", part)
     images = np.stack([np.asarray(im.convert("RGB")) for im in ds["img"]])  # [N, 32, 32, 3]
     return images.transpose(0, 3, 1, 2), np.asarray(ds["label"], np.int64)
 
