@@ -30,8 +30,9 @@ def pool(h: jax.Array, mask: jax.Array, kind: str) -> jax.Array:
     if kind == "mean":
         m = mask[..., None].astype(h.dtype)
         return (h * m).sum(1) / jnp.maximum(m.sum(1), 1)
-    if kind == "last":
-        last = jnp.maximum(mask.sum(1) - 1, 0)
+    if kind == "last":  # the last real position, wherever the padding is (left, right, holes)
+        positions = jnp.where(mask, jnp.arange(mask.shape[1]), -1)
+        last = jnp.maximum(positions.max(1), 0)
         return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
     return h[:, 0]  # "cls": the learned token prepended at position 0
 
