@@ -157,3 +157,28 @@ def test_bad_arguments():
                      TaskInfo("classify", 2, 4, None, max_length=8))
     with pytest.raises(ValueError, match="longer than the task's max_length"):
         Loader(too_long, 1)
+
+
+@pytest.mark.parametrize("kind", ["tokens", "features", "retrieval", "token_labels"])
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_process_rows_concatenate_to_the_global_batch(kind, drop_remainder):
+    """Each process materialises its rows of every global batch; together they are the
+    one-process batches (same padded length everywhere), and the state is the same."""
+    split = make_split(features=3 if kind == "features" else None,
+                       retrieval=kind == "retrieval", token_labels=kind == "token_labels")
+    opts = dict(seed=4, drop_remainder=drop_remainder, repeat=False, pad_to="pow2")
+    whole = list(Loader(split, 8, **opts))
+    parts = [Loader(split, 8, rows=(r, r + 2), **opts) for r in range(0, 8, 2)]
+    per_process = [list(p) for p in parts]
+    assert len(whole) == len(per_process[0]) == len(Loader(split, 8, **opts))
+    for i, batch in enumerate(whole):
+        for key, value in batch.items():
+            glued = np.concatenate([p[i][key] for p in per_process])
+            np.testing.assert_array_equal(glued, value, err_msg=f"batch {i}, {key}")
+    assert all(p.get_state() == parts[0].get_state() for p in parts)
+
+
+def test_process_rows_must_lie_in_the_batch():
+    for rows in [(0, 0), (2, 9), (-1, 3)]:
+        with pytest.raises(ValueError, match="rows"):
+            Loader(make_split(), 8, rows=rows)
