@@ -17,7 +17,7 @@ from seqlab.data.lra import image, retrieval, text
 from seqlab.data.pathfinder import pathfinder
 from seqlab.data.synthetic import modular, mqar, parity, permutation
 from seqlab.data.text_lm import text_lm
-from seqlab.data.types import Split, TaskInfo
+from seqlab.data.types import Split, TaskInfo, describe_only
 from seqlab.utils import did_you_mean
 
 SOURCES: dict[str, Callable[..., Split]] = {
@@ -63,6 +63,15 @@ def load(name: str, split: str, root: str | None = None, **options) -> Split:
     return get_source(name)(split, root, **options)
 
 
+def task_info(name: str, root: str | None = None, **options) -> TaskInfo:
+    """The ``TaskInfo`` of source ``name`` with ``options``, without reading, downloading or
+    generating its data where the options determine it (every source but ``arrays``, whose
+    classes and shapes come from its file; the small synthetic tasks are generated)."""
+    with describe_only():
+        return load(name, "train", root, **options).info
+
+
 __all__ = [
     "Loader", "SOURCES", "SPLITS", "Split", "TaskInfo", "get_source", "load", "source_options",
+    "task_info",
 ]

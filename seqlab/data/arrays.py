@@ -23,7 +23,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from seqlab.data.types import Split, TaskInfo
+from seqlab.data.types import Split, TaskInfo, describing
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 
@@ -156,6 +156,9 @@ def arrays(split: str, root: str | None = None, *, path: str, val_fraction: floa
     file = Path(path).expanduser()
     if root is not None and not file.is_absolute():
         file = Path(root) / file
+    if describing():
+        raise ValueError(f"arrays source: the task's classes, vocabulary and length come from "
+                         f"the file ({file}); validate with its data (without --no-data).")
     data = _read(file)
     have_val = "x_val" in data
     if not have_val and not 0.0 < val_fraction < 1.0:

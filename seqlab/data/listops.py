@@ -37,7 +37,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from seqlab.data.types import Split, TaskInfo
+from seqlab.data.types import Split, TaskInfo, describing
 
 VOCAB = ("<pad>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
          "[MIN", "[MAX", "[MED", "[SM", "]")
@@ -207,12 +207,15 @@ def cache_dir(root: str | os.PathLike | None) -> Path:
     return Path(root) if root is not None else Path(datasets.config.HF_DATASETS_CACHE)
 
 
-def cached(name: str, root: str | os.PathLike | None, key: dict, build) -> datasets.Dataset:
-    """Load the dataset saved under ``name`` and the hash of ``key``, or ``build()`` and save it.
+def cached(name: str, root: str | os.PathLike | None, key: dict, build) -> datasets.Dataset | None:
+    """Load the dataset saved under ``name`` and the hash of ``key``, or ``build()`` and save it
+    (None inside ``describe_only``).
 
     The save goes to a temporary directory renamed into place, so an interrupted or concurrent
     generation never leaves a half-written dataset behind.
     """
+    if describing():  # the TaskInfo alone was asked for: read and build nothing
+        return None
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir(root) / "seqlab" / f"{name}-{digest}"
     if not (path / "dataset_info.json").exists():

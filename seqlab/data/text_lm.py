@@ -12,7 +12,7 @@ import os
 import datasets
 import numpy as np
 
-from seqlab.data.types import Split, TaskInfo
+from seqlab.data.types import Split, TaskInfo, describing
 
 VOCAB = 256
 
@@ -44,6 +44,9 @@ def text_lm(
     val_fraction, test_fraction: the shares of the file's bytes held out (at its end).
     Returns a token task: inputs [length] bytes, labels [length] next bytes, TaskInfo(causal=True).
     """
+    if describing():
+        return Split(None, TaskInfo(task="token", n_classes=VOCAB, vocab_size=VOCAB,
+                                    input_dim=None, max_length=length, causal=True))
     if root is not None and not os.path.isabs(path):
         path = os.path.join(root, path)
     if not os.path.isfile(path):

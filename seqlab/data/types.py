@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 
 import datasets
 
@@ -20,11 +23,31 @@ class Split:
     info: the task description shared by all splits.
     """
 
-    data: datasets.Dataset
+    data: datasets.Dataset | None
     info: TaskInfo
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+_DESCRIBE_ONLY = contextvars.ContextVar("seqlab_describe_only", default=False)
+
+
+@contextlib.contextmanager
+def describe_only() -> Iterator[None]:
+    """Inside this context, sources return ``Split(data=None, info)`` without reading,
+    downloading or generating anything (``seqlab check --no-data``); a source whose
+    ``TaskInfo`` comes from its files (``arrays``) raises a ValueError instead."""
+    token = _DESCRIBE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _DESCRIBE_ONLY.reset(token)
+
+
+def describing() -> bool:
+    """Whether the caller asked for the ``TaskInfo`` alone (see ``describe_only``)."""
+    return _DESCRIBE_ONLY.get()
 
 
 # A batch (numpy, from seqlab.data.Loader) is a dict:
