@@ -1,5 +1,7 @@
 """The ``seqlab`` command: train, eval, check, export, lra, bench. Thin: parses, validates, calls
-train/ and data/. User errors print one paragraph and exit 2 (SEQLAB_DEBUG=1 shows tracebacks)."""
+train/ and data/. User errors print one paragraph and exit 2 (SEQLAB_DEBUG=1 shows tracebacks);
+a training run stopped by SIGTERM/SIGINT exits 3 after checkpointing (the same command resumes).
+With many processes, process 0 alone prints results."""
 
 from __future__ import annotations
 
@@ -34,7 +36,16 @@ def _train(args) -> int:
         "runs", os.path.splitext(os.path.basename(args.config))[0]
     )
     result = train(cfg, workdir)
-    print(json.dumps(result))
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps(result))
+    if result.get("preempted"):
+        from seqlab.train.preemption import EXIT_PREEMPTED
+
+        print(f"seqlab train: stopped by {result['preempted']} after step {result['step']}; a "
+              "checkpoint was written. Run the same command to resume.", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 
@@ -65,15 +76,22 @@ def _check(args) -> int:
     cfg = _config(args)
     import_modules(cfg.imports)
     check_batch_size(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.mesh)
-    split = load_split(cfg, "train")
-    check_labels(split, "train")
-    model = nnx.eval_shape(lambda: build_model(cfg.model, split.info, rngs=nnx.Rngs(0)))
+    if args.no_data:  # the task's description from the data options alone
+        from seqlab.data import task_info
+
+        options = dict(cfg.data.options)
+        info, examples = task_info(cfg.data.name, cfg.data.root, **options), "not read"
+    else:
+        split = load_split(cfg, "train")
+        check_labels(split, "train")
+        info, examples = split.info, f"{len(split)} train examples"
+    model = nnx.eval_shape(lambda: build_model(cfg.model, info, rngs=nnx.Rngs(0)))
     n_params = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     print(dump_config(cfg), end="")
     print(
         f"# ok: {cfg.model.n_layers} layers of {cfg.model.pattern or cfg.model.mixer}, "
-        f"{n_params:,} parameters; data {cfg.data.name}: {len(split)} train examples, "
-        f"task {split.info.task}, {split.info.n_classes} classes"
+        f"{n_params:,} parameters; data {cfg.data.name}: {examples}, "
+        f"task {info.task}, {info.n_classes} classes"
     )
     return 0
 
@@ -129,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate a config; build its model (shapes only) and data")
     _config_args(c)
+    c.add_argument("--no-data", action="store_true",
+                   help="validate the config and the model alone: the task's description comes "
+                   "from the data options; nothing is read, downloaded or generated")
     c.set_defaults(fn=_check)
 
     x = sub.add_parser("export", help="write a run's model (parameters and config, no optimiser "
@@ -161,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         if os.environ.get("SEQLAB_DEBUG"):
             raise
-        print(f"seqlab {command}: error: {e}", file=sys.stderr)
+        message = str(e).rstrip("\n") or type(e).__name__
+        sys.stderr.write(f"seqlab {command}: error: {message}\n")
+        sys.stderr.flush()
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)

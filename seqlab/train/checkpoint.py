@@ -3,12 +3,12 @@ optimiser, step and data-loader position; restored onto an abstract state."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 
 from seqlab.utils import UserError
 
@@ -53,10 +53,12 @@ def _from_savable(tree, template):
 class Checkpoints:
     """A CheckpointManager in ``directory`` keeping ``max_to_keep`` steps."""
 
-    def __init__(self, directory: Path, max_to_keep: int):
-        self.directory = Path(directory)
+    def __init__(self, directory: str | epath.PathLike, max_to_keep: int):
+        self.directory = epath.Path(directory)
+        if "://" not in str(self.directory):
+            self.directory = self.directory.absolute()
         self.manager = ocp.CheckpointManager(
-            self.directory.absolute(),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         )
 
@@ -84,9 +86,10 @@ class Checkpoints:
                 ),
             )
         except Exception as e:  # orbax raises many types for unreadable or mismatched files
+            reason = " ".join(str(e).split())[:300]  # one line, however orbax formats it
             raise CheckpointError(
                 f"the checkpoint of step {step} in {self.directory} cannot be restored: "
-                f"{type(e).__name__}: {str(e)[:300]}. It is corrupted or was written for a "
+                f"{type(e).__name__}: {reason}. It is corrupted or was written for a "
                 f"different model. Nothing was deleted: move that step's folder away to resume "
                 f"from an earlier step, or train in a new --workdir."
             ) from None

@@ -85,14 +85,19 @@ class TrainStream:
     Another iterable with ``get_state`` / ``set_state`` keeps its own position; any other
     iterable is re-iterated when it runs out (one epoch after another) and, on resume, the
     batches already consumed are skipped (exact when it yields the same batches each time).
+
+    rows: ``(start, stop)``, the rows of each global batch this process feeds (many processes):
+    a Split's Loader materialises only those; other iterables yield global batches, sliced.
     """
 
-    def __init__(self, data: Any, batch_size: int, *, seed: int, pad_to: str):
+    def __init__(self, data: Any, batch_size: int, *, seed: int, pad_to: str,
+                 rows: tuple[int, int] | None = None):
         if is_split(data):
             from seqlab.data.loader import Loader
 
-            data = Loader(data, batch_size, seed=seed, pad_to=pad_to)
-        self.data, self.consumed, self._it = data, 0, None
+            data = Loader(data, batch_size, seed=seed, pad_to=pad_to, rows=rows)
+            rows = None  # already this process's rows
+        self.data, self.consumed, self._it, self.rows = data, 0, None, rows
 
     def get_state(self) -> dict:
         if hasattr(self.data, "get_state"):
@@ -124,17 +129,24 @@ class TrainStream:
             self._it = iter(self.data)
             batch = next(self._it)
         self.consumed += 1
-        return complete(batch)
+        return take_rows(complete(batch), self.rows)
 
 
-def eval_batches(data: Any, batch_size: int, pad_to: str) -> Iterable[dict]:
+def take_rows(batch: dict[str, np.ndarray], rows: tuple[int, int] | None) -> dict:
+    """Rows ``start:stop`` of every array of a global batch (all of it for None)."""
+    return batch if rows is None else {k: v[rows[0]:rows[1]] for k, v in batch.items()}
+
+
+def eval_batches(data: Any, batch_size: int, pad_to: str,
+                 rows: tuple[int, int] | None = None) -> Iterable[dict]:
     """Every example of ``data`` once, in order: a Split through a non-repeating Loader (weight-0
-    fillers complete the last batch), an iterable as it comes, a callable by calling it."""
+    fillers complete the last batch), an iterable as it comes, a callable by calling it.
+    rows: this process's rows of each batch (see ``TrainStream``)."""
     if is_split(data):
         from seqlab.data.loader import Loader
 
         return Loader(data, batch_size, shuffle=False, drop_remainder=False, repeat=False,
-                      pad_to=pad_to)
+                      pad_to=pad_to, rows=rows)
     if isinstance(data, Callable):
         data = data()
-    return (complete(b) for b in data)
+    return (take_rows(complete(b), rows) for b in data)

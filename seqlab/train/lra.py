@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+
+from etils import epath
 
 from seqlab.train.metrics import read_metrics
 
@@ -60,7 +63,7 @@ def _pick(values: Sequence[str], valid: tuple[str, ...], what: str) -> list[str]
     return items
 
 
-def read_results(run_dir: Path) -> dict | None:
+def read_results(run_dir: epath.Path) -> dict | None:
     """A run's ``results.json`` if it finished, else None."""
     path = run_dir / "results.json"
     if not path.exists():
@@ -69,7 +72,7 @@ def read_results(run_dir: Path) -> dict | None:
     return results if results.get("finished") else None
 
 
-def run_grid(tasks: Sequence[str], models: Sequence[str], workdir: Path,
+def run_grid(tasks: Sequence[str], models: Sequence[str], workdir: epath.Path,
              overrides: Sequence[str] = (), configs: Path | None = None,
              imports: Sequence[str] = ()) -> dict:
     """Train every (task, model) run that has not finished. Returns {(task, model): status}."""
@@ -114,7 +117,7 @@ def _average(values: Sequence[float | None], fail: float | None = 50.0) -> str:
     return f"{sum(nums) / len(nums):.2f}" if nums else ""
 
 
-def results_table(workdir: Path, tasks: Sequence[str], models: Sequence[str]) -> str:
+def results_table(workdir: epath.Path, tasks: Sequence[str], models: Sequence[str]) -> str:
     """Markdown: our test accuracy per (model, task), then the published rows."""
     head = "| model | " + " | ".join(TASK_TITLES[t] for t in tasks) + " | avg |"
     rule = "|---" * (len(tasks) + 2) + "|"
@@ -145,8 +148,8 @@ def results_table(workdir: Path, tasks: Sequence[str], models: Sequence[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(workdir: Path, tasks: Sequence[str], models: Sequence[str],
-                path: Path) -> Path | None:
+def plot_curves(workdir: epath.Path, tasks: Sequence[str], models: Sequence[str],
+                path: epath.Path) -> epath.Path | None:
     """Training loss and validation accuracy against step, one column per task."""
     try:
         import matplotlib
@@ -175,12 +178,19 @@ def plot_curves(workdir: Path, tasks: Sequence[str], models: Sequence[str],
         if axes[1, col].lines:
             axes[1, col].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()  # through epath, so that a gs:// grid directory works too
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    path.write_bytes(png.getvalue())
     return path
 
 
-def report(workdir: Path, tasks: Sequence[str], models: Sequence[str]) -> None:
+def report(workdir: epath.Path, tasks: Sequence[str], models: Sequence[str]) -> None:
+    """results.md and curves.png (written by process 0 only, when runs span many processes)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return
     table = results_table(workdir, tasks, models)
     (workdir / "results.md").write_text(table)
     print(table)
@@ -219,7 +229,7 @@ def cli_main(argv: list[str]) -> int:
     tasks = _pick(args.tasks, TASKS, "task")
     own = sorted({p.stem for p in configs.glob("*/*.yaml")} - set(MODELS))
     models = _pick(args.models, MODELS + tuple(own), "model")
-    workdir = Path(args.workdir)
+    workdir = epath.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     failed = []
     if not args.report:

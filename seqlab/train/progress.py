@@ -19,9 +19,12 @@ class TrainingDiverged(UserError, RuntimeError):
 class Progress:
     """Collects the per-step metrics (device arrays, fetched only at ``flush``)."""
 
-    def __init__(self, total: int, initial: int, metrics: MetricsWriter, enabled: bool):
-        self.metrics, self.window = metrics, []
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc="train",
+    def __init__(self, total: int, initial: int, metrics: MetricsWriter, enabled: bool,
+                 main: bool = True):
+        """enabled: show the bar. main: this process prints (process 0 of many): the bar, if
+        enabled, and the validation lines."""
+        self.metrics, self.window, self.main = metrics, [], main
+        self.bar = tqdm(total=total, initial=initial, disable=not (enabled and main), desc="train",
                         unit="step", dynamic_ncols=True)
 
     def update(self, step_metrics: dict) -> None:
@@ -49,7 +52,9 @@ class Progress:
 
     def validation(self, step: int, val: dict) -> None:
         self.metrics.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
-        self.bar.write(f"step {step}: val accuracy {val['accuracy']:.4f} loss {val['loss']:.4f}")
+        if self.main:
+            self.bar.write(
+                f"step {step}: val accuracy {val['accuracy']:.4f} loss {val['loss']:.4f}")
 
     def close(self) -> None:
         self.bar.close()

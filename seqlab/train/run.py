@@ -9,8 +9,9 @@ workdir holds the same run (or saves the config there), trains with ``Trainer`` 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import jax
+from etils import epath
 from flax import nnx
 
 from seqlab.config import Config, TaskInfo, import_modules
@@ -21,8 +22,9 @@ from seqlab.train.trainer import Trainer
 from seqlab.train.workdir import load_workdir_config, prepare_workdir, save_task_info
 
 
-def make_trainer(cfg: Config, info: TaskInfo, workdir: str | Path | None = None,
-                 train_data=None, val_data=None) -> Trainer:
+def make_trainer(cfg: Config, info: TaskInfo,
+                 workdir: str | epath.PathLike | None = None, train_data=None,
+                 val_data=None) -> Trainer:
     """The Trainer of ``cfg``: its model (parameters from ``train.seed``, dropout from
     ``seed + 1``), optimiser, mesh and padding."""
     import_modules(cfg.imports)
@@ -35,12 +37,12 @@ def make_trainer(cfg: Config, info: TaskInfo, workdir: str | Path | None = None,
                    mesh=cfg.mesh, pad_to=cfg.data.pad_to)
 
 
-def train(cfg: Config, workdir: str | Path) -> dict:
+def train(cfg: Config, workdir: str | epath.PathLike) -> dict:
     """Train (or resume) the run of ``cfg`` in ``workdir``; returns the last metrics.
 
     Stops after ``train.steps`` (then evaluates the best checkpoint on val and test and writes
     results.json) or after ``train.stop_after`` (a resumable pause)."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     check_batch_size(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.mesh)
     train_split, val_split = load_split(cfg, "train"), load_split(cfg, "val")
     trainer = make_trainer(cfg, train_split.info, workdir, train_split, val_split)
@@ -58,11 +60,13 @@ def final_results(trainer: Trainer, cfg: Config) -> dict:
     results = {"best_step": trainer.best_step, "finished": True}
     for split in ("val", "test"):
         results[split] = trainer.evaluate(load_split(cfg, split), model_state)
-    (trainer.workdir / "results.json").write_text(json.dumps(results, indent=2))
+    if jax.process_index() == 0:
+        (trainer.workdir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
-def evaluate(workdir: str | Path, split: str = "val", checkpoint: str = "best") -> dict:
+def evaluate(workdir: str | epath.PathLike, split: str = "val",
+             checkpoint: str = "best") -> dict:
     """Accuracy and loss of the workdir's ``best`` (or ``latest``) checkpoint on ``split``."""
     cfg = load_workdir_config(workdir)
     data = load_split(cfg, split)

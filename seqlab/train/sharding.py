@@ -1,10 +1,16 @@
-"""Device mesh and shardings: batches on the ``data`` axis, parameters optionally on ``fsdp``."""
+"""Device mesh and shardings: batches on the ``data`` axis, parameters optionally on ``fsdp``.
+
+Many processes (``mesh.distributed``): the mesh spans every process's devices; each process
+places the shards of the (identical) initial state that its devices hold (``place``) and feeds
+the rows of each global batch that its devices hold (``batch_rows``, ``shard_batch``).
+"""
 
 from __future__ import annotations
 
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -19,6 +25,8 @@ def maybe_initialize_distributed(cfg: MeshConfig) -> None:
     See scripts/multihost_launch.sh."""
     if not cfg.distributed or jax.distributed.is_initialized():
         return
+    # CPU processes exchange gradients over gloo (TCP); GPUs and TPUs use their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     env = {k: os.environ.get(k) for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
     jax.distributed.initialize(
         num_processes=int(env["JAX_NUM_PROCESSES"]) if env["JAX_NUM_PROCESSES"] else None,
@@ -57,15 +65,49 @@ def state_shardings(state, mesh: Mesh):
     return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(np.shape(x), fsdp)), state)
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """A host batch (the global batch, identical on every host) -> global arrays sharded on
-    ``data``: each process contributes its contiguous slice of rows."""
+def is_main_process() -> bool:
+    """Process 0: the one that writes metrics, configs, results and plots."""
+    return jax.process_index() == 0
+
+
+def place(state, shardings):
+    """Put a state that every process built identically (same seed) onto the mesh: each process
+    fills the shards its own devices hold. PRNG key arrays travel as their key data."""
+    if jax.process_count() == 1:
+        return jax.device_put(state, shardings)
+
+    def one(x, sharding):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = one(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, state, shardings)
+
+
+def batch_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+    """The rows ``(start, stop)`` of each global batch of ``batch_size`` that this process's
+    devices hold (all of them with one process)."""
+    index = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch_size,))
+    blocks = sorted({(i[0].start or 0, batch_size if i[0].stop is None else i[0].stop)
+                     for i in index.values()})
+    start, stop = blocks[0][0], blocks[-1][1]
+    if sum(b - a for a, b in blocks) != stop - start:
+        raise ConfigError(
+            f"this process's devices hold rows {blocks} of each batch, not one contiguous "
+            "block; the mesh must order its devices by process (jax.make_mesh does)."
+        )
+    return start, stop
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, batch_size: int | None = None
+                ) -> dict[str, jax.Array]:
+    """This process's rows of a global batch (``batch_rows``) -> global arrays sharded on
+    ``data``. batch_size: the global batch (default: the rows given, i.e. one process)."""
     sharding = NamedSharding(mesh, P("data"))
-    n_proc, pid = jax.process_count(), jax.process_index()
     out = {}
     for k, v in batch.items():
-        rows = v.shape[0] // n_proc
-        out[k] = jax.make_array_from_process_local_data(
-            sharding, v[pid * rows : (pid + 1) * rows], v.shape
-        )
+        shape = (batch_size or v.shape[0], *v.shape[1:])
+        out[k] = jax.make_array_from_process_local_data(sharding, v, shape)
     return out

@@ -13,18 +13,24 @@ One compiled step per batch shape (``seqlab.train.steps``), AdamW with parameter
 the best validation accuracy in ``best/``, metrics in ``metrics.jsonl`` and TensorBoard, and
 exact resume (model, optimiser, RNG streams, step and data position are restored, so the
 losses equal those of a run that never stopped). A NaN or infinite loss stops training with the
-last good checkpoint kept.
+last good checkpoint kept. SIGTERM or SIGINT during ``fit`` ends it after the current step with
+a checkpoint and the metrics written (``seqlab.train.preemption``).
+
+Many processes (``mesh.distributed``): every process runs the same Trainer; each feeds its own
+rows of every global batch; process 0 alone writes metrics and moves rolled-back records, while
+orbax writes checkpoints from all of them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from seqlab.config import MeshConfig, TrainConfig
 from seqlab.train.checkpoint import Checkpoints
@@ -37,10 +43,14 @@ from seqlab.train.inputs import (
 )
 from seqlab.train.metrics import MetricsWriter
 from seqlab.train.optim import make_tx
+from seqlab.train.preemption import StopRequests
 from seqlab.train.progress import Progress
 from seqlab.train.sharding import (
+    batch_rows,
+    is_main_process,
     make_mesh,
     maybe_initialize_distributed,
+    place,
     shard_batch,
     state_shardings,
 )
@@ -71,7 +81,7 @@ class Trainer:
         config: TrainConfig | None = None,
         *,
         val_data: Any = None,
-        workdir: str | Path | None = None,
+        workdir: str | epath.PathLike | None = None,
         mesh: MeshConfig | None = None,
         pad_to: str = "pow2",
     ):
@@ -88,11 +98,11 @@ class Trainer:
         self.graphdef, state = nnx.split((model, optimizer))
         self.model_graphdef = nnx.split(model)[0]
         self.shardings = state_shardings(state, self.mesh)
-        self.state = jax.device_put(state, self.shardings)
+        self.state = place(state, self.shardings)
         self.train_step = make_train_step(self.graphdef, self.shardings)
         self.eval_step = make_eval_step(self.model_graphdef)
         self.train_data, self.val_data, self.pad_to = train_data, val_data, pad_to
-        self.workdir = None if workdir is None else Path(workdir)
+        self.workdir = None if workdir is None else epath.Path(workdir)
         self.step, self.best_accuracy, self.best_step = 0, -math.inf, None
         self.history: list[dict] = []  # the metrics records of this process
         self._stream: TrainStream | None = None
@@ -118,9 +128,11 @@ class Trainer:
         batch_size = self.config.eval_batch_size or self.config.batch_size
         ms = self.state[0] if model_state is None else model_state
         totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        rows = batch_rows(self.mesh, batch_size)
         with jax.set_mesh(self.mesh):
-            for batch in eval_batches(data, batch_size, self.pad_to):
-                sums = jax.device_get(self.eval_step(ms, shard_batch(batch, self.mesh)))
+            for batch in eval_batches(data, batch_size, self.pad_to, rows):
+                sums = jax.device_get(
+                    self.eval_step(ms, shard_batch(batch, self.mesh, batch_size)))
                 for k in totals:
                     totals[k] += float(sums[k])
         n = max(totals["count"], 1.0)
@@ -183,7 +195,10 @@ class Trainer:
         """Continue from the latest checkpoint (exactly: state, data position, best so far);
         set aside what an interrupted timeline recorded after it."""
         latest = ckpts.latest_step()
-        set_aside_after(self.workdir, latest or 0)
+        if is_main_process():
+            set_aside_after(self.workdir, latest or 0)
+        if jax.process_count() > 1:  # nobody opens best/ before process 0 has set steps aside
+            multihost_utils.sync_global_devices("seqlab: rollback done")
         if latest is not None and latest > self.step:
             self.state, meta = ckpts.restore(latest, self.state)
             self._stream.set_state(meta["loader"])
@@ -210,33 +225,38 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train up to ``config.steps`` (or ``config.stop_after``, a resumable pause).
-        Returns {"step", "train": the last logged metrics, "finished"}."""
+        Returns {"step", "train": the last logged metrics, "finished"} and, after a SIGTERM or
+        SIGINT, "preempted": the signal's name (see ``seqlab.train.preemption``)."""
         tc = self.config
         if self.train_data is None:
             raise ValueError("Trainer.fit needs train_data")
         if self._stream is None:
             self._stream = TrainStream(self.train_data, tc.batch_size, seed=tc.seed,
-                                       pad_to=self.pad_to)
+                                       pad_to=self.pad_to,
+                                       rows=batch_rows(self.mesh, tc.batch_size))
         ckpts = best = progress = None
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             ckpts = self._checkpoints("latest")
-        metrics = MetricsWriter(self.workdir)
+        main = is_main_process()
+        metrics = MetricsWriter(self.workdir if main else None)
         last: dict = {}
+        stops = StopRequests()
         try:
             if ckpts is not None:
                 self._resume(ckpts)  # before best/ is opened: it may set best steps aside
                 best = self._checkpoints("best")
             end = tc.steps if tc.stop_after is None else min(tc.steps, tc.stop_after)
-            progress = Progress(tc.steps, self.step, metrics, tc.progress)
-            with jax.set_mesh(self.mesh):
+            progress = Progress(tc.steps, self.step, metrics, tc.progress, main)
+            with jax.set_mesh(self.mesh), stops:
                 while self.step < end:
-                    batch = shard_batch(next(self._stream), self.mesh)
+                    batch = shard_batch(next(self._stream), self.mesh, tc.batch_size)
                     self.state, m = self.train_step(self.state, batch)
                     self.step += 1
                     progress.update(m)
                     step = self.step
-                    boundary = step % tc.checkpoint_every == 0 or step == end
+                    stop = stops.stop()  # a signal: finish this step, checkpoint, flush, exit
+                    boundary = step % tc.checkpoint_every == 0 or step == end or stop
                     if step % tc.log_every == 0 or boundary or step % tc.eval_every == 0:
                         last = progress.flush(step, self._kept(ckpts))
                     if self.val_data is not None and (step % tc.eval_every == 0
@@ -244,10 +264,15 @@ class Trainer:
                         self._validate(progress, best)
                     if boundary and ckpts is not None:
                         ckpts.save(step, self.state, self._meta())
+                    if stop:
+                        break
         finally:
             for closable in (progress, ckpts, best, metrics):
                 if closable is not None:
                     closable.close()
             self.history += metrics.records
-        return {"step": self.step, "train": last, "finished": self.step >= tc.steps}
+        result = {"step": self.step, "train": last, "finished": self.step >= tc.steps}
+        if stops.received is not None:
+            result.update(finished=False, preempted=stops.received)
+        return result
 

@@ -4,16 +4,19 @@ rollback of records that an interrupted timeline wrote after the step it resumes
 A workdir holds ``config.yaml``, ``task.json`` (the TaskInfo the model was built for, so that
 ``seqlab.load`` needs no data), ``checkpoints/`` (latest steps), ``best/`` (best validation
 accuracy), ``metrics.jsonl``, ``tensorboard/``, ``results.json`` and, after a resume,
-``rolled_back/``.
+``rolled_back/``. Workdirs are ``etils.epath`` paths: local folders, ``gs://`` buckets and
+other fsspec locations. With many processes, process 0 alone writes here (``train``,
+``Trainer``); the others only read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
+import jax
 import yaml
+from etils import epath
 
 from seqlab.config import (
     Config,
@@ -39,8 +42,10 @@ def _diff(a: dict, b: dict, prefix=()) -> list[tuple[str, ...]]:
     return keys
 
 
-def prepare_workdir(cfg: Config, workdir: Path) -> None:
-    """Create ``workdir`` with ``cfg`` saved, or check that ``cfg`` is the run it holds."""
+def prepare_workdir(cfg: Config, workdir: str | epath.PathLike) -> None:
+    """Create ``workdir`` with ``cfg`` saved (by process 0), or check that ``cfg`` is the run
+    it holds (every process)."""
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     saved = workdir / "config.yaml"
     if saved.exists():
@@ -52,13 +57,13 @@ def prepare_workdir(cfg: Config, workdir: Path) -> None:
                 f"workdir {workdir} holds a run with a different config ({names} differ). "
                 f"Resume it with its own config ({saved}) or train in a new --workdir."
             )
-    else:
+    elif jax.process_index() == 0:
         saved.write_text(dump_config(cfg))
 
 
-def load_workdir_config(workdir: str | Path) -> Config:
+def load_workdir_config(workdir: str | epath.PathLike) -> Config:
     """The config a workdir was trained with (its config.yaml)."""
-    path = Path(workdir) / "config.yaml"
+    path = epath.Path(workdir) / "config.yaml"
     if not path.exists():
         raise ConfigError(
             f"{workdir} is not a seqlab workdir (no config.yaml). Train into it first."
@@ -66,17 +71,19 @@ def load_workdir_config(workdir: str | Path) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text()))
 
 
-def save_task_info(workdir: Path, info: TaskInfo) -> None:
-    (Path(workdir) / "task.json").write_text(json.dumps(dataclasses.asdict(info), indent=2))
+def save_task_info(workdir: str | epath.PathLike, info: TaskInfo) -> None:
+    if jax.process_index() != 0:
+        return
+    (epath.Path(workdir) / "task.json").write_text(json.dumps(dataclasses.asdict(info), indent=2))
 
 
-def read_task_info(workdir: str | Path) -> TaskInfo | None:
+def read_task_info(workdir: str | epath.PathLike) -> TaskInfo | None:
     """The TaskInfo saved in ``workdir``, None for workdirs written before it was saved."""
-    path = Path(workdir) / "task.json"
+    path = epath.Path(workdir) / "task.json"
     return TaskInfo(**json.loads(path.read_text())) if path.exists() else None
 
 
-def set_aside_after(workdir: Path, step: int) -> None:
+def set_aside_after(workdir: epath.Path, step: int) -> None:
     """A run resumed from ``step`` recomputes what came after it: move the metrics records and
     best checkpoints of those later steps (an interrupted timeline) to WORKDIR/rolled_back/, so
     nothing is lost and nothing is counted twice."""
@@ -89,8 +96,8 @@ def set_aside_after(workdir: Path, step: int) -> None:
                 (later if json.loads(line)["step"] > step else keep).append(line)
         if later:
             aside.mkdir(exist_ok=True)
-            with (aside / "metrics.jsonl").open("a") as f:
-                f.writelines(later)
+            earlier = aside / "metrics.jsonl"  # read and rewritten: object stores cannot append
+            earlier.write_text((earlier.read_text() if earlier.exists() else "") + "".join(later))
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(keep))
             tmp.replace(path)  # atomic: the file is never half written
