@@ -28,6 +28,42 @@ class ConfigError(ValueError):
     """A user error in a config file or an override."""
 
 
+# Ranges of the numeric fields, checked on construction (YAML and Python alike):
+# (low, high, low_open, high_open); None = unbounded on that side. Optional fields may be None.
+_RANGES: dict[str, dict[str, tuple]] = {
+    "model": {"d_model": (1, 2**16, False, False), "n_layers": (1, 4096, False, False),
+              "dropout": (0.0, 1.0, False, True), "ffn_expand": (1, 64, False, False)},
+    "train": {"steps": (0, None, False, False), "batch_size": (1, None, False, False),
+              "eval_batch_size": (1, None, False, False), "lr": (0.0, None, False, False),
+              "ssm_lr": (0.0, None, False, False), "weight_decay": (0.0, None, False, False),
+              "warmup_steps": (0, None, False, False), "end_lr_ratio": (0.0, 1.0, False, False),
+              "b1": (0.0, 1.0, False, True), "b2": (0.0, 1.0, False, True),
+              "eps": (0.0, None, True, False), "grad_clip": (0.0, None, False, False),
+              "eval_every": (1, None, False, False), "checkpoint_every": (1, None, False, False),
+              "keep_checkpoints": (1, None, False, False), "log_every": (1, None, False, False),
+              "stop_after": (0, None, False, False)},
+    "mesh": {"data": (1, None, False, False), "fsdp": (1, None, False, False)},
+}
+
+
+def _check_ranges(obj: Any, section: str) -> None:
+    """Raise ConfigError for a numeric field outside its range (NaN and inf included)."""
+    for key, (low, high, low_open, high_open) in _RANGES[section].items():
+        value = getattr(obj, key)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        bad = value != value or value in (float("inf"), float("-inf"))
+        bad = bad or (low is not None and (value <= low if low_open else value < low))
+        bad = bad or (high is not None and (value >= high if high_open else value > high))
+        if bad:
+            lo = "-inf" if low is None else low
+            hi = "inf" if high is None else high
+            interval = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+            raise ConfigError(
+                f"config key '{section}.{key}' must lie in {interval}, got {value!r}."
+            )
+
+
 Task = Literal["classify", "retrieval", "token"]
 
 
@@ -78,6 +114,9 @@ class ModelConfig:
     pool: Literal["mean", "last", "cls"] = "mean"
     dtype: Literal["float32", "bfloat16"] = "float32"
 
+    def __post_init__(self) -> None:
+        _check_ranges(self, "model")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -120,6 +159,9 @@ class TrainConfig:
     stop_after: int | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        _check_ranges(self, "train")
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
@@ -129,6 +171,9 @@ class MeshConfig:
     data: int = 1
     fsdp: int = 1
     distributed: bool = False
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, "mesh")
 
 
 @dataclasses.dataclass(frozen=True)
