@@ -41,6 +41,8 @@ recomputing ``custom_vjp`` is needed.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -162,6 +164,135 @@ def delta_product_recurrent(
     return o.swapaxes(0, 1).astype(q.dtype), s
 
 
+def _decay(g_c):
+    """G = cumsum(g) and the masked decay exp(G_r - G_s) for s <= r (0 above): [z, cn, cn]."""
+    gam = jnp.cumsum(g_c, axis=-1)
+    lower = jnp.tri(gam.shape[-1], dtype=bool)
+    diff = jnp.where(lower, gam[:, :, None] - gam[:, None, :], 0.0)
+    return gam, jnp.where(lower, jnp.exp(diff), 0.0)
+
+
+def _intra(k_c, v_c, b_c, decay, gam):
+    """A = strict_lower(decay) * K K^T, T = (I + diag(b) A)^-1, U = T diag(b) V and
+    W = T diag(b exp(G)) K for every chunk: [z, cn, cn], [z, cn, cn], [z, cn, V], [z, cn, K]."""
+    cn = k_c.shape[1]
+    a = jnp.where(jnp.tri(cn, k=-1, dtype=bool), decay, 0.0) * jnp.einsum(
+        "zrk,zsk->zrs", k_c, k_c
+    )
+    t_inv = unit_lower_inverse(jnp.eye(cn, dtype=a.dtype) + b_c[..., :, None] * a)
+    u = t_inv @ (b_c[..., None] * v_c)
+    w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)
+    return a, t_inv, u, w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n):
+    """(o_c [z, c, V], final state [nb, K, V]) of the chunked layout; see ``delta_product``.
+
+    q_c: [z, c, K] (scaled); k_c: [z, cn, K]; v_c: [z, cn, V]; b_c, g_c: [z, cn];
+    s0: [nb, K, V], with z = (chunk, nb) flattened.
+    """
+    return _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n)[0]
+
+
+def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n):
+    nb, dk, dv = s0.shape
+    gam, decay = _decay(g_c)
+    _, t_inv, u, w = _intra(k_c, v_c, b_c, decay, gam)
+    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # M * Q K^T: [z, c, cn]
+    q_eff = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c - p @ w  # O = q_eff S_in + P U
+    o_intra = p @ u
+    g_last = gam[..., -1:]
+    k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # Kd^T: [z, K, cn]
+
+    def step(s, xs):  # one chunk: S' = exp(G_last) S + Kd^T (U - W S)
+        u_j, w_j, k_j, e_j = xs
+        return e_j[..., None] * s + k_j @ (u_j - w_j @ s), s
+
+    xs = [x.reshape(-1, nb, *x.shape[1:]) for x in (u, w, k_dec, jnp.exp(g_last))]
+    s, s_in = lax.scan(step, s0, xs, unroll=4)
+    s_in = s_in.reshape(-1, dk, dv)
+    o = q_eff @ s_in + o_intra
+    return (o, s), (q_c, k_c, v_c, b_c, g_c, t_inv, s_in)
+
+
+def _chunked_bwd(n, res, cts):
+    """Backward pass from the saved chunk-entering states S_in, the chunks' D = U - W S_in and
+    UT inverses T (what fla's chunk_gated_delta_rule keeps): the decay masks, A, U, W, P are
+    recomputed chunk by chunk, one reverse scan carries dS between chunks, the rest is batched
+    over chunks. With O = Q_g S + P D, S' = e^{G_l} S + Kd^T D, D = U - W S:
+    dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO - W^T dD, and T = (I + diag(b) A)^-1
+    gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the UT transform's VJP)."""
+    q_c, k_c, v_c, b_c, g_c, t_inv, s_in = res
+    do, ds_last = cts
+    nb, dk, cn = ds_last.shape[0], k_c.shape[-1], k_c.shape[1]
+    gam, decay = _decay(g_c)
+    strict = jnp.tri(cn, k=-1, dtype=bool)
+    a = jnp.where(strict, decay, 0.0) * jnp.einsum("zrk,zsk->zrs", k_c, k_c)
+    x_w = (b_c * jnp.exp(gam))[..., None] * k_c
+    u, w = t_inv @ (b_c[..., None] * v_c), t_inv @ x_w
+    d = u - w @ s_in
+    decay_q = decay[:, n - 1 :: n]
+    p = decay_q * jnp.einsum("zik,zsk->zis", q_c, k_c)
+    e_last = jnp.exp(gam[:, -1])
+    e_q = jnp.exp(gam[:, n - 1 :: n])
+    q_g = e_q[..., None] * q_c
+    e_kd = jnp.exp(gam[..., -1:] - gam)
+    kd = e_kd[..., None] * k_c
+
+    dd0 = jnp.einsum("zis,ziv->zsv", p, do)  # P^T dO
+    r = jnp.einsum("zik,ziv->zkv", jnp.concatenate([q_g, -w], -2),
+                   jnp.concatenate([do, dd0], -2))  # Q_g^T dO - W^T P^T dO
+
+    def step(ds, xs):  # ds: gradient of the state leaving chunk j
+        w_j, kd_j, e_j, r_j = xs
+        ds_in = e_j[:, None, None] * ds + r_j - jnp.einsum("zsk,zsv->zkv", w_j, kd_j @ ds)
+        return ds_in, ds
+
+    xs = [x.reshape(-1, nb, *x.shape[1:]) for x in (w, kd, e_last, r)]
+    ds0, ds_out = lax.scan(step, ds_last, xs, reverse=True, unroll=2)
+    ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
+
+    dd = dd0 + kd @ ds_out
+    dq_g = jnp.einsum("ziv,zkv->zik", do, s_in)
+    dp = jnp.einsum("ziv,zsv->zis", do, d)
+    dqk = dp * decay_q  # gradient of Q K^T
+    e_p = dp * p  # gradient of the log-decay differences G_i - G_s in P
+    dkd = jnp.einsum("zsv,zkv->zsk", d, ds_out)
+    g_kd = jnp.sum(dkd * kd, -1)  # [z, cn]
+    dw = -jnp.einsum("zsv,zkv->zsk", dd, s_in)
+    dx = jnp.swapaxes(t_inv, -1, -2) @ jnp.concatenate([dw, dd], -1)  # T^T [dW dU]
+    dl = -jnp.where(strict, jnp.einsum("zrj,zsj->zrs", dx, jnp.concatenate([w, u], -1)), 0.0)
+    da = b_c[..., :, None] * dl
+    e_a = da * a
+    dkk = da * decay  # strictly lower, like dl
+    dx_w, dx_u = dx[..., :dk], dx[..., dk:]
+
+    dq = e_q[..., None] * dq_g + dqk @ k_c
+    dk_ = (jnp.einsum("zis,zik->zsk", dqk, q_c) + (dkk + jnp.swapaxes(dkk, -1, -2)) @ k_c
+           + e_kd[..., None] * dkd + (b_c * jnp.exp(gam))[..., None] * dx_w)
+    dv = b_c[..., None] * dx_u
+    db = (jnp.sum(dl * a, -1) + jnp.sum(dx_u * v_c, -1)
+          + jnp.sum(dx_w * jnp.exp(gam)[..., None] * k_c, -1))
+    # gradient of G: each decay exp(G_r - G_s) gives +E to row r and -E to column s
+    dgam = jnp.sum(e_a, -1) - jnp.sum(e_a, -2) - jnp.sum(e_p, -2) - g_kd
+    dgam = dgam + jnp.sum(dx_w * x_w, -1)
+    row_q = jnp.sum(e_p, -1) + jnp.sum(dq_g * q_g, -1)  # at the query rows n-1, 2n-1, ...
+    dgam = dgam.at[:, n - 1 :: n].add(row_q)
+    last = jnp.sum(g_kd, -1) + e_last * jnp.sum(ds_out * s_in, (-2, -1))
+    dgam = dgam.at[:, -1].add(last)
+    dg = jnp.flip(jnp.cumsum(jnp.flip(dgam, -1), -1), -1)  # G = cumsum(g)
+    return dq, dk_, dv, db, dg, ds0
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def auto_chunk_size(length: int) -> int:
+    """The chunk size (tokens) used when ``chunk_size=None``: measured fastest on CPU."""
+    return 64 if length >= 1024 else 32
+
+
 def delta_product(
     q: jax.Array,
     k: jax.Array,
@@ -172,22 +303,25 @@ def delta_product(
     num_householder: int = 1,
     scale: float | None = None,
     initial_state: jax.Array | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = 64,
 ) -> tuple[jax.Array, jax.Array]:
     """Chunkwise-parallel gated delta product (WY/UT form; see the module docstring).
 
     Same arguments and results as ``delta_product_recurrent``: q: [B, T, H, K];
     k: [B, T*n, H, K]; v: [B, T*n, H, V]; beta: [B, T*n, H]; g: [B, T, H] or None;
     initial_state: [B, H, K, V] or None -> (o [B, T, H, V], final_state [B, H, K, V]).
-    ``chunk_size`` counts tokens, so a chunk holds ``chunk_size * n`` Householder steps. Any T:
-    the tail is padded with beta = g = 0 steps, which leave the state unchanged.
+    ``chunk_size`` counts tokens, so a chunk holds ``chunk_size * n`` Householder steps; None
+    picks it from the length (``auto_chunk_size``). Any T: the tail is padded with
+    beta = g = 0 steps, which leave the state unchanged. The backward pass is written for the
+    algorithm (``jax.custom_vjp``): it keeps only the inputs and the state entering each chunk
+    and recomputes the intra-chunk terms.
     """
     _check(q, k, v, beta, g, num_householder, initial_state, chunk_size)
     b, t, h, dk = q.shape
     n, dv = num_householder, v.shape[-1]
     acc = _acc_dtype(q, k, v, beta)
     scale = dk**-0.5 if scale is None else scale
-    c = min(chunk_size, t)
+    c = min(auto_chunk_size(t) if chunk_size is None else chunk_size, t)
     nc = -(-t // c)
     pad = nc * c - t
     cn = c * n  # micro-steps per chunk
@@ -207,35 +341,9 @@ def delta_product(
         g_c = chunks(g, 1)[..., None]
         g_c = jnp.concatenate([g_c, jnp.zeros(g_c.shape[:-1] + (n - 1,), acc)], -1)
         g_c = g_c.reshape(nc * b * h, cn)
-    gam = jnp.cumsum(g_c, axis=-1)  # G_r: [z, cn]
-    gam_q = gam[..., n - 1 :: n]  # G at each token's last micro-step (its query): [.., c]
-
-    # decay[r, s] = exp(G_r - G_s) for s <= r, else 0: one exp serves A (s < r) and the
-    # queries, which sit at rows n-1, 2n-1, ... with the same causal rule s <= r.
-    lower = jnp.tri(cn, dtype=bool)
-    decay = jnp.where(lower, jnp.exp(jnp.where(lower, gam[:, :, None] - gam[:, None, :], 0.0)), 0.0)
-    a = jnp.where(lower & ~jnp.eye(cn, dtype=bool), decay, 0.0) * jnp.einsum(
-        "zrk,zsk->zrs", k_c, k_c
-    )
-    t_inv = unit_lower_inverse(jnp.eye(cn, dtype=acc) + b_c[..., :, None] * a)
-    u = t_inv @ (b_c[..., None] * v_c)  # U = T diag(beta) V: [z, cn, V]
-    w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)  # W = T diag(beta exp(G)) K: [z, cn, K]
-
-    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # (M * Q K^T): [z, c, cn]
-    q_eff = jnp.exp(gam_q)[..., None] * q_c - p @ w  # [z, c, K]: O = q_eff S_0 + P U
-    o_intra = p @ u  # [z, c, V]
-    g_last = gam[..., -1:]
-    k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # [z, K, cn]
     s0 = jnp.zeros((b * h, dk, dv), acc)
     if initial_state is not None:
         s0 = initial_state.astype(acc).reshape(b * h, dk, dv)
-
-    def chunk_step(s, xs):  # s: [B*H, K, V], the state entering the chunk
-        u_j, w_j, k_j, d_j = xs
-        return d_j[..., None] * s + k_j @ (u_j - w_j @ s), s
-
-    xs = (u, w, k_dec, jnp.exp(g_last))
-    s, s_in = lax.scan(chunk_step, s0, [x.reshape(nc, b * h, *x.shape[1:]) for x in xs], unroll=4)
-    o = q_eff @ s_in.reshape(nc * b * h, dk, dv) + o_intra  # [z, c, V]
+    o, s = _chunked(q_c, k_c, v_c, b_c, g_c, s0, n)
     o = jnp.moveaxis(o.reshape(nc, b, h, c, dv), (0, 2), (1, 3)).reshape(b, nc * c, h, dv)
     return o[:, :t].astype(q.dtype), s.reshape(b, h, dk, dv)
