@@ -34,9 +34,14 @@ Only ``S_c`` needs a sequential ``lax.scan`` over chunks (two ``[c, K] x [K, V]`
 step); everything else, including ``O = (diag(exp(G_q)) Q - P W) S_0 + P U`` once the entering
 states are known, is one batched matmul over all chunks. The UT inverse ``T`` is computed by
 recursive 2x2 blocking (``unit_lower_inverse``, with its own VJP): on CPU that is much faster
-than a batched triangular solve. Reverse-mode autodiff of the scan stores one ``[B, H, K, V]``
-state per chunk (T / chunk_size of them), which is small, so plain ``jax.grad`` is exact and no
-recomputing ``custom_vjp`` is needed.
+than a batched triangular solve.
+
+The backward pass is written for the algorithm (``jax.custom_vjp``), after the backward of
+flash-linear-attention's ``chunk_gated_delta_rule``: the forward keeps only its inputs, the
+UT inverses ``T`` and the state entering each chunk; the backward recomputes the decay masks,
+``A``, ``U``, ``W``, ``P`` and ``D`` chunk by chunk, carries ``dS`` between chunks with one
+reverse ``lax.scan`` and does everything else as batched matmuls over all chunks. Plain
+reverse-mode autodiff would store (and re-read) every ``[c, c]`` intermediate instead.
 """
 
 from __future__ import annotations
@@ -129,7 +134,7 @@ def delta_product_recurrent(
     num_householder: int = 1,
     scale: float | None = None,
     initial_state: jax.Array | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Sequential gated delta product (the reference form; ``chunk_size`` is ignored).
 
@@ -288,9 +293,14 @@ def _chunked_bwd(n, res, cts):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def auto_chunk_size(length: int) -> int:
-    """The chunk size (tokens) used when ``chunk_size=None``: measured fastest on CPU."""
-    return 64 if length >= 1024 else 32
+def auto_chunk_size(length: int, num_householder: int = 1) -> int:
+    """Tokens per chunk when ``chunk_size=None``: 32 micro-steps per chunk (at most ``length``).
+
+    On the 2-core CPU (B=2, H=4, K=V=64, n=1, T=2048) chunks of 32 were the fastest of
+    8/16/32/64/128 for the forward and for forward+backward (docs/performance.md); for n > 1 the
+    chunk keeps the same number of Householder micro-steps.
+    """
+    return max(1, min(length, 32 // num_householder))
 
 
 def delta_product(
@@ -303,7 +313,7 @@ def delta_product(
     num_householder: int = 1,
     scale: float | None = None,
     initial_state: jax.Array | None = None,
-    chunk_size: int | None = 64,
+    chunk_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Chunkwise-parallel gated delta product (WY/UT form; see the module docstring).
 
@@ -321,7 +331,7 @@ def delta_product(
     n, dv = num_householder, v.shape[-1]
     acc = _acc_dtype(q, k, v, beta)
     scale = dk**-0.5 if scale is None else scale
-    c = min(auto_chunk_size(t) if chunk_size is None else chunk_size, t)
+    c = min(auto_chunk_size(t, n) if chunk_size is None else chunk_size, t)
     nc = -(-t // c)
     pad = nc * c - t
     cn = c * n  # micro-steps per chunk
