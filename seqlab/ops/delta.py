@@ -170,11 +170,18 @@ def delta_product_recurrent(
 
 
 def _decay(g_c):
-    """G = cumsum(g) and the masked decay exp(G_r - G_s) for s <= r (0 above): [z, cn, cn]."""
+    """G = cumsum(g) and the masked decay exp(G_r - G_s) for s <= r (0 above): [z, cn, cn].
+
+    The differences G_r - G_s come from a product with inner dimension 2 ([G, 1] . [1, -G],
+    exact at ``HIGHEST`` precision): XLA:CPU then runs the exp over a materialised array,
+    several times faster than an exp fused with a broadcast subtraction.
+    """
     gam = jnp.cumsum(g_c, axis=-1)
+    one = jnp.ones_like(gam)
+    diff = jnp.einsum("zri,zsi->zrs", jnp.stack([gam, one], -1), jnp.stack([one, -gam], -1),
+                      precision=lax.Precision.HIGHEST)
     lower = jnp.tri(gam.shape[-1], dtype=bool)
-    diff = jnp.where(lower, gam[:, :, None] - gam[:, None, :], 0.0)
-    return gam, jnp.where(lower, jnp.exp(diff), 0.0)
+    return gam, jnp.where(lower, jnp.exp(jnp.where(lower, diff, 0.0)), 0.0)
 
 
 def _intra(k_c, v_c, b_c, decay, gam):
