@@ -228,61 +228,49 @@ def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n):
     return (o, s), (q_c, k_c, v_c, b_c, g_c, t_inv, s_in)
 
 
-def _chunked_bwd(n, res, cts):
-    """Backward pass from the saved chunk-entering states S_in, the chunks' D = U - W S_in and
-    UT inverses T (what fla's chunk_gated_delta_rule keeps): the decay masks, A, U, W, P are
-    recomputed chunk by chunk, one reverse scan carries dS between chunks, the rest is batched
-    over chunks. With O = Q_g S + P D, S' = e^{G_l} S + Kd^T D, D = U - W S:
-    dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO - W^T dD, and T = (I + diag(b) A)^-1
-    gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the UT transform's VJP)."""
-    q_c, k_c, v_c, b_c, g_c, t_inv, s_in = res
-    do, ds_last = cts
-    nb, dk, cn = ds_last.shape[0], k_c.shape[-1], k_c.shape[1]
+def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
+    """The backward pass's chunk-local terms (no state needed): recomputed decay, A, U, W, P, Kd,
+    and dD0 = P^T dO, r = Q_g^T dO - W^T dD0 (the part of dS_in that comes from the outputs)."""
     gam, decay = _decay(g_c)
-    strict = jnp.tri(cn, k=-1, dtype=bool)
-    a = jnp.where(strict, decay, 0.0) * jnp.einsum("zrk,zsk->zrs", k_c, k_c)
+    a = jnp.where(jnp.tri(k_c.shape[1], k=-1, dtype=bool), decay, 0.0) * jnp.einsum(
+        "zrk,zsk->zrs", k_c, k_c
+    )
     x_w = (b_c * jnp.exp(gam))[..., None] * k_c
     u, w = t_inv @ (b_c[..., None] * v_c), t_inv @ x_w
-    d = u - w @ s_in
-    decay_q = decay[:, n - 1 :: n]
-    p = decay_q * jnp.einsum("zik,zsk->zis", q_c, k_c)
-    e_last = jnp.exp(gam[:, -1])
-    e_q = jnp.exp(gam[:, n - 1 :: n])
-    q_g = e_q[..., None] * q_c
-    e_kd = jnp.exp(gam[..., -1:] - gam)
-    kd = e_kd[..., None] * k_c
-
+    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)
+    kd = jnp.exp(gam[..., -1:] - gam)[..., None] * k_c
+    q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
     dd0 = jnp.einsum("zis,ziv->zsv", p, do)  # P^T dO
     r = jnp.einsum("zik,ziv->zkv", jnp.concatenate([q_g, -w], -2),
                    jnp.concatenate([do, dd0], -2))  # Q_g^T dO - W^T P^T dO
+    return dict(gam=gam, decay=decay, a=a, x_w=x_w, u=u, w=w, p=p, kd=kd, q_g=q_g, dd0=dd0, r=r)
 
-    def step(ds, xs):  # ds: gradient of the state leaving chunk j
-        w_j, kd_j, e_j, r_j = xs
-        ds_in = e_j[:, None, None] * ds + r_j - jnp.einsum("zsk,zsv->zkv", w_j, kd_j @ ds)
-        return ds_in, ds
 
-    xs = [x.reshape(-1, nb, *x.shape[1:]) for x in (w, kd, e_last, r)]
-    ds0, ds_out = lax.scan(step, ds_last, xs, reverse=True, unroll=2)
-    ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
-
-    dd = dd0 + kd @ ds_out
+def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out):
+    """All input cotangents of a set of chunks, given dS' (``ds_out``) of each."""
+    gam, decay, a, x_w, u, w, p, kd, q_g = (loc[x] for x in "gam decay a x_w u w p kd q_g".split())
+    dk_dim, cn = k_c.shape[-1], k_c.shape[1]
+    d = u - w @ s_in
+    dd = loc["dd0"] + kd @ ds_out
     dq_g = jnp.einsum("ziv,zkv->zik", do, s_in)
     dp = jnp.einsum("ziv,zsv->zis", do, d)
-    dqk = dp * decay_q  # gradient of Q K^T
+    dqk = dp * decay[:, n - 1 :: n]  # gradient of Q K^T
     e_p = dp * p  # gradient of the log-decay differences G_i - G_s in P
     dkd = jnp.einsum("zsv,zkv->zsk", d, ds_out)
     g_kd = jnp.sum(dkd * kd, -1)  # [z, cn]
     dw = -jnp.einsum("zsv,zkv->zsk", dd, s_in)
     dx = jnp.swapaxes(t_inv, -1, -2) @ jnp.concatenate([dw, dd], -1)  # T^T [dW dU]
-    dl = -jnp.where(strict, jnp.einsum("zrj,zsj->zrs", dx, jnp.concatenate([w, u], -1)), 0.0)
+    dl = -jnp.where(jnp.tri(cn, k=-1, dtype=bool),
+                    jnp.einsum("zrj,zsj->zrs", dx, jnp.concatenate([w, u], -1)), 0.0)
     da = b_c[..., :, None] * dl
     e_a = da * a
     dkk = da * decay  # strictly lower, like dl
-    dx_w, dx_u = dx[..., :dk], dx[..., dk:]
+    dx_w, dx_u = dx[..., :dk_dim], dx[..., dk_dim:]
 
+    e_q = jnp.exp(gam[:, n - 1 :: n])
     dq = e_q[..., None] * dq_g + dqk @ k_c
-    dk_ = (jnp.einsum("zis,zik->zsk", dqk, q_c) + (dkk + jnp.swapaxes(dkk, -1, -2)) @ k_c
-           + e_kd[..., None] * dkd + (b_c * jnp.exp(gam))[..., None] * dx_w)
+    dk = (jnp.einsum("zis,zik->zsk", dqk, q_c) + (dkk + jnp.swapaxes(dkk, -1, -2)) @ k_c
+          + jnp.exp(gam[..., -1:] - gam)[..., None] * dkd + (b_c * jnp.exp(gam))[..., None] * dx_w)
     dv = b_c[..., None] * dx_u
     db = (jnp.sum(dl * a, -1) + jnp.sum(dx_u * v_c, -1)
           + jnp.sum(dx_w * jnp.exp(gam)[..., None] * k_c, -1))
@@ -291,10 +279,68 @@ def _chunked_bwd(n, res, cts):
     dgam = dgam + jnp.sum(dx_w * x_w, -1)
     row_q = jnp.sum(e_p, -1) + jnp.sum(dq_g * q_g, -1)  # at the query rows n-1, 2n-1, ...
     dgam = dgam.at[:, n - 1 :: n].add(row_q)
-    last = jnp.sum(g_kd, -1) + e_last * jnp.sum(ds_out * s_in, (-2, -1))
+    last = jnp.sum(g_kd, -1) + jnp.exp(gam[:, -1]) * jnp.sum(ds_out * s_in, (-2, -1))
     dgam = dgam.at[:, -1].add(last)
     dg = jnp.flip(jnp.cumsum(jnp.flip(dgam, -1), -1), -1)  # G = cumsum(g)
-    return dq, dk_, dv, db, dg, ds0
+    return dq, dk, dv, db, dg
+
+
+_GROUP_ELEMENTS = 2**20  # size of one [chunks, cn, max(cn, K, V)] intermediate in the backward
+
+
+def _chunks_per_group(nc: int, nb: int, cn: int, width: int) -> int:
+    """Chunks per group of the backward's batched work: the largest divisor of nc keeping each
+    [group, cn, max(cn, K, V)] intermediate within _GROUP_ELEMENTS (4 MiB in float32)."""
+    target = max(1, _GROUP_ELEMENTS // (nb * cn * max(cn, width)))
+    return max(d for d in range(1, nc + 1) if nc % d == 0 and d <= target)
+
+
+def _chunked_bwd(n, res, cts):
+    """Backward pass from the saved chunk-entering states S_in and UT inverses T (as fla's
+    chunk_gated_delta_rule keeps T): the decay masks, A, U, W, P and D are recomputed chunk by
+    chunk, one reverse scan carries dS between chunks, the rest is batched over groups of
+    chunks (``lax.map`` over groups when the sequence is long, so the [c, c] intermediates of
+    only one group are alive at a time). With O = Q_g S + P D, S' = e^{G_l} S + Kd^T D,
+    D = U - W S: dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO - W^T dD, and
+    T = (I + diag(b) A)^-1 gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the UT VJP)."""
+    q_c, k_c, v_c, b_c, g_c, t_inv, s_in = res
+    do, ds_last = cts
+    nb, cn = ds_last.shape[0], k_c.shape[1]
+    nc = k_c.shape[0] // nb
+    gc = _chunks_per_group(nc, nb, cn, max(k_c.shape[-1], v_c.shape[-1]))
+    local_in = (q_c, k_c, v_c, b_c, g_c, t_inv, do)
+    if gc == nc:
+        loc = _bwd_local(n, *local_in)
+    else:  # keep only what the scan and the gradients cannot cheaply recompute
+        keep = ("w", "kd", "r")
+        groups = [x.reshape(nc // gc, gc * nb, *x.shape[1:]) for x in local_in]
+        kept = lax.map(lambda xs: {x: _bwd_local(n, *xs)[x] for x in keep}, groups)
+        loc = {x: y.reshape(-1, *y.shape[2:]) for x, y in kept.items()}
+    e_last = jnp.exp(jnp.sum(g_c, -1))
+
+    def step(ds, xs):  # ds: gradient of the state leaving chunk j
+        w_j, kd_j, e_j, r_j = xs
+        ds_in = e_j[:, None, None] * ds + r_j - jnp.einsum("zsk,zsv->zkv", w_j, kd_j @ ds)
+        return ds_in, ds
+
+    xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (loc["w"], loc["kd"], e_last, loc["r"])]
+    ds0, ds_out = lax.scan(step, ds_last, xs, reverse=True, unroll=2)
+    ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
+    if gc == nc:
+        grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out)
+    else:
+        def post(xs):
+            local, saved, s_j, ds_j = xs
+            fresh = _bwd_local(n, *local)  # its W, Kd, r are unused: XLA drops them
+            return _bwd_grads(n, {**fresh, **saved}, *local[:4], local[5], s_j, local[6], ds_j)
+
+        def grp(x):
+            return x.reshape(nc // gc, gc * nb, *x.shape[1:])
+
+        grads = lax.map(post, ([grp(x) for x in local_in], {x: grp(y) for x, y in loc.items()},
+                               grp(s_in), grp(ds_out)))
+        grads = [x.reshape(-1, *x.shape[2:]) for x in grads]
+    return (*grads, ds0)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)

@@ -17,6 +17,7 @@ import jax.test_util
 import numpy as np
 import pytest
 
+from seqlab.ops import delta as delta_module
 from seqlab.ops.delta import delta_product, delta_product_recurrent, unit_lower_inverse
 
 
@@ -127,6 +128,26 @@ def test_float32_gradients_equal_grad_of_recurrent():
     for chunk in (8, None):
         for a, b in zip(loss(delta_product, chunk)(*args), g_r, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+def test_backward_in_groups_of_chunks_is_exact(monkeypatch):
+    """Long sequences run the backward's batched work over groups of chunks (lax.map):
+    forced here with a tiny group size (4 chunks of 2 tokens in groups of 2), float64."""
+    monkeypatch.setattr(delta_module, "_GROUP_ELEMENTS", 2 * 2 * 2 * 4 * 4)
+    assert delta_module._chunks_per_group(4, 4, 4, 3) == 2
+    q, k, v, beta, g, s0 = make_inputs(4, 2, 7, 2, 3, 3, 2, True, True)
+
+    def loss(fn):
+        def f(*a):
+            o, s = fn(*a[:5], num_householder=2, initial_state=a[5], chunk_size=2)
+            return jnp.sum(o * jnp.arange(o.size).reshape(o.shape)) + jnp.sum(s)
+        return jax.jit(jax.grad(f, tuple(range(6))))
+
+    with jax.enable_x64(True):
+        args = (q, k, v, beta, g, s0)
+        for a, b in zip(loss(delta_product)(*args), loss(delta_product_recurrent)(*args),
+                        strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_float32_and_bfloat16_accumulate_in_float32():
