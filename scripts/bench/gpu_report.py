@@ -1,6 +1,6 @@
 """Markdown tables from the JSON files of scripts/gpu_check.sh (``seqlab bench`` + the peers).
 
-    python3 scripts/bench/gpu_report.py OUT_DIR      # reads OUT_DIR/{bench,peers}.json
+    python3 scripts/bench/gpu_report.py OUT_DIR   # reads OUT_DIR/bench_*.json, OUT_DIR/peers.json
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ def fmt(x, spec=".3g"):
 
 def main(out: pathlib.Path) -> str:
     lines = ["# GPU check", ""]
-    bench = out / "bench.json"
-    if bench.exists():
-        rep = json.loads(bench.read_text())
+    reports = [json.loads(f.read_text()) for f in sorted(out.glob("bench_*.json"))]
+    if reports:
+        rep = reports[0]
         env = rep.get("environment", {})
         lines += [f"`seqlab bench` {rep.get('date')} on {env.get('device')} "
                   f"({env.get('backend')}), probe: matmul "
@@ -26,14 +26,14 @@ def main(out: pathlib.Path) -> str:
                   f"{rep['probe']['bytes_per_s'] / 1e9:.0f} GB/s", "",
                   "| mixer | L | fwd ms | fwd+bwd ms | tok/s | %bound (fwd) | bound | status |",
                   "|---|---|---|---|---|---|---|---|"]
-        for r in rep["results"]:
+        for r in (r for rep in reports for r in rep["results"]):
             frac = r.get("frac_of_bound")
             lines.append(f"| {r['mixer']} | {r['length']} | {fmt(r['fwd_s'] and r['fwd_s'] * 1e3)}"
                          f" | {fmt(r['fwd_bwd_s'] and r['fwd_bwd_s'] * 1e3)} | "
                          f"{fmt(r['tokens_per_s'])} | {fmt(frac and 100 * frac, '.1f')} | "
                          f"{r.get('bound_by') or '-'} | {r['status']} |")
     else:
-        lines.append("(no bench.json: the `seqlab bench` step did not finish)")
+        lines.append("(no bench_*.json: no mixer of the `seqlab bench` step finished)")
     peers = out / "peers.json"
     lines.append("")
     if peers.exists():
