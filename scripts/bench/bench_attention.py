@@ -5,9 +5,10 @@
     .venv/bin/python scripts/bench/bench_attention.py --only cache
 
 1. ``dsa``: forward time of ``ops.attention.dsa`` (topk=256, 4 indexer heads of 32 dims) against
-   ``ops.attention.attention`` (dense causal; jax.nn.dot_product_attention's XLA path) at batch 1,
-   8 heads of 64 dims, with MHA keys (8 KV heads) and MQA keys (1 KV head, DeepSeek-V3.2's MLA
-   setting, where the gathered keys are shared by every head).
+   ``ops.attention.attention`` (dense causal; jax.nn.dot_product_attention's XLA path, by query
+   blocks when its logits would not fit) at batch 1, 8 heads of 64 dims, with MQA keys (1 KV
+   head, DeepSeek-V3.2's MLA setting, the fast path) and MHA keys (8 KV heads, per token and
+   with ``select="block"``); the indexer alone is timed separately. Min of the repeats.
 2. ``decode``: one decode step (batch 1, one new token) against a cache filled to 8192 tokens, for
    MHA and MLA (naive and absorb) layers of the same width (d_model 1024, 16 heads of 64 dims;
    MLA kv_lora_rank 256, rope 32).
@@ -25,17 +26,30 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqlab.bench.timing import is_oom, time_fn
+from seqlab.bench.timing import time_fn
 from seqlab.layers.attention import MultiHeadAttention
 from seqlab.layers.mla import MLA
-from seqlab.ops.attention import attention, dsa
+from seqlab.ops.attention import _attention_xla, attention
+from seqlab.ops.dsa import dsa, dsa_indexer
+
+
+def dense_blocked(q, k, v, block: int = 1024):
+    """Dense causal attention one block of queries at a time (same FLOPs as one call, but the
+    [B, H, block, T] logits fit in memory at T = 16384)."""
+    t = q.shape[1]
+    outs = [_attention_xla(q[:, t0:t0 + block], k, v, causal=True, scale=q.shape[-1] ** -0.5,
+                           mask=None, q_offset=0, t0=t0) for t0 in range(0, t, block)]
+    return jnp.concatenate(outs, axis=1)
 
 
 def bench_dsa(lengths: list[int], repeats: int, args_max_gb: float) -> list[dict]:
+    """dense / DSA forward at batch 1, 8 heads of 64 dims, topk 256, 4 indexer heads of 32:
+    shared KV (1 KV head, the fast path), and 8 KV heads per token and with block selection;
+    the indexer alone (scores + top-k over every causal pair) is timed separately."""
     rows = []
-    hq, d, hi, di, topk = 8, 64, 4, 32, 256
+    hq, d, hi, di, topk, blk = 8, 64, 4, 32, 256, 512
     for t in lengths:
-        for kv in (8, 1):
+        for kv in (1, 8):
             ks = jax.random.split(jax.random.key(0), 6)
             q = jax.random.normal(ks[0], (1, t, hq, d))
             k = jax.random.normal(ks[1], (1, t, kv, d))
@@ -43,24 +57,26 @@ def bench_dsa(lengths: list[int], repeats: int, args_max_gb: float) -> list[dict
             qi = jax.random.normal(ks[3], (1, t, hi, di))
             ki = jax.random.normal(ks[4], (1, t, di))
             wi = jax.random.normal(ks[5], (1, t, hi))
-            row = {"T": t, "kv_heads": kv, "dense_s": float("nan")}
+            row = {"T": t, "kv_heads": kv}
             logits_gb = hq * t * t * 4 / 2**30  # XLA's dense path materialises [B, H, T, T]
-            if logits_gb <= args_max_gb:
-                try:
-                    row["dense_s"] = time_fn(lambda q, k, v: attention(q, k, v, causal=True),
-                                             q, k, v, repeats=repeats).median_s
-                except Exception as e:  # noqa: BLE001
-                    if not is_oom(e):
-                        raise
-            else:
-                print(f"T={t}: dense skipped, its logits need {logits_gb:.1f} GiB", flush=True)
-            row["dsa_s"] = time_fn(
-                lambda *a: dsa(*a, topk=topk, block_size=512), q, k, v, qi, ki, wi,
-                repeats=repeats,
-            ).median_s
-            row["speedup"] = row["dense_s"] / row["dsa_s"]
-            print(f"T={t:6d} kv_heads={kv}: dense {row['dense_s']:.3f}s  dsa(topk={topk}) "
-                  f"{row['dsa_s']:.3f}s  speedup {row['speedup']:.2f}x", flush=True)
+            dense = ((lambda q, k, v: attention(q, k, v, causal=True)) if logits_gb <= args_max_gb
+                     else dense_blocked)
+            row["dense_s"] = time_fn(dense, q, k, v, repeats=repeats).min_s
+            cases = {"dsa_s": dict(topk=topk, block_size=blk)}
+            if kv > 1:
+                cases["dsa_block_s"] = dict(topk=topk, select="block", select_block=64)
+            for name, kw in cases.items():
+                row[name] = time_fn(lambda *a, kw=kw: dsa(*a, **kw), q, k, v, qi, ki, wi,
+                                    repeats=repeats).min_s
+            if kv == 1:
+                def indexer(qi, ki, wi, t=t):
+                    return [dsa_indexer(qi[:, t0:t0 + blk], ki[:, :t0 + blk], wi[:, t0:t0 + blk],
+                                        topk=topk, q_offset=t0) for t0 in range(blk, t, blk)]
+                row["indexer_s"] = time_fn(indexer, qi, ki, wi, repeats=repeats).min_s
+            text = "  ".join(f"{n[:-2]} {s:.3f}s (dense/{n[:-2]} {row['dense_s'] / s:.2f}x)"
+                             for n, s in row.items() if n.endswith("_s") and n != "dense_s")
+            print(f"T={t:6d} kv_heads={kv}: dense {row['dense_s']:.3f}s  {text}  (min of "
+                  f"{repeats})", flush=True)
             rows.append(row)
     return rows
 

@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from seqlab.bench.timing import fwd_bwd, time_fn
+from seqlab.bench.timing import fwd_bwd, peak_memory, time_fn
 from seqlab.ops.delta import delta_product, delta_product_recurrent
 
 
@@ -34,7 +34,7 @@ def inputs(b: int, t: int, h: int, dk: int, dv: int, n: int, seed: int = 0):
     return q, k, v, beta, g
 
 
-def op(fn, n: int, chunk_size: int):
+def op(fn, n: int, chunk_size: int | None):
     def run(q, k, v, beta, g):
         return fn(q, k, v, beta, g, num_householder=n, chunk_size=chunk_size)
     return run
@@ -81,7 +81,9 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dim", type=int, default=64, help="K = V")
     p.add_argument("--num-householder", type=int, default=1)
-    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=None, help="default: chosen per length")
+    p.add_argument("--memory-length", type=int, default=16384,
+                   help="T for the fwd+bwd peak-memory line (XLA memory analysis, not run)")
     p.add_argument("--speedup-length", type=int, default=2048)
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--repeats", type=int, default=5)
@@ -101,6 +103,18 @@ def main() -> None:
           f"(min {chk.min_s * 1e3:.1f})")
     print(f"speedup chunked / recurrent: {rec.median_s / chk.median_s:.1f}x (median), "
           f"{rec.min_s / chk.min_s:.1f}x (min)")
+    rec_f = time_fn(op(delta_product_recurrent, n, args.chunk_size), *xs, repeats=args.repeats)
+    chk_f = time_fn(op(delta_product, n, args.chunk_size), *xs, repeats=args.repeats)
+    print(f"fwd at T={args.speedup_length}: recurrent {rec_f.median_s * 1e3:.1f} ms "
+          f"(min {rec_f.min_s * 1e3:.1f}), chunked {chk_f.median_s * 1e3:.1f} ms "
+          f"(min {chk_f.min_s * 1e3:.1f}): chunked / recurrent speed "
+          f"{rec_f.median_s / chk_f.median_s:.2f}x (median), "
+          f"{rec_f.min_s / chk_f.min_s:.2f}x (min)")
+    big = inputs(b, args.memory_length, h, d, d, n)
+    for name, fn in (("recurrent", delta_product_recurrent), ("chunked", delta_product)):
+        compiled = jax.jit(fwd_bwd(op(fn, n, args.chunk_size), **grads)).lower(*big).compile()
+        print(f"fwd+bwd peak memory at T={args.memory_length}: {name} "
+              f"{peak_memory(compiled) / 2**20:.0f} MiB")
 
     print(f"\n{'T':>6} {'fwd+bwd ms (median)':>20} {'min ms':>9} {'tokens/s (min)':>15}")
     for t in args.lengths:

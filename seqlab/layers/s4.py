@@ -19,7 +19,7 @@ from seqlab.layers.common import SSMParam, as_complex, choice, complex_param, re
 from seqlab.layers.protocol import register_mixer
 from seqlab.layers.s4d import S4D
 from seqlab.ops import hippo
-from seqlab.ops.ssm import dplr_inverse, dplr_step, kernel_dplr
+from seqlab.ops.ssm import c_from_c_tilde, dplr_inverse, dplr_step, kernel_dplr
 
 
 @register_mixer("s4")
@@ -38,6 +38,12 @@ class S4(S4D):
     The kernel uses the true C (``kernel_dplr`` applies the ``C~ = C (I - dA^L)`` correction),
     so ``decode`` runs the discretised DPLR recurrence with the same C, one step in O(H N r)
     (``ops.ssm.dplr_step``: Woodbury, no dense [H, N, N] matrix is formed or inverted).
+
+    ``c_tilde=True`` (needs ``max_length``): C holds ``C~ = C (I - dA^L)`` for L = max_length
+    and is learned directly, as S4's reference implementation does, so the kernel needs no
+    ``dA^L`` (a shorter input uses the first entries of the length-L kernel); ``decode``
+    converts it back once per call (``ops.ssm.c_from_c_tilde``). The initial C~ is drawn like
+    C. Default False: C is the true readout (the behaviour before the option).
     """
 
     @reject_renamed
@@ -48,6 +54,7 @@ class S4(S4D):
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
         measure: str = "legs",
+        c_tilde: bool = False,
         **options,
     ):
         for fixed, value in (("init", "measure"), ("mode", "fft"), ("disc", "bilinear")):
@@ -57,6 +64,12 @@ class S4(S4D):
                     + (" (use measure=...)" if fixed == "init" else f"; it is always {value!r}")
                 )
         options = {k: v for k, v in options.items() if k not in ("mode", "disc")}
+        if c_tilde and not options.get("max_length"):
+            raise ValueError(
+                "S4(c_tilde=True) learns C~ = C (I - dA^L) for one kernel length L: set "
+                "max_length=L (inputs up to L tokens), or use c_tilde=False"
+            )
+        self.c_tilde = c_tilde
         super().__init__(d_model, rngs=rngs, dtype=dtype, init=measure, disc="bilinear", **options)
         H = d_model
         self.P = SSMParam(complex_param(np.tile(self._P0[:, None, :], (1, H, 1))))
@@ -72,6 +85,10 @@ class S4(S4D):
         """K [dirs, H, length] (S4, Alg. 1)."""
         A, B, C, dt = self.ssm()
         P = as_complex(self.P[...])
+        if self.c_tilde:
+            L = self.max_length
+            return jnp.stack([kernel_dplr(A, P, B, c, dt, L, c_tilde=True)[:, :length]
+                              for c in C])
         return jnp.stack([kernel_dplr(A, P, B, c, dt, length) for c in C])
 
     def _recurrence(self, u: jax.Array, h0: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -83,6 +100,8 @@ class S4(S4D):
         """
         A, B, C, dt = self.ssm()
         P = as_complex(self.P[...])
+        if self.c_tilde:
+            C = c_from_c_tilde(A, P, C[0], dt, self.max_length)[None]
         inv = dplr_inverse(A, P, dt)
 
         def step(h, u_k):  # h: [batch, H, N/2], u_k: [batch, H]

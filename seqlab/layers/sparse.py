@@ -208,18 +208,39 @@ class DSA(nnx.Module):
         o = attention(q, k, v, causal=True, scale=self.attn.scale, mask=mask)
         return o, dsa_indexer_loss(q, k, *index, scale=self.attn.scale, mask=mask)
 
+    def _qkv(self, x: jax.Array, positions: jax.Array):
+        """q, k, v to attend with. On MLA the shared-KV (MQA) layout DeepSeek-V3.2 runs DSA in:
+        q [b,t,H,rank+R] = [q_nope W_UK^T, q_rope], k [b,t,1,rank+R] = [c_kv, k_rope],
+        v [b,t,1,rank] = c_kv (the same logits as the per-head form; the selected rows are
+        gathered once for all heads). On MHA the base layer's own q, k, v."""
+        if not isinstance(self.attn, MLA):
+            return self.attn.qkv(x, positions)
+        mla = self.attn
+        x = x.astype(mla.dtype)
+        q_nope, q_rope = mla._queries(x, positions)
+        c, kr = mla.latent(x, positions)
+        q_lat = jnp.einsum("bthn,rhn->bthr", q_nope, mla.wk_b[...].astype(q_nope.dtype))
+        k = jnp.concatenate([c, kr.reshape(*kr.shape[:2], -1).astype(c.dtype)], axis=-1)
+        return jnp.concatenate([q_lat, q_rope], axis=-1), k[:, :, None], c[:, :, None]
+
+    def _output(self, o: jax.Array) -> jax.Array:
+        """The attention output -> y; on MLA o is in latent space and is multiplied by W_UV."""
+        if isinstance(self.attn, MLA):
+            o = jnp.einsum("bthr,rhv->bthv", o, self.attn.wv_b[...].astype(o.dtype))
+        return self.attn.output(o)
+
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         check_input(x, self.d_model, "DSA")
         x = apply_mask(x, mask)
         positions = jnp.arange(x.shape[1])
-        q, k, v = self.attn.qkv(x, positions)
+        q, k, v = self._qkv(x, positions)
         index = self.indexer_inputs(lax.stop_gradient(x), positions)
         if self.deterministic:
             o = dsa(
                 q, k, v, *index, topk=self.topk, scale=self.attn.scale, mask=mask,
                 block_size=self.block_size,
             )
-            return self.attn.output(o)
+            return self._output(o)
         step = self.indexer_step[...]
         self.indexer_step[...] = step + 1
         if self.indexer_warmup_steps == 0:
@@ -230,7 +251,7 @@ class DSA(nnx.Module):
                 q, k, v, index, mask,
             )
         self.sow(nnx.Intermediate, "aux_loss", self.indexer_loss_weight * kl)
-        return self.attn.output(o)
+        return self._output(o)
 
     def indexer_loss(
         self, x: jax.Array, mask: jax.Array | None = None, *, sparse: bool = False

@@ -9,6 +9,8 @@ Positions: query ``t`` sits at absolute position ``t + q_offset`` and key ``s`` 
 a traced scalar, which is how a decode step attends to a fixed-size KV cache.
 ``mask: [batch, S]`` bool marks real keys (False = padding, never attended).
 Logits, softmax and its reductions run in float32 (float64 when the inputs are float64).
+DeepSeek Sparse Attention (``dsa``, its indexer, ``sparse_attention``) lives in
+``seqlab.ops.dsa`` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ __all__ = [
     "rope_angles",
     "apply_rope",
     "topk_attention",
-    "dsa_indexer",
-    "sparse_attention",
-    "dsa",
-    "dsa_indexer_loss",
+    "dsa_indexer",  # noqa: F822 - resolved by __getattr__ from seqlab.ops.dsa
+    "sparse_attention",  # noqa: F822
+    "dsa",  # noqa: F822
+    "dsa_indexer_loss",  # noqa: F822
 ]
 
 
@@ -258,216 +260,14 @@ def topk_attention(
     return o[:, :t].reshape(b, t, hq, v.shape[-1]).astype(q.dtype)
 
 
-def _index_scores(q_idx, k_idx, w_idx, scale):
-    """Lightning-indexer scores I[b,t,s] = sum_j w[t,j] relu(scale q_idx[t,j].k_idx[s]).
-
-    DeepSeek-V3.2 (2025), eq. 1. q_idx: [B,T,Hi,Di]; k_idx: [B,S,Di]; w_idx: [B,T,Hi] or None.
-    """
-    acc = _acc_dtype(q_idx.dtype)
-    sim = jnp.einsum("btjd,bsd->btjs", q_idx, k_idx, preferred_element_type=acc)
-    sim = jax.nn.relu(sim * scale)
-    if w_idx is None:
-        return sim.sum(2)
-    return jnp.einsum("btjs,btj->bts", sim, w_idx.astype(acc))
+_DSA_NAMES = ("dsa", "dsa_indexer", "dsa_indexer_loss", "sparse_attention")
 
 
-def dsa_indexer(
-    q_idx: jax.Array,
-    k_idx: jax.Array,
-    w_idx: jax.Array | None = None,
-    *,
-    topk: int,
-    scale: float | None = None,
-    mask: jax.Array | None = None,
-    q_offset: int | jax.Array = 0,
-) -> jax.Array:
-    """The lightning indexer's causal top-k: indices [batch, T, topk] int32, -1 = empty slot.
+def __getattr__(name: str):
+    """``seqlab.ops.attention.dsa`` and friends live in ``seqlab.ops.dsa`` (built on the helpers
+    above); resolving them on first use avoids a circular import."""
+    if name in _DSA_NAMES:
+        from seqlab.ops import dsa as dsa_module
 
-    q_idx: [B, T, Hi, Di]; k_idx: [B, S, Di] (one index key per token, shared by the Hi heads);
-    w_idx: [B, T, Hi] or None (equal weights). scale defaults to 1/sqrt(Di). Keys invisible to a
-    query (future, padding) are never selected; a query seeing fewer than topk keys pads with -1.
-    Indices come in decreasing score order (ties in any order).
-    """
-    scale = q_idx.shape[-1] ** -0.5 if scale is None else scale
-    t, s = q_idx.shape[1], k_idx.shape[1]
-    score = _index_scores(q_idx, k_idx, w_idx, scale)
-    vis = _visible(t, s, causal=True, q_offset=q_offset, mask=mask)
-    score = jnp.where(vis, score, -jnp.inf)
-    kk = min(topk, s)
-    vals, idx = lax.top_k(score, kk)
-    idx = jnp.where(jnp.isneginf(vals), -1, idx).astype(jnp.int32)
-    if topk > kk:
-        idx = jnp.pad(idx, ((0, 0), (0, 0), (0, topk - kk)), constant_values=-1)
-    return idx
-
-
-def _gathered_block(q, k, v, idx, scale):
-    """A few queries against their own keys: q [n, H, G, D], k [S, H, D], v [S, H, Dv], idx [n, K]
-    (indices into the rows of k and v, -1 = empty) -> [n, H, G, Dv]."""
-    acc = _acc_dtype(q.dtype)
-    valid = idx >= 0
-    safe = jnp.where(valid, idx, 0)
-    kg, vg = k[safe].astype(acc), v[safe].astype(acc)  # [n, K, H, D]: only the selected rows
-    if q.shape[2] == 1:  # no group axis: XLA:CPU loops badly over a broadcast size-1 axis
-        qs = q[:, :, 0].astype(acc)
-        logits = jnp.sum(qs[:, None] * kg, axis=-1) * scale  # [n, K, H]
-        p = _masked_softmax(logits, valid[:, :, None], axis=1)
-        return jnp.sum(p[..., None] * vg, axis=1)[:, :, None]
-    # multiply-and-reduce over the minor axis: XLA fuses the gather into it (no transpose)
-    logits = jnp.sum(q.astype(acc)[:, None] * kg[:, :, :, None, :], axis=-1) * scale  # [n,K,H,G]
-    p = _masked_softmax(logits, valid[:, :, None, None], axis=1)
-    return jnp.sum(p[..., None] * vg[:, :, :, None, :], axis=1)
-
-
-def sparse_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    indices: jax.Array,
-    *,
-    scale: float | None = None,
-    query_block: int = 4,
-) -> jax.Array:
-    """Attention of each query over its own gathered keys (all heads share the selection).
-
-    q: [B, T, Hq, D]; k: [B, S, H, D]; v: [B, S, H, Dv]; indices: [B, T, K] int, -1 = empty.
-    o_{t,h} = sum_{j: i_j >= 0} softmax_j(scale q_{t,h} . k_{i_j}) v_{i_j}   -> [B, T, Hq, Dv]
-    (DeepSeek-V3.2 eq. 2). Only the K selected keys and values are read per query: queries run
-    ``query_block`` at a time under ``lax.map``, so the gathered rows ([query_block, K, H, D])
-    stay in cache and no [T, S] array exists. Gradients flow to q, k, v (the gather transposes
-    to a scatter-add), none to the integer indices.
-    """
-    q, k, v, indices = map(jnp.asarray, (q, k, v, indices))
-    g = _check_heads(q, k, v)
-    if indices.shape[:2] != q.shape[:2] or indices.ndim != 3:
-        raise ValueError(f"indices must be [batch, T, K] with q {q.shape}, got {indices.shape}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    b, t, hq, d = q.shape
-    s, h, kk = k.shape[1], k.shape[2], indices.shape[-1]
-    # one flat key table [B*S, H, D]: row b*S + i holds key i of batch row b
-    flat = jnp.where(indices >= 0, indices + s * jnp.arange(b)[:, None, None], -1)
-    n = min(query_block, b * t)
-    pad = -(b * t) % n
-    qb = jnp.pad(q.reshape(b * t, h, g, d), ((0, pad), (0, 0), (0, 0), (0, 0)))
-    ib = jnp.pad(flat.reshape(b * t, kk), ((0, pad), (0, 0)), constant_values=-1)
-    kf, vf = k.reshape(b * s, h, d), v.reshape(b * s, h, v.shape[-1])
-    o = lax.map(
-        lambda a: _gathered_block(a[0], kf, vf, a[1], scale),
-        (qb.reshape(-1, n, h, g, d), ib.reshape(-1, n, kk)),
-    )
-    return o.reshape(-1, hq, v.shape[-1])[: b * t].reshape(b, t, hq, -1).astype(q.dtype)
-
-
-def dsa(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    q_idx: jax.Array,
-    k_idx: jax.Array,
-    w_idx: jax.Array | None = None,
-    *,
-    topk: int,
-    scale: float | None = None,
-    index_scale: float | None = None,
-    mask: jax.Array | None = None,
-    block_size: int = 256,
-    return_indices: bool = False,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """DeepSeek Sparse Attention (DeepSeek-V3.2, 2025), causal, over one whole sequence.
-
-    q: [B, T, Hq, D]; k: [B, T, H, D]; v: [B, T, H, Dv]; q_idx: [B, T, Hi, Di]; k_idx: [B, T, Di];
-    w_idx: [B, T, Hi] or None; mask: [B, T] bool (real tokens) or None.
-    The ReLU lightning indexer (:func:`dsa_indexer`, eq. 1) picks the top-k causal keys of each
-    query, shared by all heads, and attention runs over those keys only (eq. 2,
-    :func:`sparse_attention`). Same conventions as flash-linear-attention's ``naive_dsa``:
-    attention scale 1/sqrt(D), indexer scale 1/sqrt(Di), -1 padding of the indices.
-
-    Work is done per block of ``block_size`` queries, each against its causal key prefix only:
-    memory stays O(block T) for the indexer and O(block topk H D) for the gathered keys. Blocks
-    whose whole prefix fits in topk select every visible key, so they run dense causal attention
-    (same value, no indexer). Returns o [B, T, Hq, Dv] (and indices [B, T, topk] when asked).
-    """
-    _check_heads(q, k, v)
-    if topk < 1 or block_size < 1:
-        raise ValueError(f"topk and block_size must be >= 1, got {topk}, {block_size}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    t = q.shape[1]
-    outs, idxs = [], []
-    for t0 in range(0, t, block_size):
-        t1 = min(t0 + block_size, t)
-        km = None if mask is None else mask[:, :t1]
-        if t1 <= topk:
-            o = _attention_xla(
-                q[:, t0:t1], k[:, :t1], v[:, :t1], causal=True, scale=scale, mask=km, q_offset=0,
-                t0=t0,
-            )
-            if return_indices:
-                vis = _visible(t1 - t0, t1, causal=True, q_offset=0, mask=km, t0=t0)
-                ar = jnp.broadcast_to(jnp.arange(t1, dtype=jnp.int32), vis.shape)
-                # visible keys first, in index order; the empty slots -1 after them
-                order = jnp.argsort(~vis, axis=-1, stable=True).astype(jnp.int32)
-                sel = jnp.take_along_axis(jnp.where(vis, ar, -1), order, axis=-1)
-                sel = jnp.pad(sel, ((0, 0), (0, 0), (0, topk - t1)), constant_values=-1)
-                idxs.append(jnp.broadcast_to(sel, (q.shape[0], t1 - t0, topk)))
-        else:
-            w = None if w_idx is None else w_idx[:, t0:t1]
-            idx = dsa_indexer(
-                q_idx[:, t0:t1], k_idx[:, :t1], w, topk=topk, scale=index_scale, mask=km,
-                q_offset=t0,
-            )
-            o = sparse_attention(q[:, t0:t1], k[:, :t1], v[:, :t1], idx, scale=scale)
-            idxs.append(idx)
-        outs.append(o)
-    o = jnp.concatenate(outs, axis=1)
-    if return_indices:
-        return o, jnp.concatenate(idxs, axis=1)
-    return o
-
-
-def dsa_indexer_loss(
-    q: jax.Array,
-    k: jax.Array,
-    q_idx: jax.Array,
-    k_idx: jax.Array,
-    w_idx: jax.Array | None = None,
-    *,
-    topk: int | None = None,
-    scale: float | None = None,
-    index_scale: float | None = None,
-    mask: jax.Array | None = None,
-) -> jax.Array:
-    """The indexer's KL objective of DeepSeek-V3.2 (2025), averaged over real queries.
-
-    Target p_t: the main attention distribution ``softmax(scale q_{t,h} . k_s)`` summed over the
-    Hq heads and L1-normalised over keys; it is held fixed (``stop_gradient``). Prediction:
-    ``softmax_s(I_{t,s})`` of the indexer scores. Dense warm-up (``topk=None``, eq. 3):
-    ``KL(p_t || softmax(I_t))`` over all causal keys. Sparse stage (``topk`` given, eq. 4): both
-    distributions restricted to the indexer's own top-k set S_t. Gradients reach only q_idx,
-    k_idx, w_idx. Shapes as :func:`dsa` (q: [B,T,Hq,D], k: [B,T,H,D]). This is a training
-    objective, so it forms [B, T, T] arrays (as the paper's warm-up does).
-    """
-    b, t, hq, d = q.shape
-    scale = d**-0.5 if scale is None else scale
-    index_scale = q_idx.shape[-1] ** -0.5 if index_scale is None else index_scale
-    acc = _acc_dtype(q.dtype)
-    vis = _visible(t, t, causal=True, q_offset=0, mask=mask)  # [B|1, T, T]
-    if topk is not None:
-        idx = dsa_indexer(
-            lax.stop_gradient(q_idx), lax.stop_gradient(k_idx),
-            None if w_idx is None else lax.stop_gradient(w_idx), topk=topk, scale=index_scale,
-            mask=mask,
-        )
-        sel = jnp.zeros((b, t, t + 1), bool)
-        put = jax.vmap(jax.vmap(lambda row, i: row.at[i].set(True)))
-        sel = put(sel, jnp.where(idx < 0, t, idx))
-        vis = vis & sel[..., :t]
-    h = k.shape[2]
-    qg = lax.stop_gradient(q).reshape(b, t, h, hq // h, d)
-    logits = jnp.einsum("bthgd,bshd->bhgts", qg, lax.stop_gradient(k), preferred_element_type=acc)
-    p = _masked_softmax(logits * scale, vis[:, None, None]).sum((1, 2))
-    p = p / jnp.maximum(p.sum(-1, keepdims=True), 1e-30)
-    score = _index_scores(q_idx, k_idx, w_idx, index_scale)
-    logq = jax.nn.log_softmax(jnp.where(vis, score, -1e30), axis=-1)
-    kl = jnp.where(vis & (p > 0), p * (jnp.log(jnp.where(p > 0, p, 1.0)) - logq), 0.0).sum(-1)
-    real = jnp.ones((b, t), bool) if mask is None else mask
-    return jnp.sum(jnp.where(real, kl, 0.0)) / jnp.maximum(real.sum(), 1)
+        return getattr(dsa_module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,12 +34,19 @@ Only ``S_c`` needs a sequential ``lax.scan`` over chunks (two ``[c, K] x [K, V]`
 step); everything else, including ``O = (diag(exp(G_q)) Q - P W) S_0 + P U`` once the entering
 states are known, is one batched matmul over all chunks. The UT inverse ``T`` is computed by
 recursive 2x2 blocking (``unit_lower_inverse``, with its own VJP): on CPU that is much faster
-than a batched triangular solve. Reverse-mode autodiff of the scan stores one ``[B, H, K, V]``
-state per chunk (T / chunk_size of them), which is small, so plain ``jax.grad`` is exact and no
-recomputing ``custom_vjp`` is needed.
+than a batched triangular solve.
+
+The backward pass is written for the algorithm (``jax.custom_vjp``), after the backward of
+flash-linear-attention's ``chunk_gated_delta_rule``: the forward keeps only its inputs, the
+UT inverses ``T`` and the state entering each chunk; the backward recomputes the decay masks,
+``A``, ``U``, ``W``, ``P`` and ``D`` chunk by chunk, carries ``dS`` between chunks with one
+reverse ``lax.scan`` and does everything else as batched matmuls over all chunks. Plain
+reverse-mode autodiff would store (and re-read) every ``[c, c]`` intermediate instead.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +134,7 @@ def delta_product_recurrent(
     num_householder: int = 1,
     scale: float | None = None,
     initial_state: jax.Array | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Sequential gated delta product (the reference form; ``chunk_size`` is ignored).
 
@@ -162,6 +169,193 @@ def delta_product_recurrent(
     return o.swapaxes(0, 1).astype(q.dtype), s
 
 
+def _decay(g_c):
+    """G = cumsum(g) and the masked decay exp(G_r - G_s) for s <= r (0 above): [z, cn, cn].
+
+    The differences G_r - G_s come from a product with inner dimension 2 ([G, 1] . [1, -G],
+    exact at ``HIGHEST`` precision): XLA:CPU then runs the exp over a materialised array,
+    several times faster than an exp fused with a broadcast subtraction.
+    """
+    gam = jnp.cumsum(g_c, axis=-1)
+    one = jnp.ones_like(gam)
+    diff = jnp.einsum("zri,zsi->zrs", jnp.stack([gam, one], -1), jnp.stack([one, -gam], -1),
+                      precision=lax.Precision.HIGHEST)
+    lower = jnp.tri(gam.shape[-1], dtype=bool)
+    return gam, jnp.where(lower, jnp.exp(jnp.where(lower, diff, 0.0)), 0.0)
+
+
+def _intra(k_c, v_c, b_c, decay, gam):
+    """A = strict_lower(decay) * K K^T, T = (I + diag(b) A)^-1, U = T diag(b) V and
+    W = T diag(b exp(G)) K for every chunk: [z, cn, cn], [z, cn, cn], [z, cn, V], [z, cn, K]."""
+    cn = k_c.shape[1]
+    a = jnp.where(jnp.tri(cn, k=-1, dtype=bool), decay, 0.0) * jnp.einsum(
+        "zrk,zsk->zrs", k_c, k_c
+    )
+    t_inv = unit_lower_inverse(jnp.eye(cn, dtype=a.dtype) + b_c[..., :, None] * a)
+    u = t_inv @ (b_c[..., None] * v_c)
+    w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)
+    return a, t_inv, u, w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n):
+    """(o_c [z, c, V], final state [nb, K, V]) of the chunked layout; see ``delta_product``.
+
+    q_c: [z, c, K] (scaled); k_c: [z, cn, K]; v_c: [z, cn, V]; b_c, g_c: [z, cn];
+    s0: [nb, K, V], with z = (chunk, nb) flattened.
+    """
+    return _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n)[0]
+
+
+def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n):
+    nb, dk, dv = s0.shape
+    gam, decay = _decay(g_c)
+    _, t_inv, u, w = _intra(k_c, v_c, b_c, decay, gam)
+    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # M * Q K^T: [z, c, cn]
+    q_eff = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c - p @ w  # O = q_eff S_in + P U
+    o_intra = p @ u
+    g_last = gam[..., -1:]
+    k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # Kd^T: [z, K, cn]
+
+    def step(s, xs):  # one chunk: S' = exp(G_last) S + Kd^T (U - W S)
+        u_j, w_j, k_j, e_j = xs
+        return e_j[..., None] * s + k_j @ (u_j - w_j @ s), s
+
+    xs = [x.reshape(-1, nb, *x.shape[1:]) for x in (u, w, k_dec, jnp.exp(g_last))]
+    s, s_in = lax.scan(step, s0, xs, unroll=4)
+    s_in = s_in.reshape(-1, dk, dv)
+    o = q_eff @ s_in + o_intra
+    return (o, s), (q_c, k_c, v_c, b_c, g_c, t_inv, s_in)
+
+
+def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
+    """The backward pass's chunk-local terms (no state needed): recomputed decay, A, U, W, P, Kd,
+    and dD0 = P^T dO, r = Q_g^T dO - W^T dD0 (the part of dS_in that comes from the outputs)."""
+    gam, decay = _decay(g_c)
+    a = jnp.where(jnp.tri(k_c.shape[1], k=-1, dtype=bool), decay, 0.0) * jnp.einsum(
+        "zrk,zsk->zrs", k_c, k_c
+    )
+    x_w = (b_c * jnp.exp(gam))[..., None] * k_c
+    u, w = t_inv @ (b_c[..., None] * v_c), t_inv @ x_w
+    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)
+    kd = jnp.exp(gam[..., -1:] - gam)[..., None] * k_c
+    q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
+    dd0 = jnp.einsum("zis,ziv->zsv", p, do)  # P^T dO
+    r = jnp.einsum("zik,ziv->zkv", jnp.concatenate([q_g, -w], -2),
+                   jnp.concatenate([do, dd0], -2))  # Q_g^T dO - W^T P^T dO
+    return dict(gam=gam, decay=decay, a=a, x_w=x_w, u=u, w=w, p=p, kd=kd, q_g=q_g, dd0=dd0, r=r)
+
+
+def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out):
+    """All input cotangents of a set of chunks, given dS' (``ds_out``) of each."""
+    gam, decay, a, x_w, u, w, p, kd, q_g = (loc[x] for x in "gam decay a x_w u w p kd q_g".split())
+    dk_dim, cn = k_c.shape[-1], k_c.shape[1]
+    d = u - w @ s_in
+    dd = loc["dd0"] + kd @ ds_out
+    dq_g = jnp.einsum("ziv,zkv->zik", do, s_in)
+    dp = jnp.einsum("ziv,zsv->zis", do, d)
+    dqk = dp * decay[:, n - 1 :: n]  # gradient of Q K^T
+    e_p = dp * p  # gradient of the log-decay differences G_i - G_s in P
+    dkd = jnp.einsum("zsv,zkv->zsk", d, ds_out)
+    g_kd = jnp.sum(dkd * kd, -1)  # [z, cn]
+    dw = -jnp.einsum("zsv,zkv->zsk", dd, s_in)
+    dx = jnp.swapaxes(t_inv, -1, -2) @ jnp.concatenate([dw, dd], -1)  # T^T [dW dU]
+    dl = -jnp.where(jnp.tri(cn, k=-1, dtype=bool),
+                    jnp.einsum("zrj,zsj->zrs", dx, jnp.concatenate([w, u], -1)), 0.0)
+    da = b_c[..., :, None] * dl
+    e_a = da * a
+    dkk = da * decay  # strictly lower, like dl
+    dx_w, dx_u = dx[..., :dk_dim], dx[..., dk_dim:]
+
+    e_q = jnp.exp(gam[:, n - 1 :: n])
+    dq = e_q[..., None] * dq_g + dqk @ k_c
+    dk = (jnp.einsum("zis,zik->zsk", dqk, q_c) + (dkk + jnp.swapaxes(dkk, -1, -2)) @ k_c
+          + jnp.exp(gam[..., -1:] - gam)[..., None] * dkd + (b_c * jnp.exp(gam))[..., None] * dx_w)
+    dv = b_c[..., None] * dx_u
+    db = (jnp.sum(dl * a, -1) + jnp.sum(dx_u * v_c, -1)
+          + jnp.sum(dx_w * jnp.exp(gam)[..., None] * k_c, -1))
+    # gradient of G: each decay exp(G_r - G_s) gives +E to row r and -E to column s
+    dgam = jnp.sum(e_a, -1) - jnp.sum(e_a, -2) - jnp.sum(e_p, -2) - g_kd
+    dgam = dgam + jnp.sum(dx_w * x_w, -1)
+    row_q = jnp.sum(e_p, -1) + jnp.sum(dq_g * q_g, -1)  # at the query rows n-1, 2n-1, ...
+    dgam = dgam.at[:, n - 1 :: n].add(row_q)
+    last = jnp.sum(g_kd, -1) + jnp.exp(gam[:, -1]) * jnp.sum(ds_out * s_in, (-2, -1))
+    dgam = dgam.at[:, -1].add(last)
+    dg = jnp.flip(jnp.cumsum(jnp.flip(dgam, -1), -1), -1)  # G = cumsum(g)
+    return dq, dk, dv, db, dg
+
+
+_GROUP_ELEMENTS = 2**20  # size of one [chunks, cn, max(cn, K, V)] intermediate in the backward
+
+
+def _chunks_per_group(nc: int, nb: int, cn: int, width: int) -> int:
+    """Chunks per group of the backward's batched work: the largest divisor of nc keeping each
+    [group, cn, max(cn, K, V)] intermediate within _GROUP_ELEMENTS (4 MiB in float32)."""
+    target = max(1, _GROUP_ELEMENTS // (nb * cn * max(cn, width)))
+    return max(d for d in range(1, nc + 1) if nc % d == 0 and d <= target)
+
+
+def _chunked_bwd(n, res, cts):
+    """Backward pass from the saved chunk-entering states S_in and UT inverses T (as fla's
+    chunk_gated_delta_rule keeps T): the decay masks, A, U, W, P and D are recomputed chunk by
+    chunk, one reverse scan carries dS between chunks, the rest is batched over groups of
+    chunks (``lax.map`` over groups when the sequence is long, so the [c, c] intermediates of
+    only one group are alive at a time). With O = Q_g S + P D, S' = e^{G_l} S + Kd^T D,
+    D = U - W S: dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO - W^T dD, and
+    T = (I + diag(b) A)^-1 gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the UT VJP)."""
+    q_c, k_c, v_c, b_c, g_c, t_inv, s_in = res
+    do, ds_last = cts
+    nb, cn = ds_last.shape[0], k_c.shape[1]
+    nc = k_c.shape[0] // nb
+    gc = _chunks_per_group(nc, nb, cn, max(k_c.shape[-1], v_c.shape[-1]))
+    local_in = (q_c, k_c, v_c, b_c, g_c, t_inv, do)
+    if gc == nc:
+        loc = _bwd_local(n, *local_in)
+    else:  # keep only what the scan and the gradients cannot cheaply recompute
+        keep = ("w", "kd", "r")
+        groups = [x.reshape(nc // gc, gc * nb, *x.shape[1:]) for x in local_in]
+        kept = lax.map(lambda xs: {x: _bwd_local(n, *xs)[x] for x in keep}, groups)
+        loc = {x: y.reshape(-1, *y.shape[2:]) for x, y in kept.items()}
+    e_last = jnp.exp(jnp.sum(g_c, -1))
+
+    def step(ds, xs):  # ds: gradient of the state leaving chunk j
+        w_j, kd_j, e_j, r_j = xs
+        ds_in = e_j[:, None, None] * ds + r_j - jnp.einsum("zsk,zsv->zkv", w_j, kd_j @ ds)
+        return ds_in, ds
+
+    xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (loc["w"], loc["kd"], e_last, loc["r"])]
+    ds0, ds_out = lax.scan(step, ds_last, xs, reverse=True, unroll=2)
+    ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
+    if gc == nc:
+        grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out)
+    else:
+        def post(xs):
+            local, saved, s_j, ds_j = xs
+            fresh = _bwd_local(n, *local)  # its W, Kd, r are unused: XLA drops them
+            return _bwd_grads(n, {**fresh, **saved}, *local[:4], local[5], s_j, local[6], ds_j)
+
+        def grp(x):
+            return x.reshape(nc // gc, gc * nb, *x.shape[1:])
+
+        grads = lax.map(post, ([grp(x) for x in local_in], {x: grp(y) for x, y in loc.items()},
+                               grp(s_in), grp(ds_out)))
+        grads = [x.reshape(-1, *x.shape[2:]) for x in grads]
+    return (*grads, ds0)
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def auto_chunk_size(length: int, num_householder: int = 1) -> int:
+    """Tokens per chunk when ``chunk_size=None``: 32 micro-steps per chunk (at most ``length``).
+
+    On the 2-core CPU (B=2, H=4, K=V=64, n=1, T=2048) chunks of 32 were the fastest of
+    8/16/32/64/128 for the forward and for forward+backward (docs/performance.md); for n > 1 the
+    chunk keeps the same number of Householder micro-steps.
+    """
+    return max(1, min(length, 32 // num_householder))
+
+
 def delta_product(
     q: jax.Array,
     k: jax.Array,
@@ -172,22 +366,25 @@ def delta_product(
     num_householder: int = 1,
     scale: float | None = None,
     initial_state: jax.Array | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Chunkwise-parallel gated delta product (WY/UT form; see the module docstring).
 
     Same arguments and results as ``delta_product_recurrent``: q: [B, T, H, K];
     k: [B, T*n, H, K]; v: [B, T*n, H, V]; beta: [B, T*n, H]; g: [B, T, H] or None;
     initial_state: [B, H, K, V] or None -> (o [B, T, H, V], final_state [B, H, K, V]).
-    ``chunk_size`` counts tokens, so a chunk holds ``chunk_size * n`` Householder steps. Any T:
-    the tail is padded with beta = g = 0 steps, which leave the state unchanged.
+    ``chunk_size`` counts tokens, so a chunk holds ``chunk_size * n`` Householder steps; None
+    picks it from the length (``auto_chunk_size``). Any T: the tail is padded with
+    beta = g = 0 steps, which leave the state unchanged. The backward pass is written for the
+    algorithm (``jax.custom_vjp``): it keeps only the inputs and the state entering each chunk
+    and recomputes the intra-chunk terms.
     """
     _check(q, k, v, beta, g, num_householder, initial_state, chunk_size)
     b, t, h, dk = q.shape
     n, dv = num_householder, v.shape[-1]
     acc = _acc_dtype(q, k, v, beta)
     scale = dk**-0.5 if scale is None else scale
-    c = min(chunk_size, t)
+    c = min(auto_chunk_size(t, n) if chunk_size is None else chunk_size, t)
     nc = -(-t // c)
     pad = nc * c - t
     cn = c * n  # micro-steps per chunk
@@ -207,35 +404,9 @@ def delta_product(
         g_c = chunks(g, 1)[..., None]
         g_c = jnp.concatenate([g_c, jnp.zeros(g_c.shape[:-1] + (n - 1,), acc)], -1)
         g_c = g_c.reshape(nc * b * h, cn)
-    gam = jnp.cumsum(g_c, axis=-1)  # G_r: [z, cn]
-    gam_q = gam[..., n - 1 :: n]  # G at each token's last micro-step (its query): [.., c]
-
-    # decay[r, s] = exp(G_r - G_s) for s <= r, else 0: one exp serves A (s < r) and the
-    # queries, which sit at rows n-1, 2n-1, ... with the same causal rule s <= r.
-    lower = jnp.tri(cn, dtype=bool)
-    decay = jnp.where(lower, jnp.exp(jnp.where(lower, gam[:, :, None] - gam[:, None, :], 0.0)), 0.0)
-    a = jnp.where(lower & ~jnp.eye(cn, dtype=bool), decay, 0.0) * jnp.einsum(
-        "zrk,zsk->zrs", k_c, k_c
-    )
-    t_inv = unit_lower_inverse(jnp.eye(cn, dtype=acc) + b_c[..., :, None] * a)
-    u = t_inv @ (b_c[..., None] * v_c)  # U = T diag(beta) V: [z, cn, V]
-    w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)  # W = T diag(beta exp(G)) K: [z, cn, K]
-
-    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # (M * Q K^T): [z, c, cn]
-    q_eff = jnp.exp(gam_q)[..., None] * q_c - p @ w  # [z, c, K]: O = q_eff S_0 + P U
-    o_intra = p @ u  # [z, c, V]
-    g_last = gam[..., -1:]
-    k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # [z, K, cn]
     s0 = jnp.zeros((b * h, dk, dv), acc)
     if initial_state is not None:
         s0 = initial_state.astype(acc).reshape(b * h, dk, dv)
-
-    def chunk_step(s, xs):  # s: [B*H, K, V], the state entering the chunk
-        u_j, w_j, k_j, d_j = xs
-        return d_j[..., None] * s + k_j @ (u_j - w_j @ s), s
-
-    xs = (u, w, k_dec, jnp.exp(g_last))
-    s, s_in = lax.scan(chunk_step, s0, [x.reshape(nc, b * h, *x.shape[1:]) for x in xs], unroll=4)
-    o = q_eff @ s_in.reshape(nc * b * h, dk, dv) + o_intra  # [z, c, V]
+    o, s = _chunked(q_c, k_c, v_c, b_c, g_c, s0, n)
     o = jnp.moveaxis(o.reshape(nc, b, h, c, dv), (0, 2), (1, 3)).reshape(b, nc * c, h, dv)
     return o[:, :t].astype(q.dtype), s.reshape(b, h, dk, dv)

@@ -30,16 +30,21 @@ import jax.numpy as jnp
 def segsum(a: jax.Array) -> jax.Array:
     """Stable segment sums: out[..., i, j] = sum_{k=j+1..i} a[..., k] (i >= j), -inf (i < j).
 
-    a: [..., T] -> [..., T, T]. Built by a masked cumulative sum rather than as the
-    difference of two prefix sums, which would cancel catastrophically for long segments
-    (Mamba-2 Sec. 6, ``segsum``). ``exp(segsum(a))`` is the 1-semiseparable decay matrix.
+    a: [..., T] -> [..., T, T]. Each entry sums its own segment (never the difference of two
+    prefix sums, which would cancel catastrophically for long segments; Mamba-2 Sec. 6,
+    ``segsum``): for T <= 128 as one product with the 0/1 tensor ``[i, j, k] = j < k <= i``
+    (the fastest form on CPU), beyond as a masked cumulative sum. ``exp(segsum(a))`` is the
+    1-semiseparable decay matrix.
     """
     t = a.shape[-1]
-    k_idx = jnp.arange(t)[:, None]
-    j_idx = jnp.arange(t)[None, :]
-    terms = jnp.where(k_idx > j_idx, a[..., :, None], 0.0)  # terms[..., k, j] = a_k for k > j
-    sums = jnp.cumsum(terms, axis=-2)  # sums[..., i, j] = sum_{j<k<=i} a_k
-    return jnp.where(k_idx >= j_idx, sums, -jnp.inf)
+    i = jnp.arange(t)
+    if t <= 128:
+        seg = (i[None, :, None] < i[None, None, :]) & (i[None, None, :] <= i[:, None, None])
+        sums = jnp.einsum("ijk,...k->...ij", seg.astype(a.dtype), a)
+    else:
+        terms = jnp.where(i[:, None] > i[None, :], a[..., :, None], 0.0)  # [k, j] = a_k, k > j
+        sums = jnp.cumsum(terms, axis=-2)  # sums[..., i, j] = sum_{j<k<=i} a_k
+    return jnp.where(i[:, None] >= i[None, :], sums, -jnp.inf)
 
 
 def _check_ssd_args(x, dt, A, B, C, chunk_size, initial_state) -> None:
@@ -63,6 +68,99 @@ def _check_ssd_args(x, dt, A, B, C, chunk_size, initial_state) -> None:
                          f"{(b, h, p, B.shape[3])}, got {initial_state.shape}")
 
 
+@jax.custom_vjp
+def _ssd_chunked(X, a, B, C, h0):
+    """The chunked scan in the flat layout z = (chunk, batch, group), r = head in its group.
+
+    X: [z, r, l, p] (dt-scaled input); a: [z, r, l] (dt A); B, C: [z, l, n];
+    h0: [b*g, n, r*p] (the states of a group's heads side by side, transposed).
+    Returns y: [z, r, l, p] and the final state [b*g, n, r*p].
+    """
+    return _ssd_fwd(X, a, B, C, h0)[0]
+
+
+def _heads_last(t: jax.Array) -> jax.Array:
+    """[z, r, l, p] -> [z, l, r*p]: a group's heads side by side, for products with B or C."""
+    z, r, l, p = t.shape  # noqa: E741
+    return jnp.swapaxes(t, 1, 2).reshape(z, l, r * p)
+
+
+def _heads_first(t: jax.Array, r: int) -> jax.Array:
+    """[z, l, r*p] -> [z, r, l, p]."""
+    z, l, rp = t.shape  # noqa: E741
+    return jnp.swapaxes(t.reshape(z, l, r, rp // r), 1, 2)
+
+
+def _ssd_fwd(X, a, B, C, h0):
+    r = X.shape[1]
+    cum = jnp.cumsum(a, axis=-1)
+    decay = jnp.exp(segsum(a))  # [z, r, l, s]
+    cb = jnp.einsum("zln,zsn->zls", C, B)  # shared by the heads of a group
+    y = (cb[:, None] * decay) @ X  # 1. diagonal blocks
+    xe = _heads_last(X * decay[..., -1, :, None])  # X_s exp(a_{s+1} + ... + a_last)
+    states = jnp.einsum("zsn,zsq->znq", B, xe)  # 2. chunk states (transposed): [z, n, r*p]
+    e_last = jnp.repeat(jnp.exp(cum[..., -1]), X.shape[-1], axis=-1)  # [z, r*p]
+
+    def step(s, xs):  # 3. S_j = exp(sum of a over chunk j) S_{j-1} + states_j
+        e_j, st_j = xs
+        return e_j[:, None, :] * s + st_j, s
+
+    nb = h0.shape[0]
+    xs = [t.reshape(-1, nb, *t.shape[1:]) for t in (e_last, states)]
+    final, s_in = jax.lax.scan(step, h0, xs)
+    s_in = s_in.reshape(states.shape)
+    y = y + jnp.exp(cum)[..., None] * _heads_first(C @ s_in, r)  # 4. state -> output
+    return (y, final), (X, a, B, C, s_in)
+
+
+def _ssd_bwd(res, cts):
+    """Recomputes the decay masks and C B^T per chunk from the inputs and the saved states
+    entering each chunk; one reverse scan (elementwise) carries dS between chunks.
+    With y = (CB * L) X + e^{cum} C S_in^T and S_j = e^{cum_last} S_{j-1} + (X e_end)^T B:
+    dS_in = e^{cum_last} dS_out + (e^{cum} dy)^T C, and every decay exp(cum_l - cum_s) passes
+    +E to cum_l and -E to cum_s (E = its cotangent times itself)."""
+    X, a, B, C, s_in = res
+    dy, d_final = cts
+    r, p = X.shape[1], X.shape[-1]
+    cum = jnp.cumsum(a, axis=-1)
+    decay = jnp.exp(segsum(a))
+    cb = jnp.einsum("zln,zsn->zls", C, B)
+    m = cb[:, None] * decay  # [z, r, l, s]
+    e_end = decay[..., -1, :]
+    e_last = jnp.exp(cum[..., -1])
+    dy_e = _heads_last(jnp.exp(cum)[..., None] * dy)  # cotangent of C S_in: [z, l, r*p]
+    from_out = jnp.einsum("zln,zlq->znq", C, dy_e)
+
+    def step(ds, xs):  # ds: cotangent of the state leaving chunk j
+        e_j, f_j = xs
+        return e_j[:, None, :] * ds + f_j, ds
+
+    nb = d_final.shape[0]
+    xs = [t.reshape(-1, nb, *t.shape[1:]) for t in (jnp.repeat(e_last, p, axis=-1), from_out)]
+    dh0, ds_out = jax.lax.scan(step, d_final, xs, reverse=True)
+    ds_out = ds_out.reshape(s_in.shape)  # [z, n, r*p]
+
+    dm = jnp.where(jnp.tri(X.shape[2], dtype=bool), dy @ jnp.swapaxes(X, -1, -2), 0.0)
+    e = dm * m  # [z, r, l, s]
+    dcb = jnp.sum(dm * decay, axis=1)  # [z, l, s]
+    bs = B @ ds_out  # cotangent of X e_end: [z, l, r*p]
+    xe = _heads_last(X * e_end[..., None])
+    dX = jnp.swapaxes(m, -1, -2) @ dy + e_end[..., None] * _heads_first(bs, r)
+    dB = jnp.einsum("zls,zln->zsn", dcb, C) + jnp.einsum("zlq,znq->zln", xe, ds_out)
+    dC = dcb @ B + jnp.einsum("zlq,znq->zln", dy_e, s_in)
+    y_off = jnp.sum((dy_e * (C @ s_in)).reshape(*dy_e.shape[:2], r, p), -1)  # d/dcum_l: [z, l, r]
+    g_end = jnp.sum((bs * xe).reshape(*bs.shape[:2], r, p), -1)  # d/d(cum_last - cum_s)
+    dcum = jnp.sum(e, -1) - jnp.sum(e, -2) + jnp.swapaxes(y_off - g_end, 1, 2)
+    last = jnp.sum(g_end, 1) + e_last * jnp.sum((ds_out * s_in).reshape(
+        *ds_out.shape[:2], r, p), (1, 3))
+    dcum = dcum.at[..., -1].add(last)
+    da = jnp.flip(jnp.cumsum(jnp.flip(dcum, -1), -1), -1)
+    return dX, da, dB, dC, dh0
+
+
+_ssd_chunked.defvjp(_ssd_fwd, _ssd_bwd)
+
+
 def ssd(
     x: jax.Array,
     dt: jax.Array,
@@ -82,62 +180,39 @@ def ssd(
     Returns (y [batch, length, heads, headdim] in x's dtype, final_state [batch, heads,
     headdim, d_state]). Any length: the tail is padded with dt = 0, which neither decays nor
     feeds the state, so the final state is exact. Computes in float32 (float64 if given).
+    Chunks are batched along one flat axis (chunk, batch, group) and C B^T is computed once per
+    group; the backward pass is written for the algorithm (``jax.custom_vjp``): it keeps the
+    inputs and the state entering each chunk and recomputes the decay masks and C B^T.
     """
     _check_ssd_args(x, dt, A, B, C, chunk_size, initial_state)
     out_dtype = x.dtype
     f = jnp.promote_types(x.dtype, jnp.float32)
     b, length, h, p = x.shape
-    reps = h // B.shape[2]
+    g, n = B.shape[2], B.shape[3]
+    reps = h // g
     B, C, dt = B.astype(f), C.astype(f), dt.astype(f)
     X = x.astype(f) * dt[..., None]  # discretised input dt_t x_t
     a = dt * A.astype(f)  # log of the discretised decay exp(dt_t A)
 
     l = min(chunk_size, length)  # noqa: E741  (the paper's chunk length)
     pad = -length % l
-    c = (length + pad) // l
+    nc = (length + pad) // l
 
-    def chunk(t: jax.Array) -> jax.Array:
+    def chunk(t: jax.Array, heads: bool) -> jax.Array:  # [b, L, ...] -> [z, (r,) l, ...]
         t = jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))
-        return t.reshape((b, c, l) + t.shape[2:])
+        if heads:  # [b, L, h, ...] -> [b, nc, l, g, r, ...] -> [nc, b, g, r, l, ...]
+            t = t.reshape(b, nc, l, g, reps, *t.shape[3:])
+            t = jnp.moveaxis(t, (1, 2), (0, 4))
+            return t.reshape(nc * b * g, reps, l, *t.shape[5:])
+        t = jnp.moveaxis(t.reshape(b, nc, l, g, n), (1, 2), (0, 3))  # [nc, b, g, l, n]
+        return t.reshape(nc * b * g, l, n)
 
-    def per_head(t: jax.Array, axis: int) -> jax.Array:  # group g -> heads [g*reps, (g+1)*reps)
-        return jnp.repeat(t, reps, axis=axis)
-
-    X, a, B, C = chunk(X), chunk(a), chunk(B), chunk(C)
-    a = jnp.swapaxes(a, 2, 3)  # [b, c, h, l]
-    a_cum = jnp.cumsum(a, axis=-1)
-
-    # 1. diagonal blocks: y_l = sum_{s<=l} C_l . B_s exp(a_{s+1} + ... + a_l) X_s
-    decay = jnp.exp(segsum(a))  # [b, c, h, l, s]
-    CB = per_head(jnp.einsum("bclgn,bcsgn->bcgls", C, B), axis=2)  # [b, c, h, l, s]
-    y_diag = jnp.einsum("bchls,bcshp->bclhp", CB * decay, X)
-
-    # 2. chunk states: the state each chunk ends in, started from zero (last row of `decay`)
-    decay_to_end = jnp.swapaxes(decay[..., -1, :], 2, 3)  # [b, c, s, h]: exp(a_{s+1..last})
-    B, C = per_head(B, axis=3), per_head(C, axis=3)  # [b, c, l, h, n]
-    states = jnp.einsum("bcshn,bcshp->bchpn", B, X * decay_to_end[..., None])
-
-    # 3. inter-chunk recurrence: S_c = exp(sum of a over chunk c) S_{c-1} + states_c
-    chunk_decay = jnp.exp(a_cum[..., -1])[..., None, None]  # [b, c, h, 1, 1]
-    if initial_state is not None:
-        h0 = initial_state.astype(f)
-    else:
-        h0 = jnp.zeros((b, h, p, states.shape[-1]), f)
-
-    def step(state, inp):  # one chunk: returns (its end state, the state entering it)
-        decay_c, states_c = inp
-        return decay_c * state + states_c, state
-
-    final_state, entering = jax.lax.scan(
-        step, h0, (jnp.moveaxis(chunk_decay, 1, 0), jnp.moveaxis(states, 1, 0)))
-    entering = jnp.moveaxis(entering, 0, 1)  # [b, c, h, p, n]
-
-    # 4. state -> output: y_l += exp(a_1 + ... + a_l) C_l . S_{c-1}
-    decay_in = jnp.swapaxes(jnp.exp(a_cum), 2, 3)[..., None]  # [b, c, l, h, 1]
-    y_off = jnp.einsum("bclhn,bchpn->bclhp", C, entering) * decay_in
-
-    y = (y_diag + y_off).reshape(b, c * l, h, p)[:, :length]
-    return y.astype(out_dtype), final_state
+    h0 = jnp.zeros((b, h, p, n), f) if initial_state is None else initial_state.astype(f)
+    h0 = jnp.moveaxis(h0.reshape(b * g, reps * p, n), -1, -2)  # [b*g, n, r*p]
+    y, final = _ssd_chunked(chunk(X, True), chunk(a, True), chunk(B, False), chunk(C, False), h0)
+    y = jnp.moveaxis(y.reshape(nc, b, g, reps, l, p), (0, 4), (1, 2))  # [b, nc, l, g, r, p]
+    y = y.reshape(b, nc * l, h, p)[:, :length]
+    return y.astype(out_dtype), jnp.moveaxis(final, -1, -2).reshape(b, h, p, n)
 
 
 def quasiseparable(

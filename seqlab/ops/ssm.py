@@ -166,33 +166,64 @@ def dplr_step(
     return dplr_apply_inverse(inv, P, w) - x
 
 
-def _dA_power_readout(
-    Lambda: jax.Array, P: jax.Array, C: jax.Array, dt: jax.Array, length: int
-) -> jax.Array:
-    """``C dA^length`` [H, M] (top half of the conjugate-symmetric row vector), for S4's
-    ``C~ = C (I - dA^L)``.
+def _dA_real(Lambda: jax.Array, P: jax.Array, dt: jax.Array) -> jax.Array:
+    """dA as a real [H, 2M, 2M] matrix T acting on ``(Re x, Im x)`` (row vectors on the left).
 
-    dA is real-linear on the conjugate-symmetric states, so it is written as a real
-    [2M, 2M] matrix T on ``(Re x, Im x)`` (its columns: dA applied to ``e_j`` and ``i e_j``), the
-    readout ``2 Re(C x) = c . (Re x, Im x)`` with ``c = 2 (Re C, -Im C)``, and ``c T^L`` is formed
-    by repeated squaring (``floor(log2 L)`` real [2M, 2M] products per channel).
+    dA is real-linear on the conjugate-symmetric states; T's columns are dA applied to ``e_j``
+    and ``i e_j``. The readout ``2 Re(C x) = c . (Re x, Im x)`` with ``c = 2 (Re C, -Im C)``.
     """
     H, M = Lambda.shape
     inv = dplr_inverse(Lambda, P, dt)
     eye = jnp.eye(M, dtype=Lambda.dtype)
     basis = jnp.broadcast_to(jnp.concatenate([eye, 1j * eye])[:, None], (2 * M, H, M))
     cols = dplr_apply_inverse(inv, P, 2 * basis) - basis  # dA e_j, dA (i e_j): [2M, H, M]
-    T = jnp.concatenate([cols.real, cols.imag], axis=-1).transpose(1, 2, 0)  # [H, 2M, 2M]
-    c = 2 * jnp.concatenate([C.real, -C.imag], axis=-1)  # [H, 2M]
-    n, base = length, T
+    return jnp.concatenate([cols.real, cols.imag], axis=-1).transpose(1, 2, 0)  # [H, 2M, 2M]
+
+
+def _readout_real(C: jax.Array) -> jax.Array:
+    """``c = 2 (Re C, -Im C)`` [H, 2M], so that ``2 Re(C x) = c . (Re x, Im x)``."""
+    return 2 * jnp.concatenate([C.real, -C.imag], axis=-1)
+
+
+def _readout_complex(c: jax.Array) -> jax.Array:
+    M = c.shape[-1] // 2
+    return jax.lax.complex(c[:, :M], -c[:, M:]) / 2
+
+
+def _dA_power_readout(
+    Lambda: jax.Array, P: jax.Array, C: jax.Array, dt: jax.Array, length: int
+) -> jax.Array:
+    """``C dA^length`` [H, M] (top half of the conjugate-symmetric row vector), for S4's
+    ``C~ = C (I - dA^L)``: ``c T^L`` by repeated squaring (``floor(log2 L)`` real [2M, 2M]
+    products per channel), the readout carried along."""
+    c, n, base = _readout_real(C), length, _dA_real(Lambda, P, dt)
     while True:
         if n & 1:
             c = jnp.einsum("hi,hij->hj", c, base)
         n >>= 1
         if not n:
+            return _readout_complex(c)
+        base = base @ base
+
+
+def c_from_c_tilde(
+    Lambda: jax.Array, P: jax.Array, C_tilde: jax.Array, dt: jax.Array, length: int
+) -> jax.Array:
+    """The true readout C [H, M] of a learned ``C~ = C (I - dA^L)`` (S4's reference code learns
+    C~ and converts it for the recurrent mode): solves ``c (I - T^L) = c~`` per channel in the
+    real ``(Re x, Im x)`` representation (``_dA_real``)."""
+    T = _dA_real(Lambda, P, dt)
+    TL, n, base = None, length, T
+    while True:  # T^L by repeated squaring
+        if n & 1:
+            TL = base if TL is None else TL @ base
+        n >>= 1
+        if not n:
             break
         base = base @ base
-    return jax.lax.complex(c[:, :M], -c[:, M:]) / 2  # 2 Re(C' x) = c . (Re x, Im x)
+    eye = jnp.eye(T.shape[-1], dtype=T.dtype)
+    c = jnp.linalg.solve(jnp.swapaxes(eye - TL, -1, -2), _readout_real(C_tilde)[..., None])
+    return _readout_complex(c[..., 0])
 
 
 _BLOCK = 8192  # (channels x points) per block of _cauchy_sums: the working set stays in cache
@@ -286,6 +317,8 @@ def kernel_dplr(
     C: jax.Array,
     dt: jax.Array,
     length: int,
+    *,
+    c_tilde: bool = False,
 ) -> jax.Array:
     """Bilinear S4 kernel of a conjugate-symmetric DPLR system (S4, Alg. 1, Lemma C.3)
     -> K [H, length].
@@ -303,11 +336,14 @@ def kernel_dplr(
        ``u = (C~, p^H)``, ``v = (B, p)``. K is real, so ``K^(z_{L-k}) = conj K^(z_k)``: only
        k <= L/2 is evaluated and ``K = irfft(K^)``. At z = -1 (k = L/2, t = inf) the limit is
        ``K^ = dt Re(sum C~ B)``.
+
+    ``c_tilde=True``: C is already ``C~`` for this length (learned directly, as S4's reference
+    implementation does), so step 1 and its ``dA^L`` are skipped.
     """
     if length < 1:
         raise ValueError(f"kernel length must be >= 1, got {length}")
     r = P.shape[0]
-    C_t = C - _dA_power_readout(Lambda, P, C, dt, length)
+    C_t = C if c_tilde else C - _dA_power_readout(Lambda, P, C, dt, length)
     n_points = length // 2 + 1
     k_idx = np.arange(n_points)
     finite = k_idx[2 * k_idx != length]  # drop z = -1 (even length)

@@ -7,8 +7,9 @@ import pytest
 from flax import nnx
 
 from seqlab.layers import MIXERS
-from seqlab.layers.common import SSMParam
+from seqlab.layers.common import SSMParam, as_complex
 from seqlab.layers.s4 import S4
+from seqlab.ops.ssm import c_from_c_tilde
 
 H, N = 6, 8
 fwd = nnx.jit(lambda m, x, mask=None: m(x, mask))
@@ -45,6 +46,25 @@ def test_conv_equals_decode():
         yt, cache = dec(m, x[:, t : t + 1], cache)
         ys.append(yt)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(ys, 1)), np.asarray(y), atol=3e-5)
+
+
+def test_c_tilde_option_conv_equals_decode_and_matches_true_c():
+    """c_tilde=True: C holds C~ for L = max_length (learned directly); the conv path over a
+    shorter input equals decode (which converts C~ back to C), and the kernel equals the
+    default layer's kernel once its C is set to that converted C."""
+    kw = dict(d_state=N, measure="legt", dt_min=0.05, dt_max=0.5, max_length=16)
+    m = S4(H, rngs=nnx.Rngs(0), c_tilde=True, **kw)
+    x = _x(L=11)
+    y = fwd(m, x)
+    y_dec, _ = dec(m, x, m.init_cache(2, 11))
+    np.testing.assert_allclose(np.asarray(y_dec), np.asarray(y), atol=3e-5)
+    plain = S4(H, rngs=nnx.Rngs(0), **kw)
+    A, _, C_t, dt = m.ssm()
+    C_true = c_from_c_tilde(A, as_complex(m.P[...]), C_t[0], dt, 16)
+    plain.C[...] = jnp.stack([C_true.real, C_true.imag], -1)[None].astype(plain.C[...].dtype)
+    np.testing.assert_allclose(m.kernel(11), plain.kernel(11), atol=3e-5)
+    with pytest.raises(ValueError, match="max_length"):
+        S4(H, rngs=nnx.Rngs(0), c_tilde=True, d_state=N)
 
 
 def test_bidirectional_padding_invariance_and_no_decode():

@@ -1,5 +1,6 @@
 """seqlab.ops.attention against float64 numpy references written from the papers' equations."""
 
+import functools
 import importlib.util
 import pathlib
 
@@ -244,6 +245,49 @@ def test_dsa_matches_reference(topk, block):
 
         if block == 5:  # one gradient check (slow: one compile per block)
             check_grads(jax.jit(f), args[:3], order=1, modes=["rev"], eps=1e-6)
+
+
+def test_dsa_shared_kv_values_and_gradients():
+    """The shared-KV fast path (one KV head, MLA in MQA mode: matmuls over the gathered rows)."""
+    arrays = dsa_inputs(t=10, hq=4, h=1)
+    want, _ = ref_dsa(*arrays, 3)
+    with jax.enable_x64(True):
+        args = tuple(map(jnp.asarray, arrays))
+        np.testing.assert_allclose(DSA(*args, topk=3, block_size=4), want, atol=1e-12)
+
+        def f(q, k, v):
+            return A.dsa(q, k, v, *args[3:], topk=3, block_size=4)
+
+        check_grads(jax.jit(f), args[:3], order=1, modes=["rev"], eps=1e-6)
+
+
+def ref_dsa_blocks(q, k, v, qi, ki, wi, topk, block):
+    """dsa(select="block") in float64: dense causal while t < t_dense; then each query block
+    sees its own keys causally plus the topk earlier keys of highest max-over-block score."""
+    b, t, _, _ = q.shape
+    t_dense = min(t, max(block, (topk // block + 1) * block))
+    keep = np.tri(t, dtype=bool)[None].repeat(b, 0)
+    for bi in range(b):
+        score = np.einsum("tjd,sd->tjs", qi[bi], ki[bi]) * qi.shape[-1] ** -0.5
+        score = np.einsum("tjs,tj->ts", np.maximum(score, 0), wi[bi])
+        for t0 in range(t_dense, t, block):
+            t1 = min(t0 + block, t)
+            best = np.argsort(-score[t0:t1, :t0].max(0), kind="stable")[:topk]
+            keep[bi, t0:t1, :t0] = False
+            keep[bi, t0:t1, best] = True
+    o = np.stack([ref_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], causal=True,
+                                keep=lambda logit, vis, kp=keep[i]: kp)[0] for i in range(b)])
+    return o
+
+
+def test_dsa_block_selection_matches_reference():
+    arrays = dsa_inputs(t=17, hq=4, h=2)
+    want = ref_dsa_blocks(*arrays, topk=3, block=4)
+    with jax.enable_x64(True):
+        f = jax.jit(functools.partial(A.dsa, topk=3, select="block", select_block=4))
+        np.testing.assert_allclose(f(*map(jnp.asarray, arrays)), want, atol=1e-12)
+    with pytest.raises(ValueError, match="select"):
+        A.dsa(*map(jnp.asarray, arrays), topk=3, select="rows")
 
 
 def test_dsa_padding_mask():

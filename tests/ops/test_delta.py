@@ -17,6 +17,7 @@ import jax.test_util
 import numpy as np
 import pytest
 
+from seqlab.ops import delta as delta_module
 from seqlab.ops.delta import delta_product, delta_product_recurrent, unit_lower_inverse
 
 
@@ -83,8 +84,9 @@ def test_scale_is_used_and_defaults_to_inverse_sqrt_k():
     np.testing.assert_allclose(o_one, reference(q, k, v, beta, g, 1, scale=1.0)[0], rtol=1e-10)
 
 
-@pytest.mark.parametrize("n,gate,init", [(1, True, True), (3, False, False)])
+@pytest.mark.parametrize("n,gate,init", [(1, True, True), (2, True, True), (3, False, False)])
 def test_gradients_chunked_equal_recurrent_and_finite_differences(n, gate, init):
+    """The custom backward pass (T = 7 tokens in chunks of 3: the last chunk is padded)."""
     q, k, v, beta, g, s0 = make_inputs(7 + n, 2, 7, 2, 3, 3, n, gate, init)
     args = [q, k, v, beta] + ([g] if gate else []) + ([s0] if init else [])
     w_o = np.random.default_rng(1).normal(size=(2, 7, 2, 3))
@@ -107,6 +109,45 @@ def test_gradients_chunked_equal_recurrent_and_finite_differences(n, gate, init)
         if n == 3:  # and against finite differences, once
             jax.test_util.check_grads(jax.jit(loss(delta_product)), args, order=1,
                                       modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_float32_gradients_equal_grad_of_recurrent():
+    """float32, gates, n = 2, initial state, padding (T = 21, chunks of 8) and the default
+    chunk size: the written backward matches jax.grad of the scan to float32 rounding."""
+    q, k, v, beta, g, s0 = make_inputs(21, 2, 21, 2, 8, 8, 2, True, True)
+    args = [jnp.asarray(x, jnp.float32) for x in (q, k, v, beta, g, s0)]
+    w_o = jnp.asarray(np.random.default_rng(5).normal(size=(2, 21, 2, 8)), jnp.float32)
+
+    def loss(fn, chunk):
+        def f(*a):
+            o, s = fn(*a[:5], num_householder=2, initial_state=a[5], chunk_size=chunk)
+            return jnp.sum(o * w_o) + jnp.sum(s)
+        return jax.jit(jax.grad(f, tuple(range(6))))
+
+    g_r = loss(delta_product_recurrent, None)(*args)
+    for chunk in (8, None):
+        for a, b in zip(loss(delta_product, chunk)(*args), g_r, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+def test_backward_in_groups_of_chunks_is_exact(monkeypatch):
+    """Long sequences run the backward's batched work over groups of chunks (lax.map):
+    forced here with a tiny group size (4 chunks of 2 tokens in groups of 2), float64."""
+    monkeypatch.setattr(delta_module, "_GROUP_ELEMENTS", 2 * 2 * 2 * 4 * 4)
+    assert delta_module._chunks_per_group(4, 4, 4, 3) == 2
+    q, k, v, beta, g, s0 = make_inputs(4, 2, 7, 2, 3, 3, 2, True, True)
+
+    def loss(fn):
+        def f(*a):
+            o, s = fn(*a[:5], num_householder=2, initial_state=a[5], chunk_size=2)
+            return jnp.sum(o * jnp.arange(o.size).reshape(o.shape)) + jnp.sum(s)
+        return jax.jit(jax.grad(f, tuple(range(6))))
+
+    with jax.enable_x64(True):
+        args = (q, k, v, beta, g, s0)
+        for a, b in zip(loss(delta_product)(*args), loss(delta_product_recurrent)(*args),
+                        strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_float32_and_bfloat16_accumulate_in_float32():
