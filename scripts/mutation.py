@@ -244,7 +244,8 @@ def cmd_report(args) -> None:
     for r in res:
         t = total[r["module_path"]]
         t[0 if r["outcome"] == "killed" else 2 if r["detail"] == "not reached" else 1] += 1
-    print("| module | mutants | killed | survived | not reached | score |\n|---|---|---|---|---|---|")
+    print("| module | mutants | killed | survived | not reached | score |")
+    print("|---|---|---|---|---|---|")
     groups = defaultdict(lambda: [0, 0, 0])
     for mod in sorted(total):
         k, s, n = total[mod]
