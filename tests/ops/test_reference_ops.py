@@ -10,8 +10,10 @@ from _assert import assert_close
 from seqlab.ops import hippo
 from seqlab.ops.attention import attention, dsa, topk_attention
 from seqlab.ops.reference import attention as ref_attn
+from seqlab.ops.reference import scan as ref_scan
 from seqlab.ops.reference import ssd as ref_ssd
 from seqlab.ops.reference import ssm as ref_ssm
+from seqlab.ops.scan import linear_scan
 from seqlab.ops.ssd import quasiseparable, ssd
 from seqlab.ops.ssm import kernel_diag, kernel_dplr
 
@@ -39,6 +41,19 @@ def test_ssd_and_quasiseparable_references():
         args = (x, dt, dt2, A, B, C, B2, C2, diag)
         got = jax.jit(lambda *a: quasiseparable(*a, chunk_size=3))(*args)
         assert_close(got, ref_ssd.quasiseparable_sequential(*args), rtol=1e-10, atol=1e-12)
+
+
+def test_linear_recurrence_reference():
+    rng = _rng(4)
+    with jax.enable_x64(True):
+        a = jnp.asarray(rng.uniform(-1, 1, (2, 9, 3)) + 1j * rng.uniform(-1, 1, (2, 9, 3)))
+        b = jnp.asarray(rng.standard_normal((2, 9, 3)) + 0j)
+        h = ref_scan.linear_recurrence(a, b)
+        want = np.zeros(b.shape, complex)
+        for t in range(9):
+            want[:, t] = (a[:, t] * want[:, t - 1] if t else 0) + b[:, t]
+        assert_close(h, want, rtol=1e-12, atol=1e-12)
+        assert_close(linear_scan(a, b), h, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["zoh", "bilinear"])
