@@ -68,12 +68,13 @@ def test_delta_layers_match_reference(case):
 
 
 def test_deltanet_decode_reaches_the_chunked_branch():
-    """Prefill 6 tokens (>= chunk_size 4: the chunked op), then 4 single tokens (recurrent)."""
+    """Decode in pieces of 5 (a prefill longer than chunk_size 4: the chunked op from an empty
+    state), 1 (recurrent) and 4 (chunked again, now from the carried state) tokens."""
     layer = GatedDeltaNet(8, n_heads=2, chunk_size=4, rngs=nnx.Rngs(5))
     x = np.random.default_rng(6).standard_normal((2, 10, 8))
     step = jax.jit(lambda m, x, c: m.decode(x, c))
     cache, ys = layer.init_cache(2), []
-    for t0, t1 in [(0, 6)] + [(t, t + 1) for t in range(6, 10)]:
+    for t0, t1 in [(0, 5), (5, 6), (6, 10)]:
         y, cache = step(layer, jnp.asarray(x[:, t0:t1], jnp.float32), cache)
         ys.append(y)
     want, state = delta_ref(layer, x)
