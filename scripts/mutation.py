@@ -84,13 +84,17 @@ def cmd_map(args) -> None:
         if (REPO / f).is_file():
             (tree / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, tree / f)
-    env = dict(_env(), SEQLAB_MUTATION_DURATIONS=str(args.workdir / "durations.json"),
+    env = dict(_env(), SEQLAB_MUTATION_DURATIONS=str(args.workdir / "durations"),
                COVERAGE_FILE=str(args.workdir / "coverage.db"))
-    cov = [f"--cov={t}" for t in ("seqlab/ops", "seqlab/layers", "seqlab/generate.py")]
+    cov = [f"--cov={t}" for t in ("seqlab.ops", "seqlab.layers", "seqlab.generate")]
     subprocess.run([str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "-p", "mutation_plugin",
                     "--cov-context=test", "--cov-report=", "-n", str(args.jobs), *cov,
                     *TEST_PATHS],
                    cwd=tree, env=env, check=False)
+    durations = {}
+    for f in args.workdir.glob("durations.*.json"):  # one file per pytest-xdist worker
+        durations.update(json.loads(f.read_text()))
+    (args.workdir / "durations.json").write_text(json.dumps(durations))
     import coverage
 
     data = coverage.CoverageData(basename=str(args.workdir / "coverage.db"))

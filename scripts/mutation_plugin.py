@@ -3,8 +3,8 @@
 JAX traces a jitted function once per signature and then reuses the compiled code, so a test
 that calls a function another test already traced would execute none of its Python lines and
 would not be recorded as reaching them. Clearing JAX's caches before every test makes each test
-trace (and so cover) everything it calls. Each test's duration is written to the JSON file named
-by ``SEQLAB_MUTATION_DURATIONS`` so that mutants run their fastest tests first.
+trace (and so cover) everything it calls. Each test's duration is written to
+``$SEQLAB_MUTATION_DURATIONS.<worker>.json`` so that mutants run their fastest tests first.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    path = os.environ.get("SEQLAB_MUTATION_DURATIONS")
-    if path:
-        with open(path, "w") as f:
+    prefix = os.environ.get("SEQLAB_MUTATION_DURATIONS")
+    if prefix and _durations:  # each pytest-xdist worker writes its own file
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(f"{prefix}.{worker}.json", "w") as f:
             json.dump(_durations, f, indent=0)
