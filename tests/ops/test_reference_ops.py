@@ -77,7 +77,8 @@ def test_diagonal_kernel_and_recurrence_references(method):
 
 def test_dplr_kernel_reference_on_hippo_legs():
     """S4's Woodbury/Cauchy kernel against powers of the dense bilinear matrix, with the
-    HiPPO-LegS (Lambda, P, B) of ``ops.hippo.dplr`` (odd and even lengths)."""
+    HiPPO-LegS (Lambda, P, B) of ``ops.hippo.dplr`` (odd and even lengths) and random rank-2
+    and rank-3 corrections."""
     Lambda, P, B = hippo.dplr("legs", 8)
     rng = _rng(2)
     H = 2
@@ -90,6 +91,11 @@ def test_dplr_kernel_reference_on_hippo_legs():
         for L in (9, 12):
             assert_close(kernel_dplr(lam, Pj, Bj, C, dt, L),
                          ref_ssm.kernel_dplr_dense(lam, Pj, Bj, C, dt, L), rtol=1e-9, atol=1e-11)
+        for r in (2, 3):  # higher-rank corrections (closed-form 2x2 solve, then the general one)
+            Pr = jnp.asarray(0.5 * (rng.standard_normal((r, H, 4))
+                                    + 1j * rng.standard_normal((r, H, 4))))
+            assert_close(kernel_dplr(lam, Pr, Bj, C, dt, 10),
+                         ref_ssm.kernel_dplr_dense(lam, Pr, Bj, C, dt, 10), rtol=1e-9, atol=1e-11)
 
 
 def test_attention_references():
