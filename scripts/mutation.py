@@ -52,8 +52,12 @@ TEST_PATHS = ["tests/ops", "tests/layers", "tests/models", "tests/test_generate.
 TRIVIAL = ("_BitOr", "_BitAnd", "_BitXor", "_LShift", "_RShift")
 
 
-def _env() -> dict:
+def _env(workdir: Path | None = None) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f".{os.pathsep}{REPO / 'scripts'}")
+    if workdir is not None:  # programs a mutant leaves unchanged compile once for all mutants
+        env.update(JAX_COMPILATION_CACHE_DIR=str(workdir / "jax-cache"),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("XLA_FLAGS", None)  # tests/conftest.py sets its own
     return env
 
@@ -197,7 +201,7 @@ def _check(m: dict, args, cover, durations) -> dict:
         res["mutated"] = src.read_text().splitlines()[m["start_pos"][0] - 1].strip()
         try:
             p = subprocess.run([str(BIN / "pytest"), "-x", "-q", "-p", "no:cacheprovider",
-                                *tests], cwd=tree, env=_env(),
+                                *tests], cwd=tree, env=_env(args.workdir),
                                capture_output=True, text=True, timeout=args.timeout)
             killed = p.returncode != 0
             tail = p.stdout.strip().splitlines()[-1:] if p.stdout else []

@@ -1,6 +1,8 @@
 """The slow references of ``seqlab.ops.reference`` against the fast ops (float64): each pair was
 written separately, so agreement checks both."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +81,8 @@ def test_dplr_kernel_reference_on_hippo_legs():
     """S4's Woodbury/Cauchy kernel against powers of the dense bilinear matrix, with the
     HiPPO-LegS (Lambda, P, B) of ``ops.hippo.dplr`` (odd and even lengths) and random rank-2
     and rank-3 corrections."""
+    fast = jax.jit(kernel_dplr, static_argnums=5)
+    slow = jax.jit(ref_ssm.kernel_dplr_dense, static_argnums=5)
     Lambda, P, B = hippo.dplr("legs", 8)
     rng = _rng(2)
     H = 2
@@ -89,13 +93,13 @@ def test_dplr_kernel_reference_on_hippo_legs():
         C = jnp.asarray(rng.standard_normal((H, 4)) + 1j * rng.standard_normal((H, 4)))
         dt = jnp.asarray([0.05, 0.3])
         for L in (9, 12):
-            assert_close(kernel_dplr(lam, Pj, Bj, C, dt, L),
-                         ref_ssm.kernel_dplr_dense(lam, Pj, Bj, C, dt, L), rtol=1e-9, atol=1e-11)
+            assert_close(fast(lam, Pj, Bj, C, dt, L), slow(lam, Pj, Bj, C, dt, L), rtol=1e-9,
+                         atol=1e-11)
         for r in (2, 3):  # higher-rank corrections (closed-form 2x2 solve, then the general one)
             Pr = jnp.asarray(0.5 * (rng.standard_normal((r, H, 4))
                                     + 1j * rng.standard_normal((r, H, 4))))
-            assert_close(kernel_dplr(lam, Pr, Bj, C, dt, 10),
-                         ref_ssm.kernel_dplr_dense(lam, Pr, Bj, C, dt, 10), rtol=1e-9, atol=1e-11)
+            assert_close(fast(lam, Pr, Bj, C, dt, 10), slow(lam, Pr, Bj, C, dt, 10), rtol=1e-9,
+                         atol=1e-11)
 
 
 def test_attention_references():
@@ -109,15 +113,15 @@ def test_attention_references():
         m = jnp.asarray(mask)
         real = mask[:, :, None, None]
         for causal in (True, False):
-            got = attention(q, k, v, causal=causal, mask=m)
-            want = ref_attn.attention_naive(q, k, v, causal=causal, mask=m)
+            got = jax.jit(partial(attention, causal=causal))(q, k, v, mask=m)
+            want = jax.jit(partial(ref_attn.attention_naive, causal=causal))(q, k, v, mask=m)
             assert_close(np.where(real, got, 0), np.where(real, want, 0), rtol=1e-10, atol=1e-12)
-        got = topk_attention(q, k, v, topk=3, causal=True, mask=m)
-        want = ref_attn.attention_naive(q, k, v, causal=True, mask=m, topk=3)
+        got = jax.jit(partial(topk_attention, topk=3))(q, k, v, mask=m)
+        want = jax.jit(partial(ref_attn.attention_naive, causal=True, topk=3))(q, k, v, mask=m)
         assert_close(np.where(real, got, 0), np.where(real, want, 0), rtol=1e-10, atol=1e-12)
         q_idx = jnp.asarray(rng.standard_normal((b, t, 3, 4)))
         k_idx = jnp.asarray(rng.standard_normal((b, t, 4)))
         w_idx = jnp.asarray(rng.standard_normal((b, t, 3)))
-        got = dsa(q, k, v, q_idx, k_idx, w_idx, topk=3, mask=m, block_size=4)
-        want = ref_attn.dsa_naive(q, k, v, q_idx, k_idx, w_idx, topk=3, mask=m)
+        got = jax.jit(partial(dsa, topk=3, block_size=4))(q, k, v, q_idx, k_idx, w_idx, mask=m)
+        want = jax.jit(partial(ref_attn.dsa_naive, topk=3))(q, k, v, q_idx, k_idx, w_idx, mask=m)
         assert_close(np.where(real, got, 0), np.where(real, want, 0), rtol=1e-10, atol=1e-12)
