@@ -1,4 +1,4 @@
-"""Mutation testing of seqlab/ops, seqlab/layers and seqlab/generate.py (not run in CI).
+"""Mutation testing of seqlab/ops, seqlab/layers and seqlab/sampling.py (not run in CI).
 
 Mutants come from cosmic-ray (``pip install -e '.[mutation]'``); each is checked only by the
 tests that reach its line, found from a per-test coverage map. Everything happens in a scratch
@@ -44,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TARGETS = ["seqlab/ops", "seqlab/layers", "seqlab/generate.py"]
+TARGETS = ["seqlab/ops", "seqlab/layers", "seqlab/sampling.py"]
 EXCLUDED = ["seqlab/ops/reference", "__init__.py"]  # the references are test code
 TEST_PATHS = ["tests/ops", "tests/layers", "tests/models", "tests/test_generate.py",
               "tests/test_sampling_reference.py"]
@@ -75,7 +75,7 @@ def _modules() -> list[str]:
 
 
 def group(module: str) -> str:
-    return "generate" if module.endswith("generate.py") else module.split("/")[1]
+    return "sampling" if module.endswith(("sampling.py", "generate.py")) else module.split("/")[1]
 
 
 def cmd_map(args) -> None:
@@ -90,7 +90,7 @@ def cmd_map(args) -> None:
             shutil.copy2(REPO / f, tree / f)
     env = dict(_env(), SEQLAB_MUTATION_DURATIONS=str(args.workdir / "durations"),
                COVERAGE_FILE=str(args.workdir / "coverage.db"))
-    cov = [f"--cov={t}" for t in ("seqlab.ops", "seqlab.layers", "seqlab.generate")]
+    cov = [f"--cov={t}" for t in ("seqlab.ops", "seqlab.layers", "seqlab.sampling")]
     subprocess.run([str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "-p", "mutation_plugin",
                     "--cov-context=test", "--cov-report=", "-n", str(args.jobs), *cov,
                     *TEST_PATHS],

@@ -14,7 +14,7 @@ from _assert import assert_close
 from flax import nnx
 
 import seqlab
-from seqlab.generate import filter_logits
+from seqlab.sampling import filter_logits
 
 
 def filtered_probs(logits: np.ndarray, temperature: float, top_k, top_p) -> np.ndarray:

@@ -11,9 +11,8 @@ import optax
 from _assert import assert_close
 from flax import nnx
 
-from seqlab.data.types import TaskInfo
+from seqlab.config import MeshConfig, ModelConfig, TaskInfo
 from seqlab.models import build_model
-from seqlab.train.config import MeshConfig, ModelConfig
 from seqlab.train.sharding import make_mesh, state_shardings
 from seqlab.train.steps import loss_and_counts, make_eval_step, make_train_step
 
