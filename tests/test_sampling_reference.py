@@ -91,3 +91,15 @@ def test_generate_draws_from_the_filtered_distribution(temperature, top_k, top_p
     sd = np.sqrt(want * (1 - want) / draws.size)
     assert np.all(freq[want == 0] == 0), freq
     assert np.all(np.abs(freq - want) <= 5 * sd + 1e-12), (freq, want)
+
+
+@pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"top_p": -0.5}, {"top_p": 1.5}, {"top_k": 0},
+                                 {"temperature": -1.0}])
+def test_bad_sampling_arguments_are_clear_errors(bad):
+    """The boundaries of _check: top_p in (0, 1], top_k >= 1, temperature >= 0."""
+    kwargs = dict({"temperature": 1.0, "top_k": None, "top_p": None}, **bad)
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        seqlab.generate(FixedLM(np.zeros(4)), jnp.zeros((1, 1), jnp.int32), 1, **kwargs)
+    if name == "top_p":  # the upper end is allowed
+        seqlab.generate(FixedLM(np.zeros(4)), jnp.zeros((1, 1), jnp.int32), 1, top_p=1.0)
