@@ -103,3 +103,11 @@ def test_bad_sampling_arguments_are_clear_errors(bad):
         seqlab.generate(FixedLM(np.zeros(4)), jnp.zeros((1, 1), jnp.int32), 1, **kwargs)
     if bad == {"top_p": 1.5}:  # while the upper end itself is allowed
         seqlab.generate(FixedLM(np.zeros(4)), jnp.zeros((1, 1), jnp.int32), 1, top_p=1.0)
+
+
+def test_generate_lengths():
+    """0 new tokens returns the prompt; 1 returns one more (the prefill's sample alone)."""
+    prompt = jnp.array([[3, 1]], jnp.int32)
+    lm = FixedLM(np.array([0.0, 0.0, 9.0, 0.0]))
+    np.testing.assert_array_equal(seqlab.generate(lm, prompt, 0), prompt)
+    np.testing.assert_array_equal(seqlab.generate(lm, prompt, 1, temperature=0.0), [[3, 1, 2]])
