@@ -212,7 +212,9 @@ def test_s4ptd_published_recipe():
 def test_legs_b_is_clipped_by_default():
     """The S4 repository's default ``B_clip=2.0``: Im(V^* B) in [-2, 2], Re and P unchanged."""
     lam0, P0, B0 = hippo.dplr("legs", 16, B_clip=None)
-    lam, P, B = hippo.dplr("legs", 16)
+    lam, P, B = hippo.dplr("legs", 16, B_clip=2.0)
+    layer_B = system(S4(1, d_state=16, rngs=nnx.Rngs(0)))[2][0]  # the layers' default clips
+    assert_close(layer_B, B, rtol=1e-6, atol=1e-6)
     assert np.abs(B0.imag).max() > 2
     assert_close(B, B0.real + 1j * np.clip(B0.imag, -2, 2), rtol=1e-12, atol=1e-12)
     assert_close(P, P0, rtol=1e-12, atol=1e-12)

@@ -46,7 +46,6 @@ def test_s5_lambda_is_block_hippo_n(P, blocks):
         assert_close(np.sort(block.imag), want.imag, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skip(reason="S5's published B/C init (issue 11): enable when it lands")
 def test_s5_b_and_c_statistics_follow_the_reference():
     """H = 256 channels, P = 16: mean |B~|^2 = 1/P and mean |C~|^2 = 2/P within 10%."""
     P, H = 16, 256

@@ -4,9 +4,8 @@ MHA part (both): q = RoPE(x W_q), k = RoPE(x W_k), v = x W_v per head (rotate-ha
 theta_i = 10000^(-2i/D)); y = o W_o. Top-k (Gupta et al. 2021): each (query, head) attends the
 topk visible keys of largest score only. DSA (DeepSeek-V3.2 eq. 1-2): indexer score
 I_{t,s} = sum_j w_{t,j} relu(q^I_{t,j} . k^I_s / sqrt(D_I)), each query's topk causal keys by
-I, shared by all heads. The indexer's own projections are checked separately
-(:func:`test_dsa_indexer_inputs_match_reference`), since DeepSeek's published indexer (LayerNorm
-on the index keys, partial RoPE; issue 11) will change only that part.
+I, shared by all heads. The indexer's own inputs (LayerNorm on the index keys, partial
+RoPE) are checked separately (:func:`test_dsa_indexer_inputs_match_reference`).
 """
 
 import jax
@@ -107,14 +106,27 @@ def test_dsa_matches_reference_and_decodes():
 
 
 def test_dsa_indexer_inputs_match_reference():
-    """Today's indexer (the seqlab docstring's eq. 1): q^I = RoPE(x W_qI) per index head,
-    k^I = RoPE(x W_kI), w = x W_w / sqrt(index_heads). Replace with DeepSeek-V3.2's published
-    indexer (LayerNorm on k^I, RoPE on the first rope dims only) when issue 11 lands."""
-    layer, x = _dsa()
+    """DeepSeek-V3.2's indexer (MHA base): q^I = x W_qI per index head, k^I = LayerNorm(x W_kI)
+    (scale and bias, eps 1e-6), RoPE on the first index_rope_dim dims of both (rotate-half),
+    w = x W_w / sqrt(index_heads)."""
+    layer = DSA(16, topk=3, index_heads=2, index_head_dim=8, index_rope_dim=4, block_size=4,
+                n_heads=4, n_kv_heads=2, rngs=nnx.Rngs(2))
+    norm = layer.wk_idx.norm
+    rng = np.random.default_rng(7)
+    norm.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, 8), jnp.float32)
+    norm.bias[...] = jnp.asarray(rng.normal(0, 0.3, 8), jnp.float32)
+    x = rng.standard_normal((2, 10, 16))
     got = layer.indexer_inputs(jnp.asarray(x, jnp.float32), jnp.arange(10))
     pos = np.arange(10, dtype=np.float64)
-    q_idx = rope(linear(x, layer.wq_idx).reshape(2, 10, 2, 4), pos)
-    k_idx = rope(linear(x, layer.wk_idx).reshape(2, 10, 1, 4), pos)[:, :, 0]
+
+    def partial_rope(z):
+        return np.concatenate([rope(z[..., :4], pos), z[..., 4:]], -1)
+
+    kk = linear(x, layer.wk_idx.proj)
+    kk = (kk - kk.mean(-1, keepdims=True)) / np.sqrt(kk.var(-1, keepdims=True) + 1e-6)
+    kk = kk * f64(norm.scale[...]) + f64(norm.bias[...])
+    q_idx = partial_rope(linear(x, layer.wq_idx).reshape(2, 10, 2, 8))
+    k_idx = partial_rope(kk.reshape(2, 10, 1, 8))[:, :, 0]
     w_idx = linear(x, layer.w_idx) / np.sqrt(2)
     for a, w in zip(got, (q_idx, k_idx, w_idx), strict=True):
         assert_close(a, w, **TOL)
