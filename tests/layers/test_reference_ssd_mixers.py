@@ -2,7 +2,8 @@
 
 Mamba-2 (Dao & Gu 2024, Sec. 7 and eq. (1)): [z | xBC | dt] = u W_in; xBC = silu(causal
 conv(xBC)); dt = softplus(dt + dt_bias); A = -exp(A_log); h_t = exp(dt_t A) h_{t-1} +
-dt_t x_t B_t^T, y_t = h_t C_t + D x_t; out = (rms(y * silu(z)) w) W_out.
+dt_t x_t B_t^T, y_t = h_t C_t + D x_t; out = (rms(y * silu(z)) w) W_out, the RMS taken per
+group of d_inner / n_groups features (mamba_ssm's RMSNormGated(group_size=...)).
 Hydra (Hwang et al. 2024, eq. (8) and Sec. 4): centred conv; two such scans (forward in time,
 and backward on the reversed sequence), each shifted by one step (the output at t reads the
 scan at t-1); diagonal D + x W_D; out = (rms(y) w silu(z)) W_out.
@@ -51,7 +52,10 @@ def mamba2_ref(layer, u, mask=None, h0=None, conv_tail=None):
     A = -np.exp(f64(layer.A_log[...]))
     y, last = ssm_scan(x, dt, A, B, C, h0)
     y = (y + f64(layer.D[...])[:, None] * x).reshape(b, length, di)
-    y = rmsnorm(y, f64(layer.norm.weight[...]), z, norm_before_gate=False)
+    # mamba_ssm's RMSNormGated(group_size=d_inner // n_groups): one norm per group of features
+    g = layer.n_groups
+    y = rmsnorm(y.reshape(b, length, g, -1), f64(layer.norm.weight[...]).reshape(g, -1),
+                z.reshape(b, length, g, -1), norm_before_gate=False).reshape(b, length, di)
     return linear(y, layer.out_proj), last
 
 
