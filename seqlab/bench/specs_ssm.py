@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from seqlab.bench import peers
 from seqlab.bench.specs_base import F32, Call, Dims, _keys, _log2, _normal
+from seqlab.ops.reference import scan as reference_scan
+from seqlab.ops.reference import ssd as reference_ssd
 
 # ----------------------------------------------------------------------------- S4 / S4D (conv)
 
@@ -110,19 +111,8 @@ def _s5_op(d: Dims, key: jax.Array) -> Call:
     return Call("ops.scan.linear_scan (associative)", linear_scan, _s5_inputs(d, key))
 
 
-def _sequential_scan(a: jax.Array, b: jax.Array) -> jax.Array:
-    """h_t = a_t h_{t-1} + b_t, one step at a time (lax.scan over time). a, b: [B, L, ...]."""
-
-    def step(h, ab):
-        h = ab[0] * h + ab[1]
-        return h, h
-
-    _, hs = lax.scan(step, jnp.zeros_like(b[:, 0]), (jnp.swapaxes(a, 0, 1), jnp.swapaxes(b, 0, 1)))
-    return jnp.swapaxes(hs, 0, 1)
-
-
 def _s5_ref(d: Dims, key: jax.Array) -> Call:
-    return Call("sequential lax.scan", _sequential_scan, _s5_inputs(d, key))
+    return Call("sequential lax.scan", reference_scan.linear_recurrence, _s5_inputs(d, key))
 
 
 # ----------------------------------------------------------------------------- SSD (Mamba-2, Hydra)
@@ -151,23 +141,9 @@ def _ssd_cost(sides: int) -> Callable[[Dims], tuple[float, float]]:
 
 
 def ssd_sequential(x, dt, A, B, C):
-    """h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t, one step at a time.
-
-    x: [b, L, h, p]; dt: [b, L, h]; A: [h]; B, C: [b, L, g, n] (heads share groups). Returns y.
-    """
-    rep = x.shape[2] // B.shape[2]
-    Bh, Ch = jnp.repeat(B, rep, axis=2), jnp.repeat(C, rep, axis=2)
-
-    def step(hs, xs):
-        x_t, dt_t, b_t, c_t = xs
-        hs = jnp.exp(dt_t * A)[..., None, None] * hs + jnp.einsum(
-            "bh,bhp,bhn->bhpn", dt_t, x_t, b_t
-        )
-        return hs, jnp.einsum("bhpn,bhn->bhp", hs, c_t)
-
-    h0 = jnp.zeros(x.shape[:1] + x.shape[2:] + B.shape[-1:], x.dtype)
-    _, y = lax.scan(step, h0, tuple(jnp.swapaxes(a, 0, 1) for a in (x, dt, Bh, Ch)))
-    return jnp.swapaxes(y, 0, 1)
+    """y of the shared sequential reference ``seqlab.ops.reference.ssd.ssd_sequential`` (Mamba-2
+    eq. (1), one step at a time); the bench times the output only."""
+    return reference_ssd.ssd_sequential(x, dt, A, B, C)[0]
 
 
 def _ssd_op(d: Dims, key: jax.Array) -> Call:
@@ -195,19 +171,6 @@ def _hydra_op(d: Dims, key: jax.Array) -> Call:
                 lambda *a: quasiseparable(*a, chunk_size=d.chunk_size), _hydra_inputs(d, key))
 
 
-def _hydra_sequential(x, dt_fw, dt_bw, A, B_fw, C_fw, B_bw, C_bw, diag):
-    """shift(SS_fw(x)) + flip(shift(SS_bw(flip(x)))) + diag x with two sequential scans."""
-
-    def shift(y):
-        return jnp.pad(y[:, :-1], [(0, 0), (1, 0), (0, 0), (0, 0)])
-
-    def flip(a):
-        return jnp.flip(a, axis=1)
-
-    fw = shift(ssd_sequential(x, dt_fw, A, B_fw, C_fw))
-    bw = flip(shift(ssd_sequential(flip(x), flip(dt_bw), A, flip(B_bw), flip(C_bw))))
-    return fw + bw + diag[..., None] * x
-
-
 def _hydra_ref(d: Dims, key: jax.Array) -> Call:
-    return Call("two sequential lax.scans", _hydra_sequential, _hydra_inputs(d, key))
+    return Call("two sequential lax.scans", reference_ssd.quasiseparable_sequential,
+                _hydra_inputs(d, key))

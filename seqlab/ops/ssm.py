@@ -51,29 +51,26 @@ def kernel_diag(
         raise ValueError(f"kernel length must be >= 1, got {length}")
     dA, dB = discretize(A, B, dt, method)
     log_dA = dt[:, None] * A if method == "zoh" else jnp.log(dA)
-    return 2 * vandermonde(C * dB, log_dA, length, real=True)
+    return 2 * vandermonde(C * dB, log_dA, length)
 
 
-def vandermonde(w: jax.Array, log_z: jax.Array, length: int, real: bool = False) -> jax.Array:
-    """``V[..., l] = sum_n w[..., n] exp(l log_z[..., n])`` for l < length (complex, or its real
-    part only with ``real=True``). w, log_z: [..., N] complex.
+def vandermonde(w: jax.Array, log_z: jax.Array, length: int) -> jax.Array:
+    """``V[..., l] = Re sum_n w[..., n] exp(l log_z[..., n])`` for l < length (the real part:
+    the kernels need no more). w, log_z: [..., N] complex.
 
     ``z^(m a + b) = z^b (z^m)^a`` with ``m ~ sqrt(length)`` turns the ``N length`` complex
     exponentials into ``2 N sqrt(length)`` and one batched real matrix product
-    ``[..., m, 2N] x [..., 2N, ceil(length/m)]`` per output part (re, im).
+    ``[..., m, 2N] x [..., 2N, ceil(length/m)]`` for the real part.
     """
     m = max(1, math.isqrt(length - 1) + 1)
     n_hi = -(-length // m)
     lo = w[..., None] * jnp.exp(log_z[..., None] * jnp.arange(m))  # [..., N, m]
     hi = jnp.exp(log_z[..., None] * (m * jnp.arange(n_hi)))  # [..., N, n_hi]
-    # (lo hi) = (Re lo Re hi - Im lo Im hi) + i (Im lo Re hi + Re lo Im hi): real contractions
+    # Re(lo hi) = Re lo Re hi - Im lo Im hi: one real contraction
     hi_ri = jnp.concatenate([hi.real, hi.imag], axis=-2)  # [..., 2N, n_hi]
     lo_re = jnp.concatenate([lo.real, -lo.imag], axis=-2)
     hp = jax.lax.Precision.HIGHEST
     V = jnp.einsum("...nb,...na->...ab", lo_re, hi_ri, precision=hp)
-    if not real:
-        lo_im = jnp.concatenate([lo.imag, lo.real], axis=-2)
-        V = jax.lax.complex(V, jnp.einsum("...nb,...na->...ab", lo_im, hi_ri, precision=hp))
     return V.reshape(*V.shape[:-2], m * n_hi)[..., :length]
 
 

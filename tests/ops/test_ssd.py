@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seqlab.ops.reference.ssd import ssd_sequential
 from seqlab.ops.ssd import materialize, quasiseparable, segsum, ssd
 
 # Compiled once per shape (eager op-by-op dispatch would dominate these tiny tests), without
@@ -31,22 +32,6 @@ def _inputs(seed, b, length, h, p, g, n, dt_max=0.6):
     )
 
 
-def ssd_sequential(x, dt, A, B, C, h0):
-    """Mamba-2 eq. (1), one step at a time (lax.scan, so that it is differentiable)."""
-    reps = x.shape[2] // B.shape[2]
-    B, C = jnp.repeat(B, reps, axis=2), jnp.repeat(C, reps, axis=2)
-
-    def step(state, inp):
-        x_t, dt_t, B_t, C_t = inp  # [b,h,p], [b,h], [b,h,n], [b,h,n]
-        decay = jnp.exp(dt_t * A)[..., None, None]
-        state = decay * state + (dt_t[..., None] * x_t)[..., None] * B_t[:, :, None, :]
-        return state, jnp.einsum("bhpn,bhn->bhp", state, C_t)
-
-    xs = tuple(jnp.moveaxis(t, 1, 0) for t in (x, dt, B, C))
-    final, ys = jax.lax.scan(step, h0, xs)
-    return jnp.moveaxis(ys, 0, 1), final
-
-
 ssd_sequential_jit = jax.jit(ssd_sequential, compiler_options=FAST)
 
 
@@ -59,7 +44,7 @@ def test_ssd_matches_sequential(length, chunk, groups):
         a = {k: jnp.asarray(v) for k, v in _inputs(0, 2, length, 4, 3, groups, 5).items()}
         h0 = jnp.asarray(np.random.default_rng(1).standard_normal((2, 4, 3, 5)))
         y, final = ssd_jit(**a, chunk_size=chunk, initial_state=h0)
-        y_ref, final_ref = ssd_sequential_jit(**a, h0=h0)
+        y_ref, final_ref = ssd_sequential_jit(**a, initial_state=h0)
         assert y.dtype == jnp.float64
         np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-11)
         np.testing.assert_allclose(final, final_ref, rtol=1e-10, atol=1e-11)
@@ -107,7 +92,7 @@ def test_ssd_float32_is_stable_over_long_strongly_decaying_chunks():
     a["A"][:] = -2.0
     with jax.enable_x64(True):
         y_ref, _ = ssd_sequential_jit(**{k: jnp.asarray(v) for k, v in a.items()},
-                                  h0=jnp.zeros((1, 2, 4, 8)))
+                                  initial_state=jnp.zeros((1, 2, 4, 8)))
         y_ref = np.asarray(y_ref)
     y, _ = ssd_jit(**{k: jnp.asarray(v, jnp.float32) for k, v in a.items()}, chunk_size=length)
     assert y.dtype == jnp.float32
