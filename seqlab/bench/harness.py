@@ -347,10 +347,8 @@ def bench_decode(name: str, args: argparse.Namespace, max_bytes: int | None) -> 
     """
     from flax import nnx
 
-    try:
-        mixer, dtype = _build(name, args)
-        mixer.init_cache(args.batch, 2, dtype=jnp.float32)
-    except Exception:  # noqa: BLE001 - no decode (bidirectional, or not built): no rows
+    mixer, dtype = _build(name, args)
+    if not mixer.causal:  # bidirectional: no decode rows
         return []
     graphdef, state = nnx.split(mixer)
 

@@ -113,7 +113,7 @@ class MLA(nnx.Module):
         ``q_lora_rank``; DeepSeek-V3.2's indexer reads its queries from it."""
         return None if self.q_lora_rank is None else self.q_norm(self.wq_a(x))
 
-    def _queries(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def queries(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """-> q_nope [b, t, H, nope], q_rope [b, t, H, rope_heads * rope] (RoPE'd)."""
         b, t, _ = x.shape
         cq = self.query_latent(x)
@@ -143,7 +143,7 @@ class MLA(nnx.Module):
     def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Per-head (naive) q, k: [b, t, H, nope + rope_heads rope], v: [b, t, H, dv]."""
         x = x.astype(self.dtype)
-        q_nope, q_rope = self._queries(x, positions)
+        q_nope, q_rope = self.queries(x, positions)
         k, v = self.up(*self.latent(x, positions))
         return jnp.concatenate([q_nope, q_rope], axis=-1), k, v
 
@@ -180,7 +180,7 @@ class MLA(nnx.Module):
         check_input(x, self.d_model, "MLA")
         pos, positions = cache["pos"], cache_positions(cache, x.shape[1])
         x = x.astype(self.dtype)
-        q_nope, q_rope = self._queries(x, positions)
+        q_nope, q_rope = self.queries(x, positions)
         c, kr = self.latent(x, positions)
         cc, krc = write_cache(cache["c"], c, pos), write_cache(cache["kr"], kr, pos)
         new = {"c": cc, "kr": krc, "pos": pos + x.shape[1]}

@@ -217,7 +217,7 @@ class DSA(nnx.Module):
             return self.attn.qkv(x, positions)
         mla = self.attn
         x = x.astype(mla.dtype)
-        q_nope, q_rope = mla._queries(x, positions)
+        q_nope, q_rope = mla.queries(x, positions)
         c, kr = mla.latent(x, positions)
         q_lat = jnp.einsum("bthn,rhn->bthr", q_nope, mla.wk_b[...].astype(q_nope.dtype))
         k = jnp.concatenate([c, kr.reshape(*kr.shape[:2], -1).astype(c.dtype)], axis=-1)
