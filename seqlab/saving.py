@@ -18,13 +18,12 @@ without the training data:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from seqlab.config import Config, MeshConfig, TaskInfo, dump_config, import_modules
-from seqlab.config import load_config as _load_config
 
 VARIABLES = nnx.Not(nnx.RngState)  # what an export keeps
 SAFETENSORS = "model.safetensors"
@@ -57,7 +56,7 @@ def set_variables(model: nnx.Module, arrays: dict[str, np.ndarray], source: str)
     nnx.update(model, nnx.from_flat_state(new))
 
 
-def _is_export(path: Path) -> bool:
+def _is_export(path: epath.Path) -> bool:
     return (path / "params").is_dir() or (path / SAFETENSORS).is_file()
 
 
@@ -69,7 +68,7 @@ def _build(cfg: Config, info: TaskInfo) -> nnx.Module:
     return build_model(cfg.model, info, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def _read_export(path: Path, model: nnx.Module) -> None:
+def _read_export(path: epath.Path, model: nnx.Module) -> None:
     import orbax.checkpoint as ocp
 
     if (path / "params").is_dir():
@@ -77,20 +76,20 @@ def _read_export(path: Path, model: nnx.Module) -> None:
         with ocp.StandardCheckpointer() as ckptr:
             arrays = ckptr.restore((path / "params").absolute(), target)
     else:
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load
 
-        arrays = load_file(path / SAFETENSORS)
+        arrays = load((path / SAFETENSORS).read_bytes())
     set_variables(model, arrays, str(path))
 
 
-def _load_workdir(path: Path, checkpoint: str, model: nnx.Module | None) -> tuple:
+def _load_workdir(path: epath.Path, checkpoint: str, model: nnx.Module | None) -> tuple:
     from seqlab.train.inputs import load_split
     from seqlab.train.run import make_trainer
     from seqlab.train.trainer import Trainer
-    from seqlab.train.workdir import read_task_info
+    from seqlab.train.workdir import load_workdir_config, read_task_info
 
     if (path / "config.yaml").exists():
-        cfg = _load_config(path / "config.yaml")
+        cfg = load_workdir_config(path)
         cfg = dataclasses.replace(cfg, mesh=MeshConfig())  # one device is enough to use it
         info = read_task_info(path) or load_split(cfg, "train").info  # older workdirs
         trainer = make_trainer(cfg, info, path) if model is None else None
@@ -110,7 +109,7 @@ def _load_workdir(path: Path, checkpoint: str, model: nnx.Module | None) -> tupl
     return trainer.model, cfg
 
 
-def load(path: str | Path, checkpoint: str = "best", *,
+def load(path: str | epath.PathLike, checkpoint: str = "best", *,
          model: nnx.Module | None = None) -> tuple[nnx.Module, Config | None]:
     """The trained model of a workdir (its ``best`` or ``latest`` checkpoint) or of an export,
     in eval mode, ready for ``model(inputs, mask)`` and ``seqlab.generate``; and its config.
@@ -118,15 +117,16 @@ def load(path: str | Path, checkpoint: str = "best", *,
     model: a freshly built model of the same structure, for workdirs and exports written
     without a config (models trained or exported from Python); its variables are replaced.
     """
-    path = Path(path)
+    path = epath.Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist; give a workdir or an export directory.")
     if _is_export(path):
-        cfg = _load_config(path / "config.yaml") if (path / "config.yaml").exists() else None
+        from seqlab.train.workdir import load_workdir_config, read_task_info
+
+        cfg = load_workdir_config(path) if (path / "config.yaml").exists() else None
         if model is None:
             if cfg is None:
                 raise ValueError(f"{path} holds no config.yaml; pass model=... to load it into")
-            from seqlab.train.workdir import read_task_info
 
             info = read_task_info(path)
             if info is None:
@@ -139,16 +139,16 @@ def load(path: str | Path, checkpoint: str = "best", *,
     return model, cfg
 
 
-def export(source: str | Path | nnx.Module, out: str | Path, *, checkpoint: str = "best",
-           safetensors: bool = False, config: Config | None = None,
-           info: TaskInfo | None = None) -> Path:
+def export(source: str | epath.PathLike | nnx.Module, out: str | epath.PathLike, *,
+           checkpoint: str = "best", safetensors: bool = False, config: Config | None = None,
+           info: TaskInfo | None = None) -> epath.Path:
     """Write the export of ``source`` (a workdir, or a model with optionally its ``config`` and
     ``info``) to the new directory ``out``; returns ``out``. Nothing is overwritten."""
     import orbax.checkpoint as ocp
 
     from seqlab.train.workdir import read_task_info, save_task_info
 
-    out = Path(out)
+    out = epath.Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; export into a new directory.")
     if isinstance(source, nnx.Module):
@@ -165,7 +165,8 @@ def export(source: str | Path | nnx.Module, out: str | Path, *, checkpoint: str 
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save((out / "params").absolute(), arrays)
     if safetensors:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, out / SAFETENSORS)
+        contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        (out / SAFETENSORS).write_bytes(save(contiguous))
     return out
