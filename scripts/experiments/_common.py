@@ -40,11 +40,12 @@ class Clock:
 
 
 def figure_path(name: str, smoke: bool) -> Path:
-    """``docs/<name>.png``; smoke runs write to a temporary directory, never over the docs."""
+    """``docs/<name>.png``; smoke runs write ``seqlab_smoke_<name>.png`` in the temporary
+    directory instead, never over the docs."""
     if smoke:
         import tempfile
 
-        return Path(tempfile.mkdtemp(prefix="seqlab_smoke_")) / f"{name}.png"
+        return Path(tempfile.gettempdir()) / f"seqlab_smoke_{name}.png"
     return DOCS / f"{name}.png"
 
 
