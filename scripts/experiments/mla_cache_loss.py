@@ -12,7 +12,7 @@ schedule, 3 seeds; validation bits per byte on held-out windows.
 MHA: 4 KV heads; GQA: 2; MQA: 1; MLA: kv_lora_rank 64 (= 4 d_h), RoPE key 8 (= d_h / 2), no query
 compression (seqlab's defaults scale this way with d_model / n_heads).
 
-Budget: about 20 minutes on the 2-core CPU under a load average near 16 (12 runs of 500 steps);
+Budget: about 30 minutes on the 2-core CPU under a load average near 18 (12 runs of 400 steps);
 ``--smoke``: seconds.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/mla_cache_loss.py
@@ -66,7 +66,7 @@ def cache_per_token(layer: nnx.Module, max_length: int = 16) -> int:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, plot to a temp dir")
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
             vals.append(evaluate(model, corpus))
             curves.append(info["loss"])
             speed.append(info["s_per_step"])
+            print(f"  {name} seed {seed}: val {vals[-1]:.4f} bits/byte", flush=True)
         rows[name] = {"cache": cache, "formula": formula, "params": params, "d_ff": d_ff,
                       "val": vals, "curves": np.stack(curves), "s_per_step": float(np.mean(speed))}
         print(f"{name}: cache {cache} numbers/token/layer (paper formula {formula}), params "

@@ -11,7 +11,7 @@ RoRoPE choice (RoPE on one rotated head) at kv_lora_rank 48 (full), 24, 16 and 8
 for the same steps as the control, so the gap after fine-tuning compares equal training.
 Reported: validation bits per byte, the gap to GQA before and after fine-tuning, 3 seeds.
 
-Budget: about 15 minutes on the 2-core CPU under a load average near 16; ``--smoke``: seconds.
+Budget: about 30 minutes on the 2-core CPU under a load average near 18; ``--smoke``: seconds.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/transmla_finetune.py
 """
@@ -58,7 +58,7 @@ def converted(model: TinyLM, calib: list, rank: int | None, rope_heads: int | No
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=500, help="GQA pre-training steps")
+    p.add_argument("--steps", type=int, default=400, help="GQA pre-training steps")
     p.add_argument("--ft-steps", type=int, default=100, help="fine-tuning steps")
     p.add_argument("--ranks", type=int, nargs="+", default=[48, 24, 16, 8])
     p.add_argument("--smoke", action="store_true", help="tiny sizes, plot to a temp dir")
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         gqa = TinyLM(make, d_model=d, n_layers=setup.n_layers, d_ff=4 * d, rngs=nnx.Rngs(seed))
         gqa, _ = train(gqa, corpus, setup, seed)
         base = evaluate(gqa, corpus)
+        print(f"  seed {seed}: GQA trained, val {base:.4f} bits/byte", flush=True)
         calib = attention_inputs(gqa, corpus, setup.batch, 4)
         ctrl, _ = train(nnx.clone(gqa), corpus, setup, seed + 1000, steps=a.ft_steps, lr=ft_lr,
                             warmup=10)
