@@ -32,7 +32,6 @@ Budget: about 25 minutes on the 2-core CPU under a load average near 16; ``--smo
 from __future__ import annotations
 
 import argparse
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -51,17 +50,11 @@ class LinearKeyDeltaProduct(DeltaProduct):
 
     def _qkv(self, q, k, v):
         b, t, _ = q.shape
-        q = q.astype(jnp.float32).reshape(b, t, self.heads, self.k_dim)
-        k = k.astype(jnp.float32).reshape(b, t * self.n, self.heads, self.k_dim)
-        v = jax.nn.silu(v).reshape(b, t * self.n, self.heads, self.v_dim)
+        h, n = self.n_heads, self.n_householder
+        q = q.astype(jnp.float32).reshape(b, t, h, self.head_dim)
+        k = k.astype(jnp.float32).reshape(b, t * n, h, self.head_dim)
+        v = jax.nn.silu(v).reshape(b, t * n, h, self.v_dim)
         return _l2norm(q).astype(self.dtype), _l2norm(k).astype(self.dtype), v
-
-
-def _args(n_heads: int, n_householder: int) -> dict:
-    names = inspect.signature(DeltaProduct.__init__).parameters
-    if "n_householder" in names:
-        return {"n_heads": n_heads, "n_householder": n_householder}
-    return {"num_heads": n_heads, "num_householder": n_householder}
 
 
 def fresh_batches(batch: int, length: int, seed: int):
@@ -115,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         cls, n_h, fresh = VARIANTS[name]
 
         def make(r, cls=cls, n_h=n_h):
-            return cls(d, allow_neg_eigval=True, rngs=r, **_args(2, n_h))
+            return cls(d, n_heads=2, n_householder=n_h, allow_neg_eigval=True, rngs=r)
 
         val, test, curves = [], [], []
         for seed in range(a.seeds):
