@@ -156,6 +156,8 @@ def fit(model: nnx.Module, batches: Iterator, steps: int, lr: float, warmup: int
     """Minimise :func:`loss_fn` over ``steps`` batches ``(x, y)`` of ``batches``: AdamW (b2 0.95,
     weight decay 0.1, clip 1.0), linear warm-up then cosine decay to 10% of ``lr``.
     Returns the trained model and {"loss": train losses per step (nats), "s_per_step"}."""
+    if steps == 0:
+        return model, {"loss": np.zeros(0), "s_per_step": 0.0}
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx, step = _step_fn(graphdef, steps, lr, warmup)
     opt_state = tx.init(params)

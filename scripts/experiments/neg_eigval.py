@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--d-model", type=int, default=32)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--plot", default="repro_neg_eigval", help="plot name under docs/")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, plot to a temp dir")
     a = p.parse_args(argv)
     n_test = 200
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                title=f"negative eigenvalues: train length {a.length}, {a.seeds} seeds")
         ax.legend()
         fig.tight_layout()
-        out = figure_path("repro_neg_eigval", a.smoke)
+        out = figure_path(a.plot, a.smoke)
         fig.savefig(out, dpi=110)
         print(f"plot: {out}")
     return res
