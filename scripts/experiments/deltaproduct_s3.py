@@ -24,7 +24,8 @@ One layer, d_model 64, 2 heads of 32 dims, MLP, train length 32, test length 64 
 each), AdamW lr 3e-3, batch 32, 3 seeds. Reported: per-position accuracy at 32 and 64 (chance
 1/6).
 
-Budget: about 25 minutes on the 2-core CPU under a load average near 16; ``--smoke``: seconds.
+Budget: measured 49 minutes on the 2-core CPU under a load average near 20 (12 runs of 1,000
+steps; over the 30-minute target at that load: ``--variants`` runs a subset); ``--smoke``: seconds.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/deltaproduct_s3.py
 """

@@ -11,7 +11,8 @@ parity with 1 layer, counting mod 3 with 2 layers; trained at length 32 on 10,00
 batch 32, 3 seeds per configuration. Reported: per-position accuracy at the training length
 (validation) and at 4x (test), mean ± std over seeds.
 
-Budget: about 40 minutes on the 2-core CPU under a load average near 20; ``--smoke``: seconds.
+Budget: measured 25 minutes on the 2-core CPU under a load average near 20 (the parity-only
+run with ``--steps 1000``: 16 minutes); ``--smoke``: seconds.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/neg_eigval.py
 """
