@@ -16,7 +16,8 @@
     spread over seeds (signals), for N = 4 ... 256. LegT and FouT are exact only as N -> inf (their
     windowed measures are approximated), LegS and LagT are exact orthogonal SSMs.
 
-Budget: about 3 minutes on the 2-core CPU; ``--smoke``: seconds.
+Budget: measured 7 minutes on the 2-core CPU under a load average of 16-19; ``--smoke``:
+seconds.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/hippo_reconstruction.py
 """

@@ -13,7 +13,8 @@ relative L2 error ``||K_D - K_S4|| / ||K_S4||`` per basis function, for N = 16 .
 A dense float64 recurrence (``(I - dt/2 A)^-1 (I + dt/2 A)`` on the real HiPPO-LegS matrix) checks
 the S4 kernel at the smallest N.
 
-Budget: about 5 minutes on the 2-core CPU (N = 1024 dominates); ``--smoke``: seconds.
+Budget: measured 8 minutes on the 2-core CPU under a load average of 8-17 (N = 1024
+dominates); ``--smoke``: seconds.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/s4d_legs_kernel.py
 """
