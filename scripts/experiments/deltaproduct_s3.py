@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--length", type=int, default=32)
     p.add_argument("--test-length", type=int, default=64)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--plot", default="repro_deltaproduct_s3", help="plot name under docs/")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, plot to a temp dir")
     a = p.parse_args(argv)
     d, n_train, n_eval = 64, 4000, 500
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         ax1.set(ylabel="per-position accuracy", ylim=(0, 1.05), title=f"{a.seeds} seeds")
         ax1.legend(fontsize=8)
         fig.tight_layout()
-        out = figure_path("repro_deltaproduct_s3", a.smoke)
+        out = figure_path(a.plot, a.smoke)
         fig.savefig(out, dpi=110)
         print(f"plot: {out}")
     return res
