@@ -18,7 +18,9 @@ outputs are >= -0.278, so such a key exists only with pre-activations pinned at 
 - ``fresh``: new random sequences every step (no data limit), same everything else;
 - ``fresh, linear keys``: as ``fresh`` with the key (and query) SiLU removed before the L2 norm
   (a subclass in this script; the library layer is unchanged);
-- ``fresh, linear keys, n_h=1``: the control the claim says fails.
+- ``fresh, linear keys, n_h=1``: the control the claim says fails;
+- ``fresh, linear keys, start token``: a start token (label: the identity) before every
+  sequence, so that the layer has a marked position to write its initial state at.
 
 One layer, d_model 64, 2 heads of 32 dims, MLP, train length 32, test length 64 (500 sequences
 each), AdamW lr 3e-3, batch 32, 3 seeds. Reported: per-position accuracy at 32 and 64 (chance
@@ -41,7 +43,7 @@ from flax import nnx
 
 from scripts.experiments._common import Clock, figure_path, pyplot, spread
 from scripts.experiments._lm import TinyLM, fit
-from scripts.experiments.neg_eigval import accuracy, batches
+from scripts.experiments.neg_eigval import _predict, batches
 from seqlab.data import synthetic
 from seqlab.layers.deltanet import DeltaProduct, _l2norm
 
@@ -58,8 +60,29 @@ class LinearKeyDeltaProduct(DeltaProduct):
         return _l2norm(q).astype(self.dtype), _l2norm(k).astype(self.dtype), v
 
 
-def fresh_batches(batch: int, length: int, seed: int):
-    """New S3 word problems every step: tokens [batch, length], prefix products as labels."""
+START = 6  # the start token (index past S3's six elements); its label is the identity, 0
+
+
+def with_start(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prepend the start token (label: the empty product, the identity) to every sequence."""
+    n = len(x)
+    return (np.concatenate([np.full((n, 1), START, x.dtype), x], 1),
+            np.concatenate([np.zeros((n, 1), y.dtype), y], 1))
+
+
+def accuracy(model: nnx.Module, x: np.ndarray, y: np.ndarray, start: bool) -> float:
+    """Per-position accuracy over the sequences' own positions (a start token is not counted)."""
+    if start:
+        x, _ = with_start(x, y)
+    graphdef, state = nnx.split(model)
+    pred = np.concatenate([np.asarray(_predict(graphdef)(state, x[i: i + 100]))
+                           for i in range(0, len(x), 100)])
+    return float((pred[:, int(start):] == y).mean())
+
+
+def fresh_batches(batch: int, length: int, seed: int, start: bool = False):
+    """New S3 word problems every step: tokens [batch, length], prefix products as labels
+    (with ``start``, a start token first)."""
     table = synthetic.group_table("S3")
     rng = np.random.default_rng([seed, 777])
     while True:
@@ -70,7 +93,8 @@ def fresh_batches(batch: int, length: int, seed: int):
         for t in range(1, length):
             acc = table[x[:, t], acc]
             y[:, t] = acc
-        yield x.astype(np.int32), y.astype(np.int32)
+        x, y = x.astype(np.int32), y.astype(np.int32)
+        yield with_start(x, y) if start else (x, y)
 
 
 def split(name: str, size: int, length: int, test_length: int):
@@ -79,11 +103,12 @@ def split(name: str, size: int, length: int, test_length: int):
     return np.asarray(s.data["inputs"], np.int32), np.asarray(s.data["label"], np.int32)
 
 
-VARIANTS = {  # name -> (layer class, n_h, fresh data)
-    "shipped": (DeltaProduct, 2, False),
-    "fresh": (DeltaProduct, 2, True),
-    "fresh, linear keys": (LinearKeyDeltaProduct, 2, True),
-    "fresh, linear keys, n_h=1": (LinearKeyDeltaProduct, 1, True),
+VARIANTS = {  # name -> (layer class, n_h, fresh data, start token)
+    "shipped": (DeltaProduct, 2, False, False),
+    "fresh": (DeltaProduct, 2, True, False),
+    "fresh, linear keys": (LinearKeyDeltaProduct, 2, True, False),
+    "fresh, linear keys, n_h=1": (LinearKeyDeltaProduct, 1, True, False),
+    "fresh, linear keys, start token": (LinearKeyDeltaProduct, 2, True, True),
 }
 
 
@@ -93,33 +118,34 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--length", type=int, default=32)
     p.add_argument("--test-length", type=int, default=64)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
     p.add_argument("--plot", default="repro_deltaproduct_s3", help="plot name under docs/")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, plot to a temp dir")
     a = p.parse_args(argv)
     d, n_train, n_eval = 64, 4000, 500
     if a.smoke:
         a.seeds, a.steps, a.length, a.test_length, n_train, n_eval = 1, 2, 8, 16, 64, 8
-        a.variants, d = ["fresh, linear keys"], 16
+        a.variants, d = ["fresh, linear keys, start token"], 16
     clock = Clock()
     xtr, ytr = split("train", n_train, a.length, a.test_length)
     xva, yva = split("val", n_eval, a.length, a.test_length)
     xte, yte = split("test", n_eval, a.length, a.test_length)
     res = {}
     for name in a.variants:
-        cls, n_h, fresh = VARIANTS[name]
+        cls, n_h, fresh, start = VARIANTS[name]
 
         def make(r, cls=cls, n_h=n_h):
             return cls(d, n_heads=2, n_householder=n_h, allow_neg_eigval=True, rngs=r)
 
         val, test, curves = [], [], []
         for seed in range(a.seeds):
-            model = TinyLM(make, d_model=d, n_layers=1, d_ff=4 * d, vocab=6, n_classes=6,
+            model = TinyLM(make, d_model=d, n_layers=1, d_ff=4 * d, vocab=6 + start, n_classes=6,
                            rngs=nnx.Rngs(seed))
-            data = (fresh_batches(32, a.length, seed) if fresh else batches(xtr, ytr, 32, seed))
+            data = (fresh_batches(32, a.length, seed, start) if fresh
+                    else batches(xtr, ytr, 32, seed))
             model, info = fit(model, data, a.steps, 3e-3, max(1, a.steps // 10))
-            val.append(accuracy(model, xva, yva))
-            test.append(accuracy(model, xte, yte))
+            val.append(accuracy(model, xva, yva, start))
+            test.append(accuracy(model, xte, yte, start))
             curves.append(info["loss"])
         res[name] = {"val": val, "test": test, "curves": np.stack(curves)}
         print(f"{name:26s} acc@{a.length} {spread(val)}  acc@{a.test_length} {spread(test)}",
