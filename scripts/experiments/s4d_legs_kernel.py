@@ -4,7 +4,7 @@ recovers S4-LegS's kernel as the state size N grows. No training.
 S4-LegS is HiPPO-LegS in its DPLR form ``A = diag(Lambda) - p p^H`` (``ops.hippo.dplr``, exactly
 the HiPPO matrix in the unitary eigenbasis V of its normal part). S4D-LegS drops the low-rank term:
 ``A_D = diag(Lambda)``. The paper's theorem pairs ``A_D`` with **half** the input vector, ``B/2``;
-seqlab's ``hippo.diagonal_init("legs")`` keeps ``B`` (``V^H B``, not halved), so both are measured.
+``hippo.diagonal_init("legs")`` returns ``B/2``; both ``B`` and ``B/2`` are measured here.
 
 Measured: the first ``n_basis`` LegS basis kernels ``K_n[l] = e_n^T dA^l dB`` (C = rows of V, the
 original HiPPO coordinates), bilinear, step ``dt = T / L`` over ``t in [0, T]``, for S4 by seqlab's

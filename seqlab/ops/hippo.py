@@ -356,8 +356,11 @@ def diagonal_init(
     - ``lin`` (S4D-Lin, S4D eq. (8)): ``Lambda_n = -1/2 + i pi n``, ``B_n = 1``.
     - ``inv`` (S4D-Inv, S4D eq. (9)): ``Lambda_n = -1/2 + i (N/pi) (N/(2n+1) - 1)``, ``B_n = 1``.
     - ``legs`` (S4D-LegS, S4D Sec. 4): the diagonal part of HiPPO-LegS's DPLR form,
-      ``Lambda`` and ``V^H B`` of :func:`dplr` (the low-rank term is dropped), with
-      ``Im B`` clamped to ``[-B_clip, B_clip]`` as the S4 reference (default 2.0; None: exact).
+      ``Lambda`` and ``V^H B / 2`` of :func:`dplr` (the low-rank term is dropped), with
+      ``Im B`` clamped to ``[-B_clip, B_clip]`` as the S4 reference (default 2.0; None: exact)
+      before halving. The half is the S4D theorem's: ``(diag(Lambda), B/2)`` has S4-LegS's
+      kernel as N grows, while ``(diag(Lambda), B)`` tends to twice it (measured in
+      docs/reproductions.md, claim 1a); state-spaces/s4 halves it too (``B_init="legs"``).
     - ``ptd`` (S4-PTD): :func:`ptd`'s ``Lambda`` and ``V^-1 B`` (all N modes).
     """
     if kind not in DIAGONAL_INITS:
@@ -372,6 +375,6 @@ def diagonal_init(
         return -0.5 + 1j * (N / np.pi) * (N / (2 * n + 1) - 1), np.ones(N // 2, np.complex128)
     if kind == "legs":
         Lambda, _, B = dplr("legs", N, B_clip)
-        return Lambda, B
+        return Lambda, 0.5 * B
     system = ptd(N)
     return system.Lambda, system.B

@@ -152,13 +152,15 @@ def test_s4_ptd_published_init_folds_b_into_c_and_decodes():
 
 
 def test_s4d_legs_b_clip_default_is_the_reference():
-    """S4D-LegS clamps Im(V^H B) to [-2, 2] by default (S4's B_clip=2.0); None keeps it exact."""
+    """S4D-LegS clamps Im(V^H B) to [-2, 2] by default (S4's B_clip=2.0), then halves B (the
+    S4D theorem's B/2); None keeps it exact."""
     n = 16  # Im(V^H B) reaches 10.2 at N = 16
     clipped = S4D(H, rngs=nnx.Rngs(0), d_state=n)
     exact = S4D(H, rngs=nnx.Rngs(0), d_state=n, b_clip=None)
     b0 = hippo.dplr("legs", n)[2]
-    np.testing.assert_allclose(np.asarray(exact.B[0, :, 1]), b0.imag, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(clipped.B[0, :, 1]), np.clip(b0.imag, -2, 2), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(exact.B[0, :, 1]), b0.imag / 2, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(clipped.B[0, :, 1]), np.clip(b0.imag, -2, 2) / 2,
+                               rtol=1e-6)
     np.testing.assert_allclose(np.asarray(clipped.B[..., 0]), np.asarray(exact.B[..., 0]))
     assert np.abs(b0.imag).max() > 10
 
