@@ -1,8 +1,8 @@
 """Discretisation, SSM convolution kernels and the FFT convolution (S4, S4D).
 
-Conventions (DESIGN.md): complex diagonal SSMs keep N/2 modes of a conjugate-symmetric system and
-the kernel is ``K[h, l] = 2 Re(sum_n C[h,n] dA[h,n]^l dB[h,n])``. Kernels are computed in float32
-/ complex64 (or float64 / complex128 under ``jax.enable_x64`` with float64 inputs).
+Conventions (docs/architecture.md): complex diagonal SSMs keep N/2 modes of a conjugate-symmetric
+system and the kernel is ``K[h, l] = 2 Re(sum_n C[h,n] dA[h,n]^l dB[h,n])``. Kernels are computed
+in float32 / complex64 (or float64 / complex128 under ``jax.enable_x64`` with float64 inputs).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def fft_conv(
 # ---- S4: diagonal plus low-rank (DPLR) systems ----------------------------------------------
 #
 # Lambda, B, C [H, M] and P [r, H, M] hold one mode of each conjugate pair of a real system of
-# N = 2M states (DESIGN.md): its state matrix is
+# N = 2M states (docs/architecture.md): its state matrix is
 #     A = diag(Lambda, conj Lambda) - sum_r p_r p_r^H,   p_r = [P_r; conj P_r],
 # with B_full = [B; conj B] and C_full = [C; conj C], so that ``2 Re(C x)`` is its output when
 # the state is the conjugate-symmetric ``[x; conj x]``. This is the HiPPO matrix itself when
