@@ -141,7 +141,12 @@ def eval_batches(data: Any, batch_size: int, pad_to: str,
                  rows: tuple[int, int] | None = None) -> Iterable[dict]:
     """Every example of ``data`` once, in order: a Split through a non-repeating Loader (weight-0
     fillers complete the last batch), an iterable as it comes, a callable by calling it.
-    rows: this process's rows of each batch (see ``TrainStream``)."""
+    rows: this process's rows of each batch (see ``TrainStream``).
+
+    Validation runs many times, so a one-shot iterator (a generator; ``iter(data) is data``) is
+    refused: it would be empty from the second evaluation on. An iterable or callable that
+    yields no counted example (over whole batches, before ``rows``) raises a ValueError when it
+    runs out."""
     if is_split(data):
         from seqlab.data.loader import Loader
 
@@ -149,4 +154,31 @@ def eval_batches(data: Any, batch_size: int, pad_to: str,
                       pad_to=pad_to, rows=rows)
     if isinstance(data, Callable):
         data = data()
-    return (take_rows(complete(b), rows) for b in data)
+    elif iter(data) is data:
+        raise ValueError(
+            "evaluation data is a one-shot iterator (a generator?), which is empty after the "
+            "first evaluation; pass a re-iterable (a list of batches, a seqlab Split) or a "
+            "callable that returns a fresh iterator."
+        )
+    return (take_rows(b, rows) for b in _counted(complete(b) for b in data))
+
+
+def _n_counted(batch: dict[str, np.ndarray]) -> float:
+    """The examples (token tasks: labelled real positions) a batch counts, as the loss does."""
+    weights, labels = batch["weights"].astype(np.float64), batch["labels"]
+    if labels.ndim == 2:
+        return float((weights[:, None] * ((labels >= 0) & batch["mask"])).sum())
+    return float(weights.sum())
+
+
+def _counted(batches: Iterable[dict]) -> Iterator[dict]:
+    n = 0.0
+    for batch in batches:
+        n += _n_counted(batch)
+        yield batch
+    if n == 0:
+        raise ValueError(
+            "the evaluation data has no example to count (no batches, or all weights 0 / "
+            "labels < 0); an accuracy of 0 over nothing would be meaningless. Pass data with "
+            "at least one weighted example."
+        )

@@ -76,3 +76,12 @@ def test_in_memory_best_and_one_shot_iterator():
     once = Trainer(Bag(rngs=nnx.Rngs(0)), iter(batches(3, 0)), CFG)
     with pytest.raises(ValueError, match="ran out after 3 batches"):
         once.fit()
+
+
+def test_evaluation_refuses_one_shot_and_empty_data():
+    trainer = Trainer(Bag(rngs=nnx.Rngs(0)), batches(1, 0), CFG)
+    with pytest.raises(ValueError, match="one-shot iterator"):  # would score 0 from then on
+        trainer.evaluate(b for b in batches(1, 1))
+    with pytest.raises(ValueError, match="no example to count"):
+        trainer.evaluate([])
+    assert trainer.evaluate(lambda: iter(batches(1, 1)))["count"] == 8  # a fresh iterator
