@@ -26,7 +26,7 @@ from seqlab.models.tasks import POOLS, Classifier, DualEncoder, LanguageModel, M
 from seqlab.utils import did_you_mean
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_NOT_ARGS = ("self", "d_model", "rngs", "dtype")
+_NOT_ARGS = ("rngs", "dtype")  # passed by the builder; d_model is the first positional one
 
 
 def get_mixer(name: str) -> type[nnx.Module]:
@@ -41,27 +41,43 @@ def get_mixer(name: str) -> type[nnx.Module]:
     return MIXERS[name]
 
 
+def _named_params(init) -> list[inspect.Parameter]:
+    """Parameters of ``init`` that a config can set: not self, not the first positional one
+    (d_model, whatever its name), not rngs / dtype, not ``*args`` / ``**options``."""
+    params = list(inspect.signature(init).parameters.values())[1:]  # drop self
+    if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        params = params[1:]
+    return [p for p in params if p.name not in _NOT_ARGS
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _takes(cls: type, name: str) -> bool:
+    """Whether ``cls.__init__`` has a parameter ``name`` or takes ``**options``."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def accepted_args(cls: type) -> list[str]:
     """Keyword arguments of a mixer class, following ``**options`` up its base classes."""
     names: list[str] = []
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
-        if init is None:
+        if init is None or init is object.__init__:
             continue
-        for k, p in inspect.signature(init).parameters.items():
-            if k not in _NOT_ARGS and p.kind is not p.VAR_KEYWORD and k not in names:
-                names.append(k)
+        names += [p.name for p in _named_params(init) if p.name not in names]
     return names
 
 
 def check_mixer_args(name: str, args: dict) -> None:
     """Raise a clear error for a keyword the mixer class ``name`` does not accept (naming the
-    new name of a renamed argument)."""
-    check_renamed(f"mixer {name!r}", args)
-    params = inspect.signature(get_mixer(name).__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    new name of a renamed argument the class does not take itself)."""
+    cls = get_mixer(name)
+    accepted = accepted_args(cls)
+    check_renamed(f"mixer {name!r}", [k for k in args if k not in accepted])
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD
+           for p in inspect.signature(cls.__init__).parameters.values()):
         return
-    valid = [k for k in params if k not in _NOT_ARGS]
+    valid = [p.name for p in _named_params(cls.__init__)]
     for key in args:
         if key not in valid:
             raise ModelBuildError(
@@ -72,12 +88,21 @@ def check_mixer_args(name: str, args: dict) -> None:
 
 def build_mixer(name: str, d_model: int, args: dict | None = None, *, dtype=jnp.float32,
                 rngs: nnx.Rngs) -> nnx.Module:
-    """The registered mixer ``name`` built with keyword arguments ``args``."""
+    """The registered mixer ``name`` built as ``Cls(d_model, rngs=rngs, dtype=dtype, **args)``
+    (``dtype`` left out for a class without that argument when it is float32)."""
     args = dict(args or {})
     check_mixer_args(name, args)
     cls = get_mixer(name)
+    if _takes(cls, "dtype"):
+        args["dtype"] = dtype
+    elif dtype != jnp.float32:
+        raise ModelBuildError(
+            f"mixer {name!r} takes no dtype argument, so it cannot compute in "
+            f"{jnp.dtype(dtype).name}; add dtype=jnp.float32 to its __init__ or use "
+            f"model.dtype float32."
+        )
     try:
-        return cls(d_model=d_model, rngs=rngs, dtype=dtype, **args)
+        return cls(d_model, rngs=rngs, **args)
     except TypeError as e:  # an unknown keyword reaching a class that takes **options
         if "unexpected keyword argument" not in str(e):
             raise
