@@ -39,6 +39,13 @@ def _l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
+def _reject_fixed(owner: str, options: dict, hints: dict[str, str]) -> None:
+    """A clear ValueError for an argument that ``owner`` fixes itself (``hints``: name -> fix)."""
+    for name, hint in hints.items():
+        if name in options:
+            raise ValueError(f"{owner} fixes {name} itself, so it cannot be set; {hint}")
+
+
 class _DeltaRuleMixer(nnx.Module):
     """Shared implementation: n Householder steps per token, optional forget gate. Causal."""
 
@@ -193,6 +200,11 @@ class DeltaNet(_DeltaRuleMixer):
     @reject_renamed
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
                  use_output_gate: bool = False, **options):
+        _reject_fixed("DeltaNet", options, {
+            "n_householder": "DeltaNet takes one delta step per token (n_householder=1); for "
+            "more, use the mixer 'deltaproduct' with n_householder=...",
+            "use_forget_gate": "DeltaNet has no forget gate; for one, use the mixer "
+            "'gated-deltanet' (or 'deltaproduct' with use_forget_gate=True)."})
         super().__init__(d_model, rngs=rngs, dtype=dtype, n_householder=1,
                          use_forget_gate=False, use_output_gate=use_output_gate, **options)
 
@@ -212,6 +224,12 @@ class GatedDeltaNet(_DeltaRuleMixer):
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32,
                  expand_v: float = 2.0, A_init_range: tuple[float, float] = (0.0, 16.0),
                  **options):
+        _reject_fixed("GatedDeltaNet", options, {
+            "n_householder": "Gated DeltaNet takes one delta step per token (n_householder=1); "
+            "for more, use the mixer 'deltaproduct' with n_householder=... and "
+            "use_forget_gate=True.",
+            "use_forget_gate": "Gated DeltaNet always has its forget gate; for none, use the "
+            "mixer 'deltanet'."})
         super().__init__(d_model, rngs=rngs, dtype=dtype, n_householder=1,
                          use_forget_gate=True, expand_v=expand_v, A_init_range=A_init_range,
                          **options)

@@ -148,3 +148,41 @@ def test_unknown_argument_of_a_forwarding_mixer_lists_the_valid_ones():
     with pytest.raises(ModelBuildError, match=r"Valid arguments: .*n_householder"):
         build_model(ModelConfig(mixer="deltaproduct", d_model=16, n_layers=1,
                                 mixer_args={"num_housholder": 2}), CLS, rngs=nnx.Rngs(0))
+
+
+class _Scale(nnx.Module):
+    """A user's mixer: its own argument named like a renamed one (headdim), d_model positional
+    under another name, no dtype, ``*args`` that a config cannot set."""
+
+    def __init__(self, dim, *args, rngs, headdim=3):
+        self.w = nnx.Param(jnp.full((dim,), float(headdim)))
+        self.causal = False
+
+    def __call__(self, x, mask=None):
+        return x * self.w[...]
+
+
+def test_own_mixer_from_a_config_keeps_its_own_argument_names(monkeypatch):
+    from seqlab.layers import MIXERS
+    from seqlab.models.builder import build_mixer
+
+    monkeypatch.setitem(MIXERS, "scale-test", _Scale)
+    mixer = build_mixer("scale-test", 4, {"headdim": 5}, rngs=nnx.Rngs(0))  # d_model positional
+    assert mixer.w[...].tolist() == [5.0] * 4
+    with pytest.raises(ModelBuildError, match=r"Valid arguments: headdim\.$"):  # no bogus args
+        build_mixer("scale-test", 4, {"head_dim": 5}, rngs=nnx.Rngs(0))
+    with pytest.raises(ModelBuildError, match="takes no dtype"):
+        build_mixer("scale-test", 4, {}, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="'headdim' was renamed to 'head_dim'"):  # built-ins
+        build_mixer("mamba2", 16, {"headdim": 8}, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name, key", [("deltanet", "n_householder"),
+                                       ("deltanet", "use_forget_gate"),
+                                       ("gated-deltanet", "n_householder"),
+                                       ("gated-deltanet", "use_forget_gate")])
+def test_arguments_a_delta_mixer_fixes_are_refused_clearly(name, key):
+    from seqlab.models.builder import build_mixer
+
+    with pytest.raises(ValueError, match=f"fixes {key} itself"):
+        build_mixer(name, 16, {"n_heads": 2, key: 2}, rngs=nnx.Rngs(0))
