@@ -24,17 +24,24 @@ def _config(args):
     from seqlab.config import load_config
 
     cfg = load_config(args.config, args.set)
-    extra = tuple(m for m in args.imports if m not in cfg.imports)
+    # a .py file is recorded by its absolute path, so the run's config works from anywhere
+    given = [os.path.abspath(m) if m.endswith(".py") else m for m in args.imports]
+    extra = tuple(m for m in given if m not in cfg.imports)
     return dataclasses.replace(cfg, imports=cfg.imports + extra)
+
+
+def _default_workdir(config: str) -> str:
+    """runs/<stem> for a config file, runs/<name> for a shipped one (runs/lra/listops/s4d)."""
+    if os.path.isfile(config):
+        return os.path.join("runs", os.path.splitext(os.path.basename(config))[0])
+    return os.path.join("runs", config.removesuffix(".yaml"))
 
 
 def _train(args) -> int:
     from seqlab.train.run import train
 
     cfg = _config(args)
-    workdir = args.workdir or os.path.join(
-        "runs", os.path.splitext(os.path.basename(args.config))[0]
-    )
+    workdir = args.workdir or _default_workdir(args.config)
     result = train(cfg, workdir)
     import jax
 
@@ -50,8 +57,10 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
+    from seqlab.config import import_modules
     from seqlab.saving import export
 
+    import_modules(args.imports)
     out = export(args.workdir, args.out, checkpoint=args.checkpoint,
                  safetensors=args.safetensors)
     print(json.dumps({"export": str(out)}))
@@ -59,8 +68,10 @@ def _export(args) -> int:
 
 
 def _eval(args) -> int:
+    from seqlab.config import import_modules
     from seqlab.train.run import evaluate
 
+    import_modules(args.imports)
     print(json.dumps(evaluate(args.workdir, args.split, args.checkpoint)))
     return 0
 
@@ -112,6 +123,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set model.d_model=256 (repeatable)",
     )
+    _import_arg(p, " (repeatable; recorded as imports: in the run's config)")
+
+
+def _import_arg(p: argparse.ArgumentParser, note: str = " (repeatable)") -> None:
     p.add_argument(
         "--import",
         dest="imports",
@@ -119,8 +134,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="MODULE",
         help="import a module (dotted name or .py path) first, e.g. one registering a mixer of "
-        "your own with @seqlab.layers.register_mixer (repeatable; recorded as imports: in the "
-        "run's config)",
+        f"your own with @seqlab.layers.register_mixer{note}",
     )
 
 
@@ -135,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or resume) a run of a YAML config")
     _config_args(t)
     t.add_argument(
-        "--workdir", help="run directory (default runs/<config name>); an existing one is resumed"
+        "--workdir", help="run directory (default runs/<config name>, e.g. runs/lra/listops/s4d); "
+        "an existing one is resumed"
     )
     t.set_defaults(fn=_train)
 
@@ -143,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("workdir")
     e.add_argument("--split", default="val", choices=["train", "val", "test"])
     e.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    _import_arg(e)
     e.set_defaults(fn=_eval)
 
     c = sub.add_parser("check", help="validate a config; build its model (shapes only) and data")
@@ -159,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     x.add_argument("--safetensors", action="store_true",
                    help="also write model.safetensors (flat names, for use outside JAX)")
+    _import_arg(x)
     x.set_defaults(fn=_export)
 
     sub.add_parser("lra", help="run a Long Range Arena task x model grid (see seqlab lra --help)")

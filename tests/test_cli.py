@@ -1,5 +1,6 @@
 """The seqlab command: help, check, user errors without tracebacks, eval."""
 
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,25 @@ def test_renamed_mixer_argument_names_the_new_one(capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "'num_heads' was renamed to 'n_heads'" in err and "Traceback" not in err
+
+
+def test_default_workdir_keeps_the_shipped_config_folders(tmp_path, monkeypatch):
+    from seqlab.cli import _default_workdir
+
+    assert _default_workdir("lra/listops/s4d") == os.path.join("runs", "lra", "listops", "s4d")
+    assert _default_workdir("lra/text/s4d.yaml") == os.path.join("runs", "lra", "text", "s4d")
+    (tmp_path / "mine.yaml").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert _default_workdir("mine.yaml") == os.path.join("runs", "mine")
+
+
+def test_import_is_recorded_absolute_and_eval_export_take_it(tmp_path, monkeypatch, capsys):
+    from seqlab.cli import _config, build_parser
+
+    (tmp_path / "mymix.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(build_parser().parse_args(["check", "demo", "--import", "./mymix.py"]))
+    assert cfg.imports[-1] == str(tmp_path / "mymix.py")
+    for argv in (["eval", str(tmp_path)], ["export", str(tmp_path), str(tmp_path / "out")]):
+        assert main([*argv, "--import", "no_such_module_here"]) == 2
+        assert "cannot import 'no_such_module_here'" in capsys.readouterr().err
