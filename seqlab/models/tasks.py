@@ -53,14 +53,18 @@ class _Pooled(nnx.Module):
                 raise ModelBuildError(
                     f"pool='cls' reads position 0, which causal layers ({', '.join(causal)}) "
                     f"compute from the CLS token alone; use pool 'last' or 'mean', or "
-                    f"bidirectional mixers."
+                    f"bidirectional mixers (causal=False where a mixer has that setting; in a "
+                    f"config, mixer_args.causal: false)."
                 )
             if rngs is None:
                 raise ModelBuildError("pool='cls' learns a token: pass rngs=nnx.Rngs(...).")
             self.cls = nnx.Param(0.02 * jax.random.normal(rngs.params(), (backbone.d_model,)))
 
-    def encode(self, inputs: jax.Array, mask: jax.Array) -> jax.Array:
-        """inputs [batch, length(, channels)], mask [batch, length] -> [batch, d_model]."""
+    def encode(self, inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """inputs [batch, length(, channels)], mask [batch, length] (None: every position is
+        real) -> [batch, d_model]."""
+        if mask is None:
+            mask = jnp.ones(inputs.shape[:2], bool)
         x = self.embed(inputs)
         if self.cls is not None:
             cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
@@ -77,7 +81,9 @@ class Classifier(_Pooled):
         super().__init__(embed, backbone, pool=pool, rngs=rngs)
         self.head = head
 
-    def __call__(self, inputs: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """inputs [batch, length(, channels)], mask [batch, length] (None: every position is
+        real) -> [batch, n_classes] float32."""
         return self.head(self.encode(inputs, mask)).astype(jnp.float32)
 
 
@@ -91,10 +97,16 @@ class DualEncoder(_Pooled):
         super().__init__(embed, backbone, pool=pool, rngs=rngs)
         self.head = head
 
-    def __call__(self, inputs: jax.Array, mask: jax.Array, inputs2: jax.Array | None = None,
-                 mask2: jax.Array | None = None) -> jax.Array:
-        if inputs2 is None or mask2 is None:
-            raise ValueError("a retrieval model needs inputs2 and mask2")
+    def __call__(self, inputs: jax.Array, mask: jax.Array | None = None,
+                 inputs2: jax.Array | None = None, mask2: jax.Array | None = None) -> jax.Array:
+        """inputs, inputs2 [batch, length(2)(, channels)], masks [batch, length(2)] (None: every
+        position is real) -> [batch, n_classes] float32."""
+        if inputs2 is None:
+            raise ValueError("a retrieval model needs inputs2 (the second sequence of each pair)")
+        if mask is None:
+            mask = jnp.ones(inputs.shape[:2], bool)
+        if mask2 is None:
+            mask2 = jnp.ones(inputs2.shape[:2], bool)
         length = max(inputs.shape[1], inputs2.shape[1])
 
         def pad(a):
@@ -133,7 +145,7 @@ class LanguageModel(nnx.Module):
                         f"this model is causal (language modelling) but layer {i} "
                         f"({type(block.mixer).__name__}) is bidirectional and would see the "
                         f"tokens it predicts. Use a causal mixer or its causal setting "
-                        f"(causal=True; in a config, causal: true)."
+                        f"(causal=True; in a config, mixer_args.causal: true)."
                     )
             if any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(backbone)):
                 raise ModelBuildError(

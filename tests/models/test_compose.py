@@ -51,6 +51,7 @@ def test_classifier_config_path_equals_module_path():
     assert type(built) is Classifier
     assert_same(built, model)
     np.testing.assert_array_equal(built(TOKENS, MASK), model(TOKENS, MASK))
+    np.testing.assert_array_equal(model(TOKENS), model(TOKENS, jnp.ones(TOKENS.shape, bool)))
 
 
 def test_dual_encoder_and_features_config_path_equals_module_path():
@@ -65,6 +66,10 @@ def test_dual_encoder_and_features_config_path_equals_module_path():
     model = DualEncoder(embed, backbone, MLPHead(4 * D, D, 2, rngs=rngs))
     assert type(built) is DualEncoder
     assert_same(built, model)
+    x, x2 = jax.random.normal(jax.random.key(0), (2, 7, 3)), jnp.ones((2, 5, 3))
+    model.eval()
+    np.testing.assert_array_equal(  # no masks: every position real
+        model(x, None, x2), model(x, jnp.ones((2, 7), bool), x2, jnp.ones((2, 5), bool)))
 
 
 def test_hybrid_language_model_config_path_equals_module_path():
@@ -122,13 +127,14 @@ def test_module_path_checks():
         Block(NoFlag(), D, rngs=rngs)
     bidirectional = Backbone([Block(MultiHeadAttention(D, n_heads=2, causal=False, rngs=rngs),
                                     D, rngs=rngs)])
-    with pytest.raises(ModelBuildError, match=r"layer 0 \(MultiHeadAttention\) is bidirectional"):
+    with pytest.raises(ModelBuildError,
+                       match=r"0 \(MultiHeadAttention\) is bidirectional.*mixer_args\.causal"):
         LanguageModel(nnx.Embed(V, D, rngs=rngs), bidirectional, nnx.Linear(D, V, rngs=rngs))
     tagger = LanguageModel(nnx.Embed(V, D, rngs=rngs), bidirectional,
                            nnx.Linear(D, V, rngs=rngs), causal=False)
     assert tagger(TOKENS, MASK).shape == (2, 7, V)
     causal = Backbone([Block(CumulativeMean(D, rngs=rngs), D, rngs=rngs)])
-    with pytest.raises(ModelBuildError, match="pool='cls'"):
+    with pytest.raises(ModelBuildError, match=r"pool='cls'.*mixer_args\.causal: false"):
         Classifier(nnx.Embed(V, D, rngs=rngs), causal, nnx.Linear(D, 2, rngs=rngs), pool="cls",
                    rngs=rngs)
     batch_norm = Backbone([Block(CumulativeMean(D, rngs=rngs), D, norm="batch", rngs=rngs)])
