@@ -37,9 +37,21 @@ def _A_log_init(rngs: nnx.Rngs, heads: int, A_init_range: tuple[float, float]) -
 class _SSDMixerBase(nnx.Module):
     """Shared shapes, parameters and validation of the Hydra and Mamba-2 mixers."""
 
-    def _setup(self, d_model: int, *, d_state: int, expand: int, head_dim: int, n_groups: int,
-               chunk_size: int, dtype: jnp.dtype, name: str) -> None:
+    def _setup(self, d_model: int, *, d_state: int, expand: int, head_dim: int | None,
+               n_heads: int | None, n_groups: int, chunk_size: int, dtype: jnp.dtype,
+               name: str) -> None:
         d_inner = expand * d_model
+        if n_heads is not None:  # the one vocabulary: n_heads = expand * d_model / head_dim
+            if not isinstance(n_heads, int) or n_heads < 1 or d_inner % n_heads:
+                raise ValueError(f"{name}: n_heads = {n_heads!r} must be a positive divisor of "
+                                 f"expand * d_model = {d_inner}")
+            if head_dim is not None and head_dim * n_heads != d_inner:
+                raise ValueError(f"{name}: head_dim = {head_dim} and n_heads = {n_heads} "
+                                 f"disagree (n_heads = expand * d_model / head_dim = "
+                                 f"{d_inner} / head_dim); give only one of them")
+            head_dim = d_inner // n_heads
+        elif head_dim is None:
+            head_dim = 64
         if d_inner % head_dim:
             raise ValueError(f"{name}: expand * d_model = {d_inner} must be a multiple of "
                              f"head_dim = {head_dim}")
@@ -80,7 +92,8 @@ class Hydra(_SSDMixerBase):
     ``D + W_D x`` (``seqlab.ops.ssd.quasiseparable``); gated RMSNorm ``rms(y) * silu(z)`` over
     all of d_inner even when ``n_groups > 1`` (as goombalab/hydra, whose ``RMSNormGated`` has no
     ``group_size``; Mamba-2 normalises per group); output projection.
-    Heads: ``expand * d_model / head_dim``. Bidirectional: ``decode`` raises.
+    Heads: ``n_heads = expand * d_model / head_dim``; give ``head_dim`` (default 64) or
+    ``n_heads``, not two that disagree. Bidirectional: ``decode`` raises.
     """
 
     @reject_renamed
@@ -92,7 +105,8 @@ class Hydra(_SSDMixerBase):
         dtype: jnp.dtype = jnp.float32,
         d_state: int = 64,
         expand: int = 2,
-        head_dim: int = 64,
+        head_dim: int | None = None,
+        n_heads: int | None = None,
         n_groups: int = 1,
         d_conv: int = 7,
         A_init_range: tuple[float, float] = (1.0, 1.0),
@@ -102,8 +116,8 @@ class Hydra(_SSDMixerBase):
         chunk_size: int = 64,
         use_bias: bool = False,
     ):
-        self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_groups=n_groups,
-                    chunk_size=chunk_size, dtype=dtype, name="Hydra")
+        self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_heads=n_heads,
+                    n_groups=n_groups, chunk_size=chunk_size, dtype=dtype, name="Hydra")
         self.causal = False
         if d_conv % 2 == 0 or d_conv < 1:
             raise ValueError(f"Hydra: d_conv must be a positive odd kernel size (centred "
@@ -178,6 +192,8 @@ class Mamba2(_SSDMixerBase):
     of ``d_inner / n_groups`` features (mamba_ssm's ``RMSNormGated(group_size=d_ssm //
     ngroups)``); output projection. Decode cache: ``{"conv": [batch, d_conv-1, channels],
     "state": [batch, heads, head_dim, d_state]}`` (fixed size: ``max_length`` is not needed).
+    Heads: ``n_heads = expand * d_model / head_dim``; give ``head_dim`` (default 64) or
+    ``n_heads``, not two that disagree.
     """
 
     @reject_renamed
@@ -189,7 +205,8 @@ class Mamba2(_SSDMixerBase):
         dtype: jnp.dtype = jnp.float32,
         d_state: int = 64,
         expand: int = 2,
-        head_dim: int = 64,
+        head_dim: int | None = None,
+        n_heads: int | None = None,
         n_groups: int = 1,
         d_conv: int = 4,
         A_init_range: tuple[float, float] = (1.0, 16.0),
@@ -199,8 +216,8 @@ class Mamba2(_SSDMixerBase):
         chunk_size: int = 64,
         use_bias: bool = False,
     ):
-        self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_groups=n_groups,
-                    chunk_size=chunk_size, dtype=dtype, name="Mamba2")
+        self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_heads=n_heads,
+                    n_groups=n_groups, chunk_size=chunk_size, dtype=dtype, name="Mamba2")
         self.causal = True
         if d_conv < 1:
             raise ValueError(f"Mamba2: d_conv must be >= 1, got {d_conv}")

@@ -186,3 +186,21 @@ def test_arguments_a_delta_mixer_fixes_are_refused_clearly(name, key):
 
     with pytest.raises(ValueError, match=f"fixes {key} itself"):
         build_mixer(name, 16, {"n_heads": 2, key: 2}, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name", ["hydra", "mamba2"])
+def test_ssd_mixers_take_n_heads_or_head_dim(name):
+    from seqlab.models.builder import build_mixer
+
+    def build(**args):
+        return build_mixer(name, 16, {"d_state": 4, **args}, rngs=nnx.Rngs(0))
+
+    by_heads, by_dim = build(n_heads=4), build(head_dim=8)  # expand 2: 32 = 4 heads x 8
+    assert (by_heads.n_heads, by_heads.head_dim) == (by_dim.n_heads, by_dim.head_dim) == (4, 8)
+    assert build(n_heads=4, head_dim=8).n_heads == 4  # both, consistent
+    default = build_mixer(name, 64, {"d_state": 4}, rngs=nnx.Rngs(0))
+    assert (default.n_heads, default.head_dim) == (2, 64)  # head_dim defaults to 64
+    with pytest.raises(ValueError, match="head_dim = 16 and n_heads = 4 disagree"):
+        build(n_heads=4, head_dim=16)
+    with pytest.raises(ValueError, match="n_heads = 3 must be a positive divisor"):
+        build(n_heads=3)
