@@ -1,5 +1,6 @@
 """A hybrid byte-level language model composed from modules, trained with ``seqlab.Trainer``,
-exported, loaded back and sampled.
+exported, loaded back and sampled. Re-runnable: the run in ``--out`` resumes (a finished one
+trains no further) and its export, one per best step, is reused.
 
 The model is a list comprehension of blocks: S4D layers (a long convolution, causal) with one
 attention layer in the middle; ``LanguageModel`` adds the byte embedding and the head. Any text
@@ -60,15 +61,19 @@ def main(text: str = "README.md", out: str = "runs/hybrid_lm", steps: int = 300,
                          checkpoint_every=max(steps // 3, 1), log_every=max(steps // 10, 1))
     trainer = seqlab.Trainer(lambda: hybrid_lm(d_model, n_layers, rngs=nnx.Rngs(0)), train,
                              config, val_data=val, workdir=Path(out) / "train", pad_to="none")
-    result = trainer.fit()
-    export = seqlab.export(trainer.best_model(), Path(out) / "export")
+    result = trainer.fit()  # a finished run in ``out`` is resumed as finished: nothing to train
+    # one export per best step: run again, the same best model is already there and is reused
+    export = Path(out) / f"export-step{trainer.best_step}"
+    if not export.exists():
+        seqlab.export(trainer.best_model(), export)
     # loading a model composed in Python: give it a model of the same structure to fill
     model, _ = seqlab.load(export, model=hybrid_lm(d_model, n_layers, rngs=nnx.Rngs(1)))
     tokens = seqlab.generate(model, jnp.asarray([list(prompt.encode())]), new_tokens,
                              temperature=0.8, top_k=40)
     sample = bytes(np.asarray(tokens[0]).astype(np.uint8).tolist()).decode(errors="replace")
     return {"train": result["train"], "best_val_accuracy": trainer.best_accuracy,
-            "sample": sample, "tokens": tokens, "model": model, "trained": trainer.best_model()}
+            "sample": sample, "tokens": tokens, "export": export, "model": model,
+            "trained": trainer.best_model()}
 
 
 if __name__ == "__main__":

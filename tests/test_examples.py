@@ -81,3 +81,9 @@ def test_hybrid_lm(tmp_path):
     trained = out["trained"]
     trained.eval()
     np.testing.assert_array_equal(np.asarray(out["model"](tokens)), np.asarray(trained(tokens)))
+    # re-runnable: the finished run resumes, its export is reused (no FileExistsError)
+    again = example("hybrid_lm.py")["main"](text=str(readme), out=str(tmp_path), steps=3,
+                                            d_model=16, n_layers=2, length=16, batch_size=4,
+                                            new_tokens=5)
+    assert again["export"] == out["export"] and again["best_val_accuracy"] == out[
+        "best_val_accuracy"]
