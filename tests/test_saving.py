@@ -20,17 +20,27 @@ from seqlab.train.run import train
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm")
     text = root / "text.txt"
-    text.write_bytes(bytes(np.random.default_rng(0).integers(97, 101, 4000, dtype=np.uint8)))
+    # one repeated byte: the model predicts it everywhere after 2 steps (val accuracy 1), so
+    # the best checkpoint is step 2 and the latest (step 4) holds different parameters
+    text.write_bytes(b"a" * 4000)
     cfg = config_from_dict({
         "model": {"mixer": "s4d", "d_model": 16, "n_layers": 2, "pattern": ["s4d", "mha"],
                   "mixer_args": {"s4d": {"d_state": 4}, "mha": {"n_heads": 2}}, "ffn": "mlp"},
         "data": {"name": "text_lm", "path": str(text), "length": 16, "pad_to": "max",
                  "sizes": {"train": 32, "val": 8, "test": 8}},
-        "train": {"steps": 2, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2,
-                  "progress": False},
+        "train": {"steps": 4, "batch_size": 8, "lr": 0.05, "eval_every": 2,
+                  "checkpoint_every": 2, "progress": False},
     })
-    train(cfg, root / "run")
+    result = train(cfg, root / "run")
+    assert result["best_step"] == 2, result
     return root
+
+
+def untrained(cfg):
+    """The run's model before training: parameters drawn from the run's own seed."""
+    seed = cfg.train.seed
+    return seqlab.build_model(cfg.model, seqlab.TaskInfo("token", 256, 256, None, 16, True),
+                              rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
 def test_export_load_bit_identical_and_without_data(workdir, tmp_path):
@@ -53,18 +63,19 @@ def test_export_load_bit_identical_and_without_data(workdir, tmp_path):
         shutil.move(moved, data)
     sampled = seqlab.generate(loaded, tokens[:, :3], 4, temperature=0)
     assert sampled.shape == (2, 7) and np.array_equal(sampled[:, :3], tokens[:, :3])
-    # export refuses to overwrite; a model not trained equals no checkpoint
+    # export refuses to overwrite; a restore that did nothing would give the run's initial model
     assert main(["export", str(workdir / "run"), str(tmp_path / "e")]) == 2
-    fresh = seqlab.build_model(cfg.model, seqlab.TaskInfo("token", 256, 256, None, 16, True),
-                               rngs=nnx.Rngs(5))
-    assert not np.array_equal(np.asarray(fresh(tokens, mask)), want)
+    assert not np.array_equal(np.asarray(untrained(cfg)(tokens, mask)), want)
 
 
 def test_latest_checkpoint_and_python_model(workdir, tmp_path):
     latest, cfg = seqlab.load(workdir / "run", checkpoint="latest")
     best, _ = seqlab.load(workdir / "run")
-    a, b = flat_variables(latest), flat_variables(best)  # best = step 2 = latest here
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    a, b = flat_variables(latest), flat_variables(best)  # best = step 2, latest = step 4
+    assert a.keys() == b.keys() and not all(np.array_equal(a[k], b[k]) for k in a)
+    init = flat_variables(untrained(cfg))
+    assert not all(np.array_equal(a[k], init[k]) for k in a)  # both restored, not initial
+    assert not all(np.array_equal(b[k], init[k]) for k in b)
     # a model exported from Python loads into a model of the same structure
     seqlab.export(best, tmp_path / "py")
     template = seqlab.build_model(cfg.model, seqlab.TaskInfo("token", 256, 256, None, 16, True),
@@ -72,6 +83,6 @@ def test_latest_checkpoint_and_python_model(workdir, tmp_path):
     loaded, none = seqlab.load(tmp_path / "py", model=template)
     assert none is None
     c = flat_variables(loaded)
-    assert all(np.array_equal(a[k], c[k]) for k in a)
+    assert all(np.array_equal(b[k], c[k]) for k in b)
     with pytest.raises(ValueError, match="model="):
         seqlab.load(tmp_path / "py")
