@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.bench import harness, peers, specs, specs_attention, specs_ssm
@@ -66,9 +67,9 @@ def test_tutorial_s4d_matches_the_s4d_equations():
         for t in range(37):
             x = dA * x + dB * u64[b, t][:, None]
             ref[b, t] = 2 * (C64 * x).sum(-1).real + u64[b, t]
-    np.testing.assert_allclose(y, ref, rtol=2e-4, atol=2e-4 * np.abs(ref).max())
+    assert_close(y, ref, rtol=2e-4, atol=2e-4 * np.abs(ref).max())
     K = jax.jit(peers.s4d_kernel_tutorial, static_argnums=3)(A, C, log_dt, 37)
-    np.testing.assert_allclose(jax.jit(peers.fft_conv_bare)(u, K) + u, y, rtol=1e-4, atol=1e-4)
+    assert_close(jax.jit(peers.fft_conv_bare)(u, K) + u, y, rtol=1e-4, atol=1e-4)
 
 
 def test_sequential_references_match_their_equations():
@@ -85,9 +86,9 @@ def test_sequential_references_match_their_equations():
             decay = np.exp(dt[b, t] * A)[:, None, None]
             h = decay * h + dt[b, t][:, None, None] * x[b, t][:, :, None] * B[b, t, 0]
             ref[b, t] = h @ C[b, t, 0]
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    assert_close(y, ref, rtol=1e-5, atol=1e-5)
     q, k, v = jax.jit(specs_attention._attn_inputs, static_argnums=0)(d, jax.random.PRNGKey(3))
-    np.testing.assert_allclose(jax.jit(specs_attention.naive_attention)(q, k, v),
+    assert_close(jax.jit(specs_attention.naive_attention)(q, k, v),
                                jax.nn.dot_product_attention(q, k, v, is_causal=True),
                                rtol=1e-5, atol=1e-5)
 
@@ -123,6 +124,8 @@ def test_every_registered_mixer_has_a_spec_whose_calls_trace():
 
 class Toy(nnx.Module):
     """A causal toy mixer: y = cumsum(x W) / position (decode keeps the running sum)."""
+
+    causal = True
 
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.proj = nnx.Linear(d_model, d_model, rngs=rngs, dtype=dtype)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -47,7 +48,7 @@ def test_decode_token_by_token_and_prefill_equal_forward(name):
     for t in range(3, 9):
         y_t, cache = decode(x[:, t : t + 1], cache)
         steps.append(y_t)
-    np.testing.assert_allclose(jnp.concatenate(steps, 1), y, rtol=1e-4, atol=1e-5)
+    assert_close(jnp.concatenate(steps, 1), y, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["gated-deltanet", "deltaproduct"])
@@ -57,9 +58,9 @@ def test_padding_does_not_change_real_positions(name):
     mask = jnp.arange(11)[None, :] < jnp.array([[11], [6]])
     y = jax.jit(lambda x, m: mixer(x, m))(x, mask)
     y_short = jax.jit(lambda x: mixer(x))(x[1:, :6])
-    np.testing.assert_allclose(y[1, :6], y_short[0], rtol=1e-4, atol=1e-5)
+    assert_close(y[1, :6], y_short[0], rtol=1e-4, atol=1e-5)
     x_junk = x.at[1, 6:].set(100.0)  # whatever sits in the padding must not leak
-    np.testing.assert_allclose(jax.jit(lambda x, m: mixer(x, m))(x_junk, mask)[1, :6], y[1, :6],
+    assert_close(jax.jit(lambda x, m: mixer(x, m))(x_junk, mask)[1, :6], y[1, :6],
                                rtol=1e-5, atol=1e-6)
 
 
@@ -68,7 +69,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     m32, m16 = make("deltaproduct"), make("deltaproduct", dtype=jnp.bfloat16)
     y32, y16 = jax.jit(lambda x: (m32(x), m16(x)))(x)
     assert y16.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=0.1, atol=0.05)
+    assert_close(np.asarray(y16, np.float32), y32, rtol=0.1, atol=0.05)
 
 
 def test_bad_options_raise_clear_errors():

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -75,7 +76,7 @@ def test_hydra_equals_its_quasiseparable_matrix():
         return m(u, mask), m._output(jnp.einsum("bhij,bjhp->bihp", M, x), z), M
 
     y, y_matrix, M = _jit(m, both)(u, mask)
-    np.testing.assert_allclose(y, y_matrix, rtol=2e-5, atol=2e-5)
+    assert_close(y, y_matrix, rtol=2e-5, atol=2e-5)
     M = np.asarray(M)
     assert np.abs(np.triu(M, 1)).max() > 1e-3 and np.abs(np.tril(M, -1)).max() > 1e-3
     # padded columns (dt = 0) carry nothing between positions
@@ -97,11 +98,11 @@ def test_padding_is_exact(cls):
         mask = (jnp.arange(14) >= start) & (jnp.arange(14) < start + 9)
         mask = jnp.broadcast_to(mask, (2, 14))
         y = apply(u, mask)
-        np.testing.assert_allclose(y[:, start : start + 9], y_ref, rtol=1e-5, atol=1e-5)
+        assert_close(y[:, start : start + 9], y_ref, rtol=1e-5, atol=1e-5)
     # holes: real positions do not depend on what the padded ones hold
     holes = jnp.broadcast_to(jnp.arange(14) % 4 != 1, (2, 14))
     y1, y2 = apply(garbage, holes), apply(garbage.at[:, 1::4].mul(-3.0), holes)
-    np.testing.assert_allclose(y1 * holes[..., None], y2 * holes[..., None], rtol=1e-6, atol=1e-6)
+    assert_close(y1 * holes[..., None], y2 * holes[..., None], rtol=1e-6, atol=1e-6)
 
 
 def test_mamba2_decode_equals_forward():
@@ -114,11 +115,11 @@ def test_mamba2_decode_equals_forward():
     for t in range(12):  # token by token
         yt, cache = decode(u[:, t : t + 1], cache)
         steps.append(yt)
-    np.testing.assert_allclose(jnp.concatenate(steps, 1), y, rtol=1e-5, atol=1e-5)
+    assert_close(jnp.concatenate(steps, 1), y, rtol=1e-5, atol=1e-5)
     cache = m.init_cache(2, 12)
     y1, cache = decode(u[:, :6], cache)  # prefill, then continue
     y2, cache = decode(u[:, 6:], cache)
-    np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, rtol=1e-5, atol=1e-5)
+    assert_close(jnp.concatenate([y1, y2], 1), y, rtol=1e-5, atol=1e-5)
     assert cache["state"].shape == (2, m.n_heads, 8, 8) and cache["conv"].shape == (2, 3, 64 + 32)
 
 
@@ -130,7 +131,7 @@ def test_bfloat16_compute():
     y = _jit_apply(m)(u)
     assert y.dtype == jnp.bfloat16
     y32 = _jit_apply(Hydra(32, rngs=nnx.Rngs(7), **SMALL))(u)  # same parameters
-    np.testing.assert_allclose(y.astype(jnp.float32), y32, rtol=0.05, atol=0.05)
+    assert_close(y.astype(jnp.float32), y32, rtol=0.05, atol=0.05)
 
 
 def test_hydra_beats_causal_mamba2_on_a_bidirectional_task():
@@ -212,7 +213,7 @@ def test_grouped_gated_rmsnorm_matches_per_group_reference(norm_before_gate):
     x = jax.random.normal(kx, (2, 5, dim)) * jnp.array([1.0] * 4 + [10.0] * 4 + [0.1] * 4)
     z = jax.random.normal(kz, (2, 5, dim))
     ref = _grouped_rmsnorm_reference(x, z, norm.weight[...], group, norm_before_gate)
-    np.testing.assert_allclose(np.asarray(norm(x, z)), ref, rtol=1e-5, atol=1e-6)
+    assert_close(np.asarray(norm(x, z)), ref, rtol=1e-5, atol=1e-6)
     whole = _grouped_rmsnorm_reference(x, z, norm.weight[...], dim, norm_before_gate)
     assert np.abs(ref - whole).max() > 0.1  # groups of very different scale: not the same norm
     with pytest.raises(ValueError, match="group_size=5 must divide dim=12"):

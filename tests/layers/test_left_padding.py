@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -73,7 +74,7 @@ def test_left_padding_is_exact(name):
     for b, s in enumerate(starts):
         # float32 sums over <= 14 positions of O(1) terms reordered by a different length
         # (FFT size, chunk boundaries): differences ~1e-6; a leak of the padding is O(1).
-        np.testing.assert_allclose(y[b, s:s + REAL], y_ref[b], rtol=2e-5, atol=2e-5,
+        assert_close(y[b, s:s + REAL], y_ref[b], rtol=2e-5, atol=2e-5,
                                    err_msg=f"{name}, row {b}")
 
 
@@ -96,5 +97,5 @@ def test_classifier_pool_on_left_padded_batches(pool):
     mask_real, mask_pad = jnp.ones((2, REAL), bool), jnp.zeros((2, TOTAL - REAL), bool)
     left = apply(jnp.concatenate([pad, tokens], 1), jnp.concatenate([mask_pad, mask_real], 1))
     right = apply(jnp.concatenate([tokens, pad], 1), jnp.concatenate([mask_real, mask_pad], 1))
-    np.testing.assert_allclose(left, ref, rtol=2e-5, atol=2e-5)
-    np.testing.assert_allclose(right, ref, rtol=2e-5, atol=2e-5)
+    assert_close(left, ref, rtol=2e-5, atol=2e-5)
+    assert_close(right, ref, rtol=2e-5, atol=2e-5)

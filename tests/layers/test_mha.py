@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -39,7 +40,7 @@ def test_mha_matches_reference_gqa(rope_dim):
         p = np.exp(lg - lg.max(-1, keepdims=True))
         o[:, :, h] = np.einsum("bts,bsd->btd", p / p.sum(-1, keepdims=True), v[:, :, h // 3])
     want = o.reshape(2, 7, 24) @ w["wo"]
-    np.testing.assert_allclose(layer(jnp.asarray(x, jnp.float32)), want, atol=2e-5)
+    assert_close(layer(jnp.asarray(x, jnp.float32)), want, atol=2e-5)
 
 
 @pytest.mark.parametrize("kv", [4, 1])
@@ -52,11 +53,11 @@ def test_mha_decode_equals_forward(kv):
     for t in range(9):
         yt, cache = step(x[:, t : t + 1], cache)
         ys.append(yt)
-    np.testing.assert_allclose(jnp.concatenate(ys, 1), y, atol=2e-6)
+    assert_close(jnp.concatenate(ys, 1), y, atol=2e-6)
     cache = layer.init_cache(2, 12)
     y1, cache = step(x[:, :4], cache)
     y2, cache = step(x[:, 4:], cache)
-    np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, atol=2e-6)
+    assert_close(jnp.concatenate([y1, y2], 1), y, atol=2e-6)
     assert int(cache["pos"]) == 9
     per_token = sum(a.nbytes for n, a in cache.items() if n != "pos") / (2 * 12)
     assert per_token == 2 * kv * 4 * 4  # k and v, kv heads of dim 4, float32
@@ -69,9 +70,9 @@ def test_mha_padding_does_not_change_real_outputs(causal):
     mask = jnp.array([[True] * 8, [True] * 5 + [False] * 3])
     fwd = jax.jit(lambda x, mask: layer(x, mask))
     short = fwd(x[1:, :5], None)
-    np.testing.assert_allclose(fwd(x, mask)[1, :5], short[0], atol=2e-6)
+    assert_close(fwd(x, mask)[1, :5], short[0], atol=2e-6)
     garbage = x.at[1, 5:].set(100.0)
-    np.testing.assert_allclose(fwd(garbage, mask)[1, :5], short[0], atol=2e-6)
+    assert_close(fwd(garbage, mask)[1, :5], short[0], atol=2e-6)
     if not causal:
         with pytest.raises(ValueError, match="no decode"):
             layer.init_cache(1, 4)
@@ -113,7 +114,7 @@ def test_interleaved_rope_is_deepseeks_and_loads_permuted_weights():
     theta = 10000.0 ** (-np.arange(0, 8, 2) / 8)
     z = (x[..., 0::2] + 1j * x[..., 1::2]) * np.exp(1j * pos[None, :, None, None] * theta)
     ref = np.stack([z.real, z.imag], -1).reshape(x.shape)
-    np.testing.assert_allclose(rope(jnp.asarray(x, jnp.float32), jnp.arange(5), 10000.0,
+    assert_close(rope(jnp.asarray(x, jnp.float32), jnp.arange(5), 10000.0,
                                     "interleaved"), ref, atol=1e-5)
     half = MultiHeadAttention(16, n_heads=2, rngs=nnx.Rngs(0))
     inter = MultiHeadAttention(16, n_heads=2, rope_layout="interleaved", rngs=nnx.Rngs(0))
@@ -122,6 +123,6 @@ def test_interleaved_rope_is_deepseeks_and_loads_permuted_weights():
     for name in ("wq", "wk"):
         getattr(inter, name).kernel[...] = getattr(half, name).kernel[...][:, cols]
     xs = jax.random.normal(jax.random.key(1), (2, 6, 16))
-    np.testing.assert_allclose(inter(xs), half(xs), atol=1e-5)
+    assert_close(inter(xs), half(xs), atol=1e-5)
     with pytest.raises(ValueError, match="rotate_half, interleaved"):
         MultiHeadAttention(16, rope_layout="neox", rngs=nnx.Rngs(0))

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -37,7 +38,7 @@ def test_mla_matches_reference():
     p = np.exp(lg - lg.max(-1, keepdims=True))
     o = np.einsum("bhts,bshv->bthv", p / p.sum(-1, keepdims=True), v).reshape(2, 5, 6)
     got = jax.jit(lambda x: layer(x))(jnp.asarray(x, jnp.float32))
-    np.testing.assert_allclose(got, o @ wo, atol=2e-5)
+    assert_close(got, o @ wo, atol=2e-5)
 
 
 def test_mla_naive_equals_absorb_equals_parallel(q_lora_rank=8):
@@ -45,18 +46,18 @@ def test_mla_naive_equals_absorb_equals_parallel(q_lora_rank=8):
     layers = {m: MIXERS["mla"](d_model=32, q_lora_rank=q_lora_rank, decode_mode=m, rngs=nnx.Rngs(3))
               for m in ("naive", "absorb")}
     y = jax.jit(lambda x: layers["absorb"](x))(x)
-    np.testing.assert_allclose(jax.jit(lambda x: layers["naive"](x))(x), y, atol=1e-6)
+    assert_close(jax.jit(lambda x: layers["naive"](x))(x), y, atol=1e-6)
     for mode, layer in layers.items():
         cache, step = layer.init_cache(2, 10), jax.jit(layer.decode)
         ys = []
         for t in range(7):
             yt, cache = step(x[:, t : t + 1], cache)
             ys.append(yt)
-        np.testing.assert_allclose(jnp.concatenate(ys, 1), y, atol=2e-6, err_msg=mode)
+        assert_close(jnp.concatenate(ys, 1), y, atol=2e-6, err_msg=mode)
         cache = layer.init_cache(2, 10)
         y1, cache = step(x[:, :3], cache)
         y2, _ = step(x[:, 3:], cache)
-        np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, atol=2e-6, err_msg=mode)
+        assert_close(jnp.concatenate([y1, y2], 1), y, atol=2e-6, err_msg=mode)
 
 
 def test_mla_cache_bytes_per_token():
@@ -71,7 +72,7 @@ def test_mla_padding_and_options():
     x = jax.random.normal(jax.random.key(1), (2, 6, 16))
     mask = jnp.array([[True] * 6, [True] * 4 + [False] * 2])
     fwd = jax.jit(lambda x, mask: layer(x, mask))
-    np.testing.assert_allclose(fwd(x.at[1, 4:].set(50.0), mask)[1, :4], fwd(x[1:, :4], None)[0],
+    assert_close(fwd(x.at[1, 4:].set(50.0), mask)[1, :4], fwd(x[1:, :4], None)[0],
                                atol=2e-6)
     with pytest.raises(ValueError, match="no decode"):
         layer.init_cache(1, 4)

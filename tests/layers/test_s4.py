@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -45,7 +46,7 @@ def test_conv_equals_decode():
     for t in range(6, 13):
         yt, cache = dec(m, x[:, t : t + 1], cache)
         ys.append(yt)
-    np.testing.assert_allclose(np.asarray(jnp.concatenate(ys, 1)), np.asarray(y), atol=3e-5)
+    assert_close(np.asarray(jnp.concatenate(ys, 1)), np.asarray(y), atol=3e-5)
 
 
 def test_c_tilde_option_conv_equals_decode_and_matches_true_c():
@@ -57,12 +58,12 @@ def test_c_tilde_option_conv_equals_decode_and_matches_true_c():
     x = _x(L=11)
     y = fwd(m, x)
     y_dec, _ = dec(m, x, m.init_cache(2, 11))
-    np.testing.assert_allclose(np.asarray(y_dec), np.asarray(y), atol=3e-5)
+    assert_close(np.asarray(y_dec), np.asarray(y), atol=3e-5)
     plain = S4(H, rngs=nnx.Rngs(0), **kw)
     A, _, C_t, dt = m.ssm()
     C_true = c_from_c_tilde(A, as_complex(m.P[...]), C_t[0], dt, 16)
     plain.C[...] = jnp.stack([C_true.real, C_true.imag], -1)[None].astype(plain.C[...].dtype)
-    np.testing.assert_allclose(m.kernel(11), plain.kernel(11), atol=3e-5)
+    assert_close(m.kernel(11), plain.kernel(11), atol=3e-5)
     with pytest.raises(ValueError, match="max_length"):
         S4(H, rngs=nnx.Rngs(0), c_tilde=True, d_state=N)
 
@@ -74,7 +75,7 @@ def test_bidirectional_padding_invariance_and_no_decode():
     mask = jnp.arange(L)[None] < jnp.asarray([13, 7])[:, None]
     y = fwd(m, jnp.where(mask[..., None], x, 50.0), mask)
     y_alone = fwd(m, x[1:, :7])
-    np.testing.assert_allclose(np.asarray(y[1, :7]), np.asarray(y_alone[0]), atol=3e-5)
+    assert_close(np.asarray(y[1, :7]), np.asarray(y_alone[0]), atol=3e-5)
     assert np.abs(np.asarray(y[0, :3] - fwd(m, x[:1, :7])[0, :3])).max() > 1e-4  # sees the future
     with pytest.raises(ValueError, match="causal=False"):
         m.init_cache(2, L)
@@ -115,7 +116,7 @@ def test_b_clip_default_is_the_s4_reference():
     clipped = S4(H, rngs=nnx.Rngs(0), d_state=n)
     exact = S4(H, rngs=nnx.Rngs(0), d_state=n, b_clip=None)
     _, P0, B0 = hippo.dplr("legs", n)
-    np.testing.assert_allclose(np.asarray(exact.B[0, :, 1]), B0.imag, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(clipped.B[0, :, 1]), np.clip(B0.imag, -2, 2), rtol=1e-6)
+    assert_close(np.asarray(exact.B[0, :, 1]), B0.imag, rtol=1e-6)
+    assert_close(np.asarray(clipped.B[0, :, 1]), np.clip(B0.imag, -2, 2), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(clipped.P[...]), np.asarray(exact.P[...]))
     assert (np.abs(B0.imag) > 2).sum() == 3

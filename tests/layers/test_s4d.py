@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -46,10 +47,10 @@ def test_conv_equals_decode_and_scan(opts):
     for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 13)]:  # prefill, single tokens, another chunk
         yt, cache = dec(m, x[:, t0:t1], cache)
         ys.append(yt)
-    np.testing.assert_allclose(np.asarray(jnp.concatenate(ys, 1)), np.asarray(y), atol=2e-5)
+    assert_close(np.asarray(jnp.concatenate(ys, 1)), np.asarray(y), atol=2e-5)
     assert int(cache["pos"]) == 13
     m.mode = "scan"
-    np.testing.assert_allclose(np.asarray(fwd(m, x)), np.asarray(y), atol=2e-5)
+    assert_close(np.asarray(fwd(m, x)), np.asarray(y), atol=2e-5)
 
 
 def test_bidirectional_fft_equals_scan_and_no_decode():
@@ -61,7 +62,7 @@ def test_bidirectional_fft_equals_scan_and_no_decode():
     x2 = x.at[:, -1].add(1.0)
     assert np.abs(np.asarray(fwd(m, x2)[:, 0] - y[:, 0])).max() > 1e-4
     m.mode = "scan"
-    np.testing.assert_allclose(np.asarray(fwd(m, x)), np.asarray(y), atol=2e-5)
+    assert_close(np.asarray(fwd(m, x)), np.asarray(y), atol=2e-5)
     with pytest.raises(ValueError, match="causal=False"):
         m.init_cache(2, 13)
     with pytest.raises(ValueError, match="causal=False"):
@@ -78,7 +79,7 @@ def test_padding_invariance(causal):
     y = fwd(m, x, mask)
     for i, n in enumerate(lengths):
         y_alone = fwd(m, x[i : i + 1, :n])
-        np.testing.assert_allclose(np.asarray(y[i, :n]), np.asarray(y_alone[0]), atol=2e-5)
+        assert_close(np.asarray(y[i, :n]), np.asarray(y_alone[0]), atol=2e-5)
     assert np.all(np.asarray(y)[1, 7:] == 0)
 
 
@@ -102,7 +103,7 @@ def test_gradients_reach_every_parameter():
     lp = nnx.jit(loss)(m)
     m.log_dt[...] = m.log_dt[...] - 2 * eps * d
     lm = nnx.jit(loss)(m)
-    np.testing.assert_allclose((lp - lm) / (2 * eps), g_dir, rtol=2e-3)
+    assert_close((lp - lm) / (2 * eps), g_dir, rtol=2e-3)
 
 
 def test_real_part_stays_negative():
@@ -125,7 +126,7 @@ def test_dropout_eval_and_bf16():
     yb = fwd(mb, x.astype(jnp.bfloat16))
     assert yb.dtype == jnp.bfloat16
     m32 = S4D(H, rngs=nnx.Rngs(0), d_state=N)
-    np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(fwd(m32, x)), atol=0.05)
+    assert_close(np.asarray(yb, np.float32), np.asarray(fwd(m32, x)), atol=0.05)
 
 
 def test_s4_ptd_published_init_folds_b_into_c_and_decodes():
@@ -138,15 +139,15 @@ def test_s4_ptd_published_init_folds_b_into_c_and_decodes():
     assert m.cond_V < 10 and m.rel_norm_E < 0.05  # (random E at 1e-3 ||A||: kappa 7.9e3 at 64)
     A, _, _, _ = m.ssm()
     assert np.all(np.asarray(A.real) < 0)
-    np.testing.assert_allclose(np.asarray(A[0]), system.Lambda, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(m.B[...]), np.tile([[[1.0, 0.0]]], (H, n, 1)))
+    assert_close(np.asarray(A[0]), system.Lambda, rtol=1e-6)
+    assert_close(np.asarray(m.B[...]), np.tile([[[1.0, 0.0]]], (H, n, 1)))
     # C~ V^-1 B^-1 recovers a real C (the folded change of basis)
     C = (np.asarray(m.C[...], np.float64) @ [1, 1j]) / system.B @ np.linalg.inv(system.V)
-    np.testing.assert_allclose(C.imag, 0, atol=1e-4 * np.abs(C).max())
+    assert_close(C.imag, 0, atol=1e-4 * np.abs(C).max())
     x = _x()
     cache = m.init_cache(2, 13)
     y_dec, _ = dec(m, x, cache)
-    np.testing.assert_allclose(np.asarray(y_dec), np.asarray(fwd(m, x)), atol=2e-5)
+    assert_close(np.asarray(y_dec), np.asarray(fwd(m, x)), atol=2e-5)
     with pytest.raises(ValueError, match="no longer takes eps"):
         S4PTD(H, rngs=nnx.Rngs(0), d_state=n, eps=1e-3)
 
@@ -158,10 +159,10 @@ def test_s4d_legs_b_clip_default_is_the_reference():
     clipped = S4D(H, rngs=nnx.Rngs(0), d_state=n)
     exact = S4D(H, rngs=nnx.Rngs(0), d_state=n, b_clip=None)
     b0 = hippo.dplr("legs", n)[2]
-    np.testing.assert_allclose(np.asarray(exact.B[0, :, 1]), b0.imag / 2, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(clipped.B[0, :, 1]), np.clip(b0.imag, -2, 2) / 2,
+    assert_close(np.asarray(exact.B[0, :, 1]), b0.imag / 2, rtol=1e-6)
+    assert_close(np.asarray(clipped.B[0, :, 1]), np.clip(b0.imag, -2, 2) / 2,
                                rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(clipped.B[..., 0]), np.asarray(exact.B[..., 0]))
+    assert_close(np.asarray(clipped.B[..., 0]), np.asarray(exact.B[..., 0]))
     assert np.abs(b0.imag).max() > 10
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -48,7 +49,7 @@ def test_scan_matches_sequential_reference(causal, init, real_param):
     m = S5(H, rngs=nnx.Rngs(0), d_state=P, blocks=2, causal=causal, out="none",
            activation="identity", init=init, real_param=real_param)
     x = _x()
-    np.testing.assert_allclose(np.asarray(fwd(m, x)), _reference_ssm(m, x), atol=2e-5)
+    assert_close(np.asarray(fwd(m, x)), _reference_ssm(m, x), atol=2e-5)
 
 
 def test_conv_equals_decode_and_registry():
@@ -60,7 +61,7 @@ def test_conv_equals_decode_and_registry():
     for t0, t1 in [(0, 4), (4, 5), (5, 13)]:
         yt, cache = dec(m, x[:, t0:t1], cache)
         ys.append(yt)
-    np.testing.assert_allclose(np.asarray(jnp.concatenate(ys, 1)), np.asarray(y), atol=2e-5)
+    assert_close(np.asarray(jnp.concatenate(ys, 1)), np.asarray(y), atol=2e-5)
     ssm = {path for path, _ in nnx.to_flat_state(nnx.state(m, SSMParam))}
     assert ssm == {("log_dt",), ("Lambda_re",), ("Lambda_im",), ("B",)}
 
@@ -71,7 +72,7 @@ def test_bidirectional_padding_invariance_gradients_and_no_decode():
     x = _x(L=L)
     mask = jnp.arange(L)[None] < jnp.asarray([13, 7])[:, None]
     y = fwd(m, jnp.where(mask[..., None], x, 50.0), mask)
-    np.testing.assert_allclose(np.asarray(y[1, :7]), np.asarray(fwd(m, x[1:, :7])[0]), atol=2e-5)
+    assert_close(np.asarray(y[1, :7]), np.asarray(fwd(m, x[1:, :7])[0]), atol=2e-5)
     grads = nnx.jit(nnx.grad(lambda model: jnp.sum(model(x) ** 2)))(m)
     for path, g in nnx.to_flat_state(nnx.state(grads, nnx.Param)):
         g = np.asarray(g[...])
@@ -82,12 +83,12 @@ def test_bidirectional_padding_invariance_gradients_and_no_decode():
 
 def test_block_hippo_n_init():
     lam, V = block_hippo_n(8, 2)
-    np.testing.assert_allclose(V.conj().T @ V, np.eye(4), atol=1e-12)
+    assert_close(V.conj().T @ V, np.eye(4), atol=1e-12)
     A, _ = hippo.transition("legs", 4)
     normal = A + np.outer(np.sqrt(np.arange(4) + 0.5), np.sqrt(np.arange(4) + 0.5))
     Vb = V[:4, :2]  # first block: normal HiPPO-LegS eigenpairs
-    np.testing.assert_allclose(normal @ Vb, Vb * lam[:2], atol=1e-12)
-    np.testing.assert_allclose(lam.real, -0.5)
+    assert_close(normal @ Vb, Vb * lam[:2], atol=1e-12)
+    assert_close(lam.real, -0.5)
     with pytest.raises(ValueError, match="blocks"):
         block_hippo_n(8, 3)
     with pytest.raises(ValueError, match="blocks"):
@@ -107,14 +108,14 @@ def test_init_statistics_are_the_reference_s5():
     Bt = np.asarray(m.B[...], np.float64) @ [1, 1j]
     Ct = np.asarray(m.C[...], np.float64) @ [1, 1j]
     assert Bt.shape == (p // 2, h) and Ct.shape == (1, h, p // 2)
-    np.testing.assert_allclose(np.mean(np.abs(Bt) ** 2) * p, 1.0, rtol=0.15)
-    np.testing.assert_allclose(np.mean(np.abs(Ct) ** 2) * p / 2, 1.0, rtol=0.15)
-    np.testing.assert_allclose(np.asarray(m.Lambda_re[...]), -0.5, atol=1e-6)
+    assert_close(np.mean(np.abs(Bt) ** 2) * p, 1.0, rtol=0.15)
+    assert_close(np.mean(np.abs(Ct) ** 2) * p / 2, 1.0, rtol=0.15)
+    assert_close(np.asarray(m.Lambda_re[...]), -0.5, atol=1e-6)
     lecun = S5(h, rngs=nnx.Rngs(0), d_state=p, blocks=4, c_init="lecun_normal")
     Cl = np.asarray(lecun.C[...], np.float64) @ [1, 1j]
-    np.testing.assert_allclose(np.mean(np.abs(Cl) ** 2) * p * h / 2, 1.0, rtol=0.15)
+    assert_close(np.mean(np.abs(Cl) ** 2) * p * h / 2, 1.0, rtol=0.15)
     direct = S5(h, rngs=nnx.Rngs(0), d_state=p, blocks=4, c_init="complex_normal")
-    np.testing.assert_allclose(np.mean(np.asarray(direct.C[...]) ** 2), 0.5, rtol=0.15)
+    assert_close(np.mean(np.asarray(direct.C[...]) ** 2), 0.5, rtol=0.15)
 
 
 def test_s5_ptd_keeps_every_mode_of_each_block():
@@ -125,12 +126,12 @@ def test_s5_ptd_keeps_every_mode_of_each_block():
     system = hippo.ptd(p // blocks)
     assert m.n_modes == p and not m.conj_sym
     assert m.cond_V == system.cond and m.rel_norm_E == system.rel_norm < 0.05
-    np.testing.assert_allclose(np.asarray(m.Lambda_re[...]), np.tile(system.Lambda.real, 2),
+    assert_close(np.asarray(m.Lambda_re[...]), np.tile(system.Lambda.real, 2),
                                rtol=1e-6)
     Bt = np.asarray(m.B[...], np.float64) @ [1, 1j]
     B = np.kron(np.eye(blocks), system.V) @ Bt
-    np.testing.assert_allclose(B.imag, 0, atol=1e-4 * np.abs(B).max())
-    np.testing.assert_allclose(np.std(B.real) * np.sqrt(p), 1.0, rtol=0.2)
+    assert_close(B.imag, 0, atol=1e-4 * np.abs(B).max())
+    assert_close(np.std(B.real) * np.sqrt(p), 1.0, rtol=0.2)
     x = _x()
     cache = m.init_cache(2, 13)
-    np.testing.assert_allclose(np.asarray(dec(m, x, cache)[0]), np.asarray(fwd(m, x)), atol=2e-5)
+    assert_close(np.asarray(dec(m, x, cache)[0]), np.asarray(fwd(m, x)), atol=2e-5)

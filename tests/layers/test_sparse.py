@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers import MIXERS
@@ -31,11 +32,11 @@ def test_topk_layer_dense_limit_and_decode():
     x = jax.random.normal(jax.random.key(0), (2, 9, 16))
     dense = MultiHeadAttention(16, n_kv_heads=2, rngs=nnx.Rngs(0))
     wide = MIXERS["topk"](d_model=16, n_kv_heads=2, topk=9, rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(fwd(wide, x), fwd(dense, x), atol=1e-6)
+    assert_close(fwd(wide, x), fwd(dense, x), atol=1e-6)
     layer = MIXERS["topk"](d_model=16, topk=3, rngs=nnx.Rngs(0))
     y = fwd(layer, x)
     assert float(jnp.abs(y - fwd(dense, x)).max()) > 1e-3
-    np.testing.assert_allclose(decode_all(layer, x, 12), y, atol=2e-6)
+    assert_close(decode_all(layer, x, 12), y, atol=2e-6)
 
 
 @pytest.mark.parametrize("base", ["mha", "mla"])
@@ -43,22 +44,22 @@ def test_dsa_layer_decode_equals_forward(base):
     layer = MIXERS["dsa"](d_model=16, base=base, topk=3, block_size=4, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, 9, 16))
     y = fwd(layer, x)
-    np.testing.assert_allclose(decode_all(layer, x, 11), y, atol=2e-6)
+    assert_close(decode_all(layer, x, 11), y, atol=2e-6)
     step = jax.jit(layer.decode)  # compiled: eager decode dispatches hundreds of small ops
     y1, cache = step(x[:, :5], layer.init_cache(2, 11))
     y2, _ = step(x[:, 5:], cache)
-    np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, atol=2e-6)
+    assert_close(jnp.concatenate([y1, y2], 1), y, atol=2e-6)
 
 
 def test_dsa_dense_limit_and_padding():
     x = jax.random.normal(jax.random.key(2), (2, 8, 16))
     layer = DSA(16, topk=8, block_size=3, rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(fwd(layer, x), fwd(layer.attn, x), atol=2e-6)
+    assert_close(fwd(layer, x), fwd(layer.attn, x), atol=2e-6)
     sparse = DSA(16, topk=2, block_size=3, rngs=nnx.Rngs(0))
     assert float(jnp.abs(fwd(sparse, x) - fwd(layer.attn, x)).max()) > 1e-3
     mask = jnp.array([[True] * 8, [True] * 5 + [False] * 3])
     padded = fwd(sparse, x.at[1, 5:].set(9.0), mask)
-    np.testing.assert_allclose(padded[1, :5], fwd(sparse, x[1:, :5])[0], atol=2e-6)
+    assert_close(padded[1, :5], fwd(sparse, x[1:, :5])[0], atol=2e-6)
     with pytest.raises(ValueError, match="causal"):
         DSA(16, causal=False, rngs=nnx.Rngs(0))
 
@@ -99,9 +100,9 @@ def test_dsa_training_stages_and_gradients():
     idx = ("wq_idx/kernel", "wk_idx/proj/kernel", "wk_idx/norm/scale", "w_idx/kernel")
     for stage in (0, 1):  # 0: dense warm-up, 1: sparse
         y, aux, rest, g_out, g_aux, refs = train_call(params, rest)
-        np.testing.assert_allclose(jnp.where(real, y, 0), jnp.where(real, refs[stage], 0),
+        assert_close(jnp.where(real, y, 0), jnp.where(real, refs[stage], 0),
                                    atol=2e-6)
-        np.testing.assert_allclose(aux, 0.5 * refs[2 + stage], rtol=1e-5)
+        assert_close(aux, 0.5 * refs[2 + stage], rtol=1e-5)
         g_out, g_aux = max_abs(g_out), max_abs(g_aux)
         assert all(g_out[n] == 0 for n in idx) and g_out["attn/wv/kernel"] > 0, g_out
         assert all(g_aux[n] > 0 for n in idx), g_aux
@@ -157,13 +158,13 @@ def test_dsa_indexer_is_deepseek_v32s(base, options):
     x = jax.random.normal(jax.random.key(7), (2, 7, 16))
     q, k, w = jax.jit(layer.indexer_inputs)(x, jnp.arange(7))
     q_ref, k_ref, score_ref = _indexer_reference(layer, x)
-    np.testing.assert_allclose(q, q_ref, atol=1e-5)
-    np.testing.assert_allclose(k, k_ref, atol=1e-5)
+    assert_close(q, q_ref, atol=1e-5)
+    assert_close(k, k_ref, atol=1e-5)
     score = jnp.einsum("btj,btjs->bts", w, jax.nn.relu(jnp.einsum("btjd,bsd->btjs", q, k)))
-    np.testing.assert_allclose(score / np.sqrt(8), score_ref, atol=1e-5)
+    assert_close(score / np.sqrt(8), score_ref, atol=1e-5)
     r = layer.index_rope_dim  # the dims past r do not depend on the position
     q_moved, _, _ = jax.jit(layer.indexer_inputs)(x, jnp.arange(7) + 5)
-    np.testing.assert_allclose(q_moved[..., r:], q[..., r:], atol=1e-6)
+    assert_close(q_moved[..., r:], q[..., r:], atol=1e-6)
     assert float(jnp.abs(q_moved[..., :r] - q[..., :r]).max()) > 1e-2
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.config import ModelConfig, TaskInfo
@@ -44,7 +45,7 @@ def test_padding_does_not_change_predictions(norm, prenorm, pool, ffn):
         getattr(model, mode)()
         a, b = apply(model, x1, m1), apply(model, x2, m2)
         assert a.shape == (3, 5)
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+        assert_close(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
 
 
 def test_pattern_builds_alternating_mixers_with_their_args():
@@ -81,7 +82,7 @@ def test_retrieval_head_and_feature_inputs():
     assert out.shape == (3, 2) and out.dtype == jnp.float32
     # the second sequence's padding is masked too
     (y1, n1), (y2, n2) = _padded_pair(seed=1)
-    np.testing.assert_allclose(apply(model, x1, m1, y1, n1), apply(model, x1, m1, y2, n2),
+    assert_close(apply(model, x1, m1, y1, n1), apply(model, x1, m1, y2, n2),
                                rtol=2e-5, atol=2e-5)
     with pytest.raises(ValueError, match="inputs2"):
         model(x1, m1)
@@ -109,7 +110,7 @@ def test_language_model_decode_equals_forward():
     for t in range(4, 9):
         logits, cache = decode(model, tokens[:, t : t + 1], cache)
         steps.append(logits)
-    np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full),
+    assert_close(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full),
                                rtol=2e-4, atol=2e-4)
 
 
@@ -122,7 +123,7 @@ def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
     assert {str(p.dtype) for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {"float32"}
     out = apply(model, x, m)
     assert out.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=0.1, rtol=0.1)
+    assert_close(np.asarray(out), np.asarray(ref), atol=0.1, rtol=0.1)
     assert not np.allclose(np.asarray(out), np.asarray(ref), atol=1e-6, rtol=0)  # really bf16
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from jax.test_util import check_grads
 
 from seqlab.ops import attention as A
@@ -59,11 +60,11 @@ def test_attention_matches_reference(hq, h, causal):
     q, k, v = rand(2, 7, hq, 8), rand(2, 7, h, 8), rand(2, 7, h, 5)
     with jax.enable_x64(True):
         got = A.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), causal=causal)
-        np.testing.assert_allclose(got, ref_attention(q, k, v, causal=causal), atol=1e-12)
+        assert_close(got, ref_attention(q, k, v, causal=causal), atol=1e-12)
     # the float32 fast path (jax.nn.dot_product_attention) on D == Dv
     v2 = rand(2, 7, h, 8)
     got = A.attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v2)), causal=causal)
-    np.testing.assert_allclose(got, ref_attention(q, k, v2, causal=causal), atol=2e-5)
+    assert_close(got, ref_attention(q, k, v2, causal=causal), atol=2e-5)
 
 
 def test_attention_mask_offset_and_grads():
@@ -75,7 +76,7 @@ def test_attention_mask_offset_and_grads():
             got = A.attention(*map(jnp.asarray, (q, k, v)), causal=causal, mask=jnp.asarray(mask),
                               q_offset=jnp.asarray(off), scale=0.3)
             want = ref_attention(q, k, v, causal=causal, mask=mask, q_offset=off, scale=0.3)
-            np.testing.assert_allclose(got, want, atol=1e-12)
+            assert_close(got, want, atol=1e-12)
 
         def f(q, k, v):
             return A.attention(q, k, v, causal=True, mask=jnp.asarray(mask), q_offset=5)
@@ -84,7 +85,7 @@ def test_attention_mask_offset_and_grads():
                     eps=1e-6)
     got = A.attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)), causal=False,
                       mask=jnp.asarray(mask))
-    np.testing.assert_allclose(got, ref_attention(q, k, v, causal=False, mask=mask), atol=2e-5)
+    assert_close(got, ref_attention(q, k, v, causal=False, mask=mask), atol=2e-5)
 
 
 def test_attention_rejects_bad_heads():
@@ -100,7 +101,7 @@ def test_rope_rotates_pairs_and_is_relative():
     want = np.concatenate([x[..., :half] * c - x[..., half:] * s,
                            x[..., half:] * c + x[..., :half] * s], -1)
     got = A.apply_rope(jnp.asarray(x, jnp.float32), jnp.asarray(pos))
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert_close(got, want, atol=1e-5)
     # <R_m q, R_n k> depends on m - n only
     q, k = jnp.asarray(rand(1, 1, 1, 8), jnp.float32), jnp.asarray(rand(1, 1, 1, 8), jnp.float32)
 
@@ -117,9 +118,9 @@ def test_topk_attention(causal, topk):
         args = tuple(map(jnp.asarray, (q, k, v)))
         got = A.topk_attention(*args, topk=topk, causal=causal)
         want = ref_attention(q, k, v, causal=causal, keep=topk_keep(topk))
-        np.testing.assert_allclose(got, want, atol=1e-12)
+        assert_close(got, want, atol=1e-12)
         if topk >= 9:
-            np.testing.assert_allclose(got, A.attention(*args, causal=causal), atol=1e-12)
+            assert_close(got, A.attention(*args, causal=causal), atol=1e-12)
         else:  # a wrong selection would change the output
             assert np.abs(want - ref_attention(q, k, v, causal=causal)).max() > 1e-2
         if topk == 3:
@@ -159,7 +160,7 @@ def test_topk_attention_blocks_mask_offset_ties(monkeypatch, causal, off, traced
                                    q_offset=jnp.asarray(off) if traced else off)
         kw = dict(causal=causal, mask=mask, q_offset=off, scale=1.0)  # integer scores tie exactly
         want = ref_attention(q, k, v, keep=topk_keep(topk), **kw)
-        np.testing.assert_allclose(got, want, atol=1e-12)
+        assert_close(got, want, atol=1e-12)
         tie_effect = max(tie_effect, np.abs(want - ref_attention(q, k, v, keep=topk_exact(topk),
                                                                  **kw)).max())
     # ties at the k-th score are kept: keeping exactly topk keys would give another output
@@ -182,8 +183,8 @@ def test_topk_attention_blocks_grads_and_empty_rows(monkeypatch):
         np.testing.assert_array_equal(got[1, :2], 0.0)
         with np.errstate(invalid="ignore"):  # the reference's empty rows are 0 / 0
             want = ref_attention(q, k, v, causal=True, mask=mask, scale=0.7, keep=topk_keep(2))
-        np.testing.assert_allclose(got[0], want[0], atol=1e-12)
-        np.testing.assert_allclose(got[1, 2:], want[1, 2:], atol=1e-12)
+        assert_close(got[0], want[0], atol=1e-12)
+        assert_close(got[1, 2:], want[1, 2:], atol=1e-12)
         check_grads(jax.jit(f), args, order=1, modes=["rev"], eps=1e-6)
 
 
@@ -194,7 +195,7 @@ def test_topk_attention_float32_uses_topk_kernel():
     f = jax.jit(lambda *a: A.topk_attention(*a, topk=5, causal=True))
     args = tuple(jnp.asarray(a, jnp.float32) for a in (q, k, v))
     got = f(*args)
-    np.testing.assert_allclose(got, ref_attention(q, k, v, causal=True, keep=topk_keep(5)),
+    assert_close(got, ref_attention(q, k, v, causal=True, keep=topk_keep(5)),
                                atol=2e-5)
     if jax.default_backend() == "cpu":
         hlo = f.lower(*args).compile().as_text()
@@ -233,12 +234,12 @@ def test_dsa_matches_reference(topk, block):
     with jax.enable_x64(True):
         args = tuple(map(jnp.asarray, arrays))
         got, idx = DSA(*args, topk=topk, block_size=block, return_indices=True)
-        np.testing.assert_allclose(got, want, atol=1e-12)
+        assert_close(got, want, atol=1e-12)
         sel = np.zeros(keep.shape[:2] + (keep.shape[2] + 1,), bool)
         np.put_along_axis(sel, np.where(idx < 0, keep.shape[2], idx), True, axis=-1)
         np.testing.assert_array_equal(sel[..., :-1], keep)
         if topk >= 11:
-            np.testing.assert_allclose(got, A.attention(*args[:3]), atol=1e-12)
+            assert_close(got, A.attention(*args[:3]), atol=1e-12)
 
         def f(q, k, v):
             return A.dsa(q, k, v, *args[3:], topk=topk, block_size=block)
@@ -253,7 +254,7 @@ def test_dsa_shared_kv_values_and_gradients():
     want, _ = ref_dsa(*arrays, 3)
     with jax.enable_x64(True):
         args = tuple(map(jnp.asarray, arrays))
-        np.testing.assert_allclose(DSA(*args, topk=3, block_size=4), want, atol=1e-12)
+        assert_close(DSA(*args, topk=3, block_size=4), want, atol=1e-12)
 
         def f(q, k, v):
             return A.dsa(q, k, v, *args[3:], topk=3, block_size=4)
@@ -285,7 +286,7 @@ def test_dsa_block_selection_matches_reference():
     want = ref_dsa_blocks(*arrays, topk=3, block=4)
     with jax.enable_x64(True):
         f = jax.jit(functools.partial(A.dsa, topk=3, select="block", select_block=4))
-        np.testing.assert_allclose(f(*map(jnp.asarray, arrays)), want, atol=1e-12)
+        assert_close(f(*map(jnp.asarray, arrays)), want, atol=1e-12)
     with pytest.raises(ValueError, match="select"):
         A.dsa(*map(jnp.asarray, arrays), topk=3, select="rows")
 
@@ -297,7 +298,7 @@ def test_dsa_padding_mask():
     with jax.enable_x64(True):
         full = DSA(*map(jnp.asarray, arrays), topk=3, block_size=4, mask=jnp.asarray(mask))
         short = DSA(*(jnp.asarray(a[1:2, :6]) for a in arrays), topk=3, block_size=4)
-        np.testing.assert_allclose(full[1, :6], short[0], atol=1e-12)
+        assert_close(full[1, :6], short[0], atol=1e-12)
 
 
 def _fla_naive():
@@ -324,11 +325,11 @@ def test_dsa_matches_fla_naive_dsa():
                                      return_indices=True)
     with jax.enable_x64(True):
         o, idx = DSA(*map(jnp.asarray, arrays), topk=5, block_size=6, return_indices=True)
-        np.testing.assert_allclose(o, o_ref.numpy(), atol=2e-6)  # fla computes in float32
+        assert_close(o, o_ref.numpy(), atol=2e-6)  # fla computes in float32
         np.testing.assert_array_equal(np.sort(np.asarray(idx), -1), np.sort(idx_ref.numpy(), -1))
         # given indices (the indexer skipped), sparse attention alone
         o2 = A.sparse_attention(*map(jnp.asarray, arrays[:3]), jnp.asarray(idx_ref.numpy()))
-        np.testing.assert_allclose(o2, o_ref.numpy(), atol=2e-6)
+        assert_close(o2, o_ref.numpy(), atol=2e-6)
 
 
 def test_indexer_loss_reference_and_gradient_flow():
@@ -351,7 +352,7 @@ def test_indexer_loss_reference_and_gradient_flow():
         logq = score - score.max(-1, keepdims=True)
         logq = logq - np.log(np.exp(logq).sum(-1, keepdims=True))
         kl = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - np.where(p > 0, logq, 0)), 0)
-        np.testing.assert_allclose(got, kl.sum(-1).mean(), rtol=1e-10)
+        assert_close(got, kl.sum(-1).mean(), rtol=1e-10)
         gq, gk = jax.jit(jax.grad(lambda q, k: loss(q, k, *args[2:]), (0, 1)))(*args[:2])
         assert float(jnp.abs(gq).max()) == 0 and float(jnp.abs(gk).max()) == 0
         g_idx = jax.jit(jax.grad(lambda a: loss(*args[:2], a, *args[3:], topk=3)))(args[2])

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import jax.test_util
 import numpy as np
 import pytest
+from _assert import assert_close
 
 from seqlab.ops import delta as delta_module
 from seqlab.ops.delta import delta_product, delta_product_recurrent, unit_lower_inverse
@@ -69,10 +70,10 @@ def test_chunked_equals_recurrent_equals_reference_float64(n, gate, init, t, chu
         o_r, s_r = _jit(delta_product_recurrent, **kw)(q, k, v, beta, g, initial_state=s0)
         o_c, s_c = _jit(delta_product, **kw)(q, k, v, beta, g, initial_state=s0)
         assert o_c.dtype == jnp.float64 and s_c.dtype == jnp.float64
-    np.testing.assert_allclose(o_r, o_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(s_r, s_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(o_c, o_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(s_c, s_ref, rtol=1e-10, atol=1e-10)
+    assert_close(o_r, o_ref, rtol=1e-10, atol=1e-10)
+    assert_close(s_r, s_ref, rtol=1e-10, atol=1e-10)
+    assert_close(o_c, o_ref, rtol=1e-10, atol=1e-10)
+    assert_close(s_c, s_ref, rtol=1e-10, atol=1e-10)
 
 
 def test_scale_is_used_and_defaults_to_inverse_sqrt_k():
@@ -80,8 +81,8 @@ def test_scale_is_used_and_defaults_to_inverse_sqrt_k():
     with jax.enable_x64(True):
         o_def, _ = _jit(delta_product, chunk_size=4)(q, k, v, beta, g)
         o_one, _ = _jit(delta_product, chunk_size=4, scale=1.0)(q, k, v, beta, g)
-    np.testing.assert_allclose(o_def, reference(q, k, v, beta, g, 1)[0], rtol=1e-10)
-    np.testing.assert_allclose(o_one, reference(q, k, v, beta, g, 1, scale=1.0)[0], rtol=1e-10)
+    assert_close(o_def, reference(q, k, v, beta, g, 1)[0], rtol=1e-10)
+    assert_close(o_one, reference(q, k, v, beta, g, 1, scale=1.0)[0], rtol=1e-10)
 
 
 @pytest.mark.parametrize("n,gate,init", [(1, True, True), (2, True, True), (3, False, False)])
@@ -105,7 +106,7 @@ def test_gradients_chunked_equal_recurrent_and_finite_differences(n, gate, init)
         g_c = jax.jit(jax.grad(loss(delta_product), argnums))(*args)
         g_r = jax.jit(jax.grad(loss(delta_product_recurrent), argnums))(*args)
         for a, b in zip(g_c, g_r, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+            assert_close(a, b, rtol=1e-9, atol=1e-10)
         if n == 3:  # and against finite differences, once
             jax.test_util.check_grads(jax.jit(loss(delta_product)), args, order=1,
                                       modes=["rev"], atol=1e-6, rtol=1e-6)
@@ -127,7 +128,7 @@ def test_float32_gradients_equal_grad_of_recurrent():
     g_r = loss(delta_product_recurrent, None)(*args)
     for chunk in (8, None):
         for a, b in zip(loss(delta_product, chunk)(*args), g_r, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+            assert_close(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
 
 def test_backward_in_groups_of_chunks_is_exact(monkeypatch):
@@ -147,7 +148,7 @@ def test_backward_in_groups_of_chunks_is_exact(monkeypatch):
         args = (q, k, v, beta, g, s0)
         for a, b in zip(loss(delta_product)(*args), loss(delta_product_recurrent)(*args),
                         strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+            assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_float32_and_bfloat16_accumulate_in_float32():
@@ -159,14 +160,14 @@ def test_float32_and_bfloat16_accumulate_in_float32():
     o_r, s_r = _jit(delta_product_recurrent, **kw)(*f32[:5], initial_state=f32[5])
     for o, s in ((o_c, s_c), (o_r, s_r)):
         assert o.dtype == jnp.float32 and s.dtype == jnp.float32
-        np.testing.assert_allclose(o, o_ref, rtol=2e-4, atol=2e-4)
-        np.testing.assert_allclose(s, s_ref, rtol=2e-4, atol=2e-4)
+        assert_close(o, o_ref, rtol=2e-4, atol=2e-4)
+        assert_close(s, s_ref, rtol=2e-4, atol=2e-4)
     bf = [x.astype(jnp.bfloat16) for x in f32[:4]] + [f32[4]]
     o_b, s_b = _jit(delta_product, **kw)(*bf, initial_state=f32[5])
     assert o_b.dtype == jnp.bfloat16 and s_b.dtype == jnp.float32
     ref_b = reference(*[np.asarray(x, np.float64) for x in bf], 2, s0=s0)
-    np.testing.assert_allclose(np.asarray(o_b, np.float32), ref_b[0], rtol=2e-2, atol=2e-2)
-    np.testing.assert_allclose(s_b, ref_b[1], rtol=1e-3, atol=1e-3)
+    assert_close(np.asarray(o_b, np.float32), ref_b[0], rtol=2e-2, atol=2e-2)
+    assert_close(s_b, ref_b[1], rtol=1e-3, atol=1e-3)
 
 
 def test_final_state_continues_the_sequence():
@@ -176,8 +177,8 @@ def test_final_state_continues_the_sequence():
         o_full, s_full = fn(q, k, v, beta, g)
         o1, s1 = fn(q[:, :5], k[:, :10], v[:, :10], beta[:, :10], g[:, :5])
         o2, s2 = fn(q[:, 5:], k[:, 10:], v[:, 10:], beta[:, 10:], g[:, 5:], initial_state=s1)
-    np.testing.assert_allclose(np.concatenate([o1, o2], 1), o_full, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(s2, s_full, rtol=1e-10, atol=1e-12)
+    assert_close(np.concatenate([o1, o2], 1), o_full, rtol=1e-10, atol=1e-12)
+    assert_close(s2, s_full, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("size", [1, 13])
@@ -185,7 +186,7 @@ def test_unit_lower_inverse_and_its_gradient(size):
     rng = np.random.default_rng(size)
     lower = np.tril(rng.normal(size=(3, size, size)), -1) + np.eye(size)
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(unit_lower_inverse)(lower), np.linalg.inv(lower),
+        assert_close(jax.jit(unit_lower_inverse)(lower), np.linalg.inv(lower),
                                    rtol=1e-10, atol=1e-10)
         w = rng.normal(size=(3, size, size))
 
@@ -234,5 +235,5 @@ def test_matches_flash_linear_attention_naive(n, gate, init):
         o, s = _jit(delta_product, num_householder=n, chunk_size=4)(q, k, v, beta, g,
                                                                   initial_state=s0)
     # fla's reference casts q, k, v, beta to float32 (``x.float()``): float32 tolerances
-    np.testing.assert_allclose(o, o_f.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(s, s_f.numpy(), rtol=1e-5, atol=1e-5)
+    assert_close(o, o_f.numpy(), rtol=1e-5, atol=1e-5)
+    assert_close(s, s_f.numpy(), rtol=1e-5, atol=1e-5)

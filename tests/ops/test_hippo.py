@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _assert import assert_close
 from numpy.polynomial import legendre
 
 from seqlab.ops import hippo
@@ -28,18 +29,18 @@ def _paper_transition(measure, N):
 def test_transition_matches_paper_entries(measure):
     A, B = hippo.transition(measure, 7)
     A_ref, B_ref = _paper_transition(measure, 7)
-    np.testing.assert_allclose(A, A_ref, atol=1e-14)
-    np.testing.assert_allclose(B, B_ref, atol=1e-14)
+    assert_close(A, A_ref, atol=1e-14)
+    assert_close(B, B_ref, atol=1e-14)
 
 
 def test_fout_is_rotations_minus_rank_one():
     N = 8
     A, B = hippo.transition("fout", N)
-    np.testing.assert_allclose(B, [1, 0, np.sqrt(2), 0, np.sqrt(2), 0, np.sqrt(2), 0])
+    assert_close(B, [1, 0, np.sqrt(2), 0, np.sqrt(2), 0, np.sqrt(2), 0])
     rot = A + np.outer(B, B)
-    np.testing.assert_allclose(rot, -rot.T, atol=1e-14)  # skew: pure rotations
+    assert_close(rot, -rot.T, atol=1e-14)  # skew: pure rotations
     for k in range(1, N // 2):  # (cos_k, sin_k) rotate at angular speed pi k
-        np.testing.assert_allclose(rot[2 * k, 2 * k + 1], -np.pi * k)
+        assert_close(rot[2 * k, 2 * k + 1], -np.pi * k)
     assert np.count_nonzero(rot) == 2 * (N // 2 - 1)
 
 
@@ -49,20 +50,20 @@ def test_nplr_reconstructs_and_dplr_is_its_half(measure, N):
     A, B = hippo.transition(measure, N)
     Lambda, P, B2, V = hippo.nplr(measure, N)
     atol = 1e-14 * N * np.abs(A).max()
-    np.testing.assert_allclose(V.conj().T @ V, np.eye(N), atol=1e-12)
-    np.testing.assert_allclose(V @ np.diag(Lambda) @ V.conj().T - P.T @ P, A, atol=atol)
+    assert_close(V.conj().T @ V, np.eye(N), atol=1e-12)
+    assert_close(V @ np.diag(Lambda) @ V.conj().T - P.T @ P, A, atol=atol)
     assert np.isrealobj(P) and np.allclose(B2, B)
     idx = hippo._positive_half(Lambda)
     Lh, Ph, Bh = hippo.dplr(measure, N)
     assert Lh.shape == (N // 2,) and Ph.shape == (P.shape[0], N // 2) and Bh.shape == (N // 2,)
     np.testing.assert_array_equal(Lh, Lambda[idx])
-    np.testing.assert_allclose(Ph, P @ V[:, idx].conj(), atol=1e-12 * N)
-    np.testing.assert_allclose(Bh, V[:, idx].conj().T @ B, atol=1e-12 * N)
+    assert_close(Ph, P @ V[:, idx].conj(), atol=1e-12 * N)
+    assert_close(Bh, V[:, idx].conj().T @ B, atol=1e-12 * N)
     assert np.all(Lh.imag >= 0)
     # V is [V_half, conj V_half] up to order: every dropped column is a kept one's conjugate
     W = np.concatenate([V[:, idx], V[:, idx].conj()], axis=1)
-    np.testing.assert_allclose(W.conj().T @ W, np.eye(N), atol=1e-12)
-    np.testing.assert_allclose(np.sort_complex(np.concatenate([Lh, Lh.conj()])),
+    assert_close(W.conj().T @ W, np.eye(N), atol=1e-12)
+    assert_close(np.sort_complex(np.concatenate([Lh, Lh.conj()])),
                                np.sort_complex(Lambda), atol=1e-12 * N)
 
 
@@ -75,9 +76,9 @@ def test_fout_real_eigenvalue_is_one_conjugate_pair():
     real = idx[np.abs(Lambda[idx]) < 1e-12]
     assert len(real) == 1
     v = V[:, real[0]]
-    np.testing.assert_allclose(np.abs(v[:2]), [2**-0.5, 2**-0.5], atol=1e-14)
-    np.testing.assert_allclose(v[2:], 0, atol=1e-14)
-    np.testing.assert_allclose(v @ v, 0, atol=1e-14)  # v orthogonal to conj v
+    assert_close(np.abs(v[:2]), [2**-0.5, 2**-0.5], atol=1e-14)
+    assert_close(v[2:], 0, atol=1e-14)
+    assert_close(v @ v, 0, atol=1e-14)  # v orthogonal to conj v
 
 
 def _resolvent_tf(A, B, C, s):
@@ -107,7 +108,7 @@ def test_dplr_half_is_the_hippo_system(measure, N):
     for c_hippo, c_half in ((C, C @ V_half), (2 * (C_half @ V_half.conj().T).real, C_half)):
         G = _resolvent_tf(A, B, c_hippo, s)
         G_half = _resolvent_tf(A_full, B_full, np.concatenate([c_half, c_half.conj()]), s)
-        np.testing.assert_allclose(G_half, G, rtol=1e-12, atol=1e-12 * np.abs(G).max())
+        assert_close(G_half, G, rtol=1e-12, atol=1e-12 * np.abs(G).max())
 
 
 def test_legs_memory_reconstructs_polynomials():
@@ -138,10 +139,10 @@ def test_legs_memory_reconstructs_polynomials():
         k3 = rhs(tau + h / 2, c + h / 2 * k2)
         k4 = rhs(tau + h, c + h * k3)
         c, tau = c + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), tau + h
-    np.testing.assert_allclose(c, project(1.0), atol=1e-7)
+    assert_close(c, project(1.0), atol=1e-7)
     s = np.linspace(0, 1, 11)
     recon = sum(c[n] * np.sqrt(2 * n + 1) * legendre.Legendre.basis(n)(2 * s - 1) for n in range(N))
-    np.testing.assert_allclose(recon, f(s), atol=1e-6)
+    assert_close(recon, f(s), atol=1e-6)
     assert abs(c[N - 1]) < 1e-7  # no energy beyond the polynomial's degree
 
 
@@ -149,15 +150,15 @@ def test_diagonal_inits_match_s4d_formulas():
     N = 10
     n = np.arange(N // 2)
     L, B = hippo.diagonal_init("lin", N)
-    np.testing.assert_allclose(L, [-0.5 + 1j * np.pi * k for k in n])
-    np.testing.assert_allclose(B, np.ones(N // 2))
+    assert_close(L, [-0.5 + 1j * np.pi * k for k in n])
+    assert_close(B, np.ones(N // 2))
     L, B = hippo.diagonal_init("inv", N)
-    np.testing.assert_allclose(L, [-0.5 + 1j * N / np.pi * (N / (2 * k + 1) - 1) for k in n])
+    assert_close(L, [-0.5 + 1j * N / np.pi * (N / (2 * k + 1) - 1) for k in n])
     L, B = hippo.diagonal_init("legs", N, B_clip=None)
     Lh, _, Bh = hippo.dplr("legs", N)
-    np.testing.assert_allclose(L, Lh)
-    np.testing.assert_allclose(B, Bh / 2)  # the S4D theorem's B/2 (state-spaces/s4 too)
-    np.testing.assert_allclose(L.real, -0.5, atol=1e-12)  # the normal part of LegS
+    assert_close(L, Lh)
+    assert_close(B, Bh / 2)  # the S4D theorem's B/2 (state-spaces/s4 too)
+    assert_close(L.real, -0.5, atol=1e-12)  # the normal part of LegS
     _, B_ref = hippo.diagonal_init("legs", N)  # S4D-LegS as the S4 reference: Im B clipped
     np.testing.assert_array_equal(B_ref, hippo.dplr("legs", N, B_clip=2.0)[2] / 2)
 
@@ -167,7 +168,7 @@ def test_dplr_b_clip_clamps_only_the_imaginary_part_of_b(measure):
     """S4 reference: ``nplr(..., B_clip=2.0)`` clamps Im(V^H B) to [-2, 2], nothing else."""
     N = 64
     L0, P0, B0 = hippo.dplr(measure, N)  # exact
-    np.testing.assert_allclose(B0, hippo.nplr(measure, N)[3][:, hippo._positive_half(
+    assert_close(B0, hippo.nplr(measure, N)[3][:, hippo._positive_half(
         hippo.nplr(measure, N)[0])].conj().T @ hippo.transition(measure, N)[1], atol=1e-12 * N)
     L2, P2, B2 = hippo.dplr(measure, N, B_clip=2.0)
     np.testing.assert_array_equal(L2, L0)
@@ -200,19 +201,19 @@ def test_ptd_n64_is_well_conditioned_small_and_stable():
     system = hippo.ptd(N)
     assert system.cond <= 100 and system.rel_norm <= 0.05
     assert np.linalg.norm(E, 2) <= 0.05 * np.linalg.norm(A, 2)
-    np.testing.assert_allclose(system.rel_norm, np.linalg.norm(E) / np.linalg.norm(A))
-    np.testing.assert_allclose(float(header["kappa(V)"]), system.cond, rtol=1e-3)
-    np.testing.assert_allclose(float(header["||E||_F/||A||_F"]), system.rel_norm, rtol=1e-3)
+    assert_close(system.rel_norm, np.linalg.norm(E) / np.linalg.norm(A))
+    assert_close(float(header["kappa(V)"]), system.cond, rtol=1e-3)
+    assert_close(float(header["||E||_F/||A||_F"]), system.rel_norm, rtol=1e-3)
     assert system.Lambda.shape == system.B.shape == (N,) and system.V.shape == (N, N)
     assert np.all(system.Lambda.real < 0)
     # A + E = V diag(w) V^-1, and Lambda is w with its real parts reflected into Re < 0
     w = np.linalg.solve(system.V, (A + E) @ system.V)
-    np.testing.assert_allclose(w, np.diag(np.diag(w)), atol=1e-9 * np.abs(A).max())
+    assert_close(w, np.diag(np.diag(w)), atol=1e-9 * np.abs(A).max())
     w = np.diag(w)
-    np.testing.assert_allclose(system.Lambda, -np.abs(w.real) + 1j * w.imag, atol=1e-9)
+    assert_close(system.Lambda, -np.abs(w.real) + 1j * w.imag, atol=1e-9)
     assert int(header["modes reflected (Re > 0)"]) == np.sum(w.real > 0)
-    np.testing.assert_allclose(system.B, np.linalg.solve(system.V, B), atol=1e-9)
-    np.testing.assert_allclose(np.linalg.norm(system.V, axis=0), 1.0, atol=1e-12)
+    assert_close(system.B, np.linalg.solve(system.V, B), atol=1e-9)
+    assert_close(np.linalg.norm(system.V, axis=0), 1.0, atol=1e-12)
     # today's random real E at 1e-3 ||A|| gave kappa(V) = 7.9e3, max |V^-1 B| = 2.9e4
     assert np.abs(system.B).max() < 1e3
 
@@ -228,7 +229,7 @@ def test_ptd_folds_b_into_c():
     s = np.array([0.5 + 3j, -2 + 40j, 7 - 1j])
     G = _resolvent_tf(A + hippo.ptd_perturbation(N), B, C, s)
     G_fold = (C_fold / (s[:, None] - w)).sum(-1)
-    np.testing.assert_allclose(G_fold, G, rtol=1e-8)
+    assert_close(G_fold, G, rtol=1e-8)
 
 
 def test_optimise_perturbation_lowers_kappa_deterministically():
@@ -258,7 +259,7 @@ def test_ptd_perturbation_ships_text_and_optimises_missing_sizes(tmp_path, monke
     hippo._perturbation.cache_clear()
     E = np.arange(8).reshape(2, 2, 2) / 7
     np.savetxt(hippo.ptd_data_path(2), E.reshape(2, 4), header="provenance")
-    np.testing.assert_allclose(hippo.ptd_perturbation(2), E[..., 0] + 1j * E[..., 1])
+    assert_close(hippo.ptd_perturbation(2), E[..., 0] + 1j * E[..., 1])
     calls = []
     monkeypatch.setattr(hippo, "optimise_perturbation",
                         lambda N, lam: calls.append((N, lam)) or np.eye(N, dtype=complex))

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from jax.test_util import check_grads
 
 from seqlab.ops.scan import linear_scan
@@ -32,7 +33,7 @@ def test_linear_scan_matches_loop(reverse, with_h0):
     with jax.enable_x64(True):
         h = linear_scan(jnp.asarray(a), jnp.asarray(b), None if h0 is None else jnp.asarray(h0),
                         reverse=reverse)
-        np.testing.assert_allclose(np.asarray(h), ref, rtol=1e-12, atol=1e-12)
+        assert_close(np.asarray(h), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_linear_scan_broadcast_float32_and_gradients():
@@ -41,7 +42,7 @@ def test_linear_scan_broadcast_float32_and_gradients():
     b = rng.standard_normal((2, 9, 4))
     h = linear_scan(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
     assert h.shape == b.shape and h.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(h), _loop(a, b, None, False), rtol=1e-5, atol=1e-6)
+    assert_close(np.asarray(h), _loop(a, b, None, False), rtol=1e-5, atol=1e-6)
     with jax.enable_x64(True):
         a_full = jnp.asarray(np.broadcast_to(a, b.shape).copy())
         check_grads(jax.jit(lambda a, b, h0: linear_scan(a, b, h0)),

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from jax.test_util import check_grads
 
 from seqlab.ops import hippo, ssm
@@ -45,13 +46,13 @@ def test_kernel_diag_matches_impulse_response(method, length=131):
     ref = _impulse_response(A, B, C, dt, length, method)
     with jax.enable_x64(True):
         K64 = kernel_diag(*map(jnp.asarray, (A, B, C, dt)), length, method)
-        np.testing.assert_allclose(np.asarray(K64), ref, rtol=1e-10, atol=1e-12)
+        assert_close(np.asarray(K64), ref, rtol=1e-10, atol=1e-12)
     K32 = kernel_diag(
         jnp.asarray(A, jnp.complex64), jnp.asarray(B, jnp.complex64),
         jnp.asarray(C, jnp.complex64), jnp.asarray(dt, jnp.float32), length, method,
     )
     assert K32.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(K32), ref, atol=2e-5 * np.abs(ref).max())
+    assert_close(np.asarray(K32), ref, atol=2e-5 * np.abs(ref).max())
 
 
 def test_kernel_diag_methods_differ_and_bad_method():
@@ -61,7 +62,7 @@ def test_kernel_diag_methods_differ_and_bad_method():
     K_zoh, K_bil = kernel_diag(A, B, C, dt, 1), kernel_diag(A, B, C, dt, 1, "bilinear")
     assert not np.allclose(K_zoh, K_bil)  # length 1: K_0 = 2 Re(C dB)
     dtA = np.asarray(dt)[:, None] * np.asarray(A)
-    np.testing.assert_allclose(
+    assert_close(
         K_zoh[:, 0], 2 * np.real(np.sum(C * (np.exp(dtA) - 1) / A * B, -1)), rtol=1e-5
     )
     with pytest.raises(ValueError, match="zoh, bilinear"):
@@ -111,7 +112,7 @@ def test_fft_conv_matches_direct_convolution(bidirectional, with_d):
     ref = _direct_conv(u, K, D, Kr)
     y = fft_conv(*(None if a is None else jnp.asarray(a, jnp.float32) for a in (u, K, D, Kr)))
     assert y.shape == (b, L, H) and y.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(y), ref, atol=2e-5)
+    assert_close(np.asarray(y), ref, atol=2e-5)
 
 
 def test_fft_conv_gradients_and_length_check():
@@ -174,11 +175,11 @@ def test_kernel_dplr_matches_dense_bilinear_recurrence(r, length):
     ref = _dplr_reference(*system, length)
     with jax.enable_x64(True):
         K = kernel_dplr(*map(jnp.asarray, system), length)
-        np.testing.assert_allclose(np.asarray(K), ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+        assert_close(np.asarray(K), ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
     K32 = kernel_dplr(*(jnp.asarray(v, jnp.complex64) for v in system[:4]),
                       jnp.asarray(system[4], jnp.float32), length)
     assert K32.shape == (3, length) and K32.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(K32), ref, atol=3e-6 * np.abs(ref).max())
+    assert_close(np.asarray(K32), ref, atol=3e-6 * np.abs(ref).max())
 
 
 def test_kernel_dplr_is_the_hippo_legs_kernel():
@@ -195,7 +196,7 @@ def test_kernel_dplr_is_the_hippo_legs_kernel():
         tile = lambda v: jnp.asarray(np.repeat(v[..., None, :], 2, axis=-2))  # noqa: E731
         K = kernel_dplr(tile(Lam_h), tile(P_h), tile(B_h), jnp.asarray(c @ V[:, idx]),
                         jnp.full((2,), dt), length)
-    np.testing.assert_allclose(np.asarray(K), ref, rtol=1e-9, atol=1e-11 * np.abs(ref).max())
+    assert_close(np.asarray(K), ref, rtol=1e-9, atol=1e-11 * np.abs(ref).max())
 
 
 def test_dplr_step_is_the_kernel_recurrence():
@@ -214,8 +215,8 @@ def test_dplr_step_is_the_kernel_recurrence():
             x = step(x, u[:, k])
             ys.append(2 * jnp.einsum("hm,bhm->bh", C, x).real)
         y = np.asarray(jnp.stack(ys, -1))
-    np.testing.assert_allclose(y[0], ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(y[1], -2 * ref, rtol=1e-10, atol=1e-12)
+    assert_close(y[0], ref, rtol=1e-10, atol=1e-12)
+    assert_close(y[1], -2 * ref, rtol=1e-10, atol=1e-12)
 
 
 def test_kernel_dplr_gradients_and_zero_rank_term_is_kernel_diag():
@@ -232,7 +233,7 @@ def test_kernel_dplr_gradients_and_zero_rank_term_is_kernel_diag():
         args = tuple(map(jnp.asarray, (P.real, P.imag, Lam.real, C.imag, np.log(dt))))
         check_grads(jax.jit(f), args, order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
         K0 = jax.jit(f)(0 * args[0], 0 * args[1], *args[2:])  # P = 0: a diagonal system
-        np.testing.assert_allclose(
+        assert_close(
             K0, kernel_diag(*map(jnp.asarray, (Lam, B, C, dt)), 9, "bilinear"), atol=1e-12
         )
     with pytest.raises(ValueError, match="length"):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.config import Config, MeshConfig, ModelConfig, TaskInfo, TrainConfig
@@ -85,14 +86,14 @@ def test_train_step_adds_sown_aux_losses_and_their_gradients():
     new, m = step(state, TOY_BATCH)
     plain_new, pm = plain_step(plain_state, TOY_BATCH)
     aux = 2 * (0.375 + 0.25 * np.sum(w0**2))  # two calls, each one scalar; the decoy ignored
-    np.testing.assert_allclose(m["aux_loss"], aux, rtol=1e-6)
+    assert_close(m["aux_loss"], aux, rtol=1e-6)
     assert float(pm["aux_loss"]) == 0.0
-    np.testing.assert_allclose(m["loss"] - pm["loss"], aux, rtol=1e-6)
+    assert_close(m["loss"] - pm["loss"], aux, rtol=1e-6)
     assert float(m["loss_sum"]) == float(pm["loss_sum"])  # the task loss alone is unchanged
     # sgd(0.5): the aux gradient 2 * 2 * alpha * w is added to the task gradient
     w1 = np.asarray(new[0]["head"]["kernel"].get_value())
     w1_plain = np.asarray(plain_new[0]["head"]["kernel"].get_value())
-    np.testing.assert_allclose(w1 - w1_plain, -0.5 * 4 * 0.25 * w0, rtol=1e-5, atol=1e-7)
+    assert_close(w1 - w1_plain, -0.5 * 4 * 0.25 * w0, rtol=1e-5, atol=1e-7)
     # no Intermediate is left in the state: same structure, the step does not recompile
     assert jax.tree.structure(new) == structure
     assert not nnx.to_flat_state(nnx.state(nnx.merge(graphdef, new), nnx.Intermediate))

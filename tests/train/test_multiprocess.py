@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from _assert import assert_close
 
 from seqlab.config import load_config
 from seqlab.train.metrics import read_metrics
@@ -106,7 +107,7 @@ def test_two_processes_equal_one_process(tmp_path):
     # The same global batches on the same 8-way data mesh; only the order in which the 8 shards'
     # gradients are summed differs (in-process all-reduce vs gloo), a float32 rounding of
     # ~1e-7 relative per step that the optimiser carries over 6 steps.
-    np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)],
+    assert_close([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)],
                                rtol=1e-5)
     assert ref[6] != ref[1]
     # process 0 alone wrote metrics, configs, results: the same files and records as one process
@@ -115,4 +116,4 @@ def test_two_processes_equal_one_process(tmp_path):
     results = json.loads((multi / "results.json").read_text())
     expected = json.loads((reference / "results.json").read_text())
     assert results["best_step"] == expected["best_step"]
-    np.testing.assert_allclose(results["test"]["loss"], expected["test"]["loss"], rtol=1e-5)
+    assert_close(results["test"]["loss"], expected["test"]["loss"], rtol=1e-5)

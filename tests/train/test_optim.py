@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.config import ModelConfig, TaskInfo, TrainConfig
@@ -44,7 +45,7 @@ def test_ssm_group_gets_its_lr_and_no_decay():
     decayed = 0
     for path, v in before.items():
         if groups[tuple(map(str, path))] == "decay":
-            np.testing.assert_allclose(after[path], v * (1 - 0.1 * 0.5), rtol=1e-5, atol=1e-7)
+            assert_close(after[path], v * (1 - 0.1 * 0.5), rtol=1e-5, atol=1e-7)
             decayed += 1
         else:
             np.testing.assert_array_equal(after[path], v)
@@ -55,8 +56,8 @@ def test_schedule_warmup_then_cosine():
     cfg = TrainConfig(lr=1.0, warmup_steps=10, steps=110, end_lr_ratio=0.1)
     s = schedule(1.0, cfg)
     assert float(s(0)) == 0.0 and float(s(5)) == 0.5 and float(s(10)) == 1.0
-    np.testing.assert_allclose(float(s(60)), 0.1 + 0.9 * 0.5, rtol=1e-5)
-    np.testing.assert_allclose(float(s(110)), 0.1, rtol=1e-5)
+    assert_close(float(s(60)), 0.1 + 0.9 * 0.5, rtol=1e-5)
+    assert_close(float(s(110)), 0.1, rtol=1e-5)
     assert isinstance(make_tx(_model(), TrainConfig(grad_clip=1.0)), optax.GradientTransformation)
 
 
@@ -70,4 +71,4 @@ def test_each_group_moves_at_its_lr():
     after = {k: np.array(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     for path, v in before.items():
         lr = 0.01 if param_groups(model)[tuple(map(str, path))] == "ssm" else 0.1
-        np.testing.assert_allclose(v - after[path], lr, rtol=1e-4)
+        assert_close(v - after[path], lr, rtol=1e-4)

@@ -7,6 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from _assert import assert_close
 
 from seqlab.config import ConfigError, config_from_dict
 from seqlab.train import run as run_lib
@@ -190,6 +191,6 @@ def test_sharded_training_matches_single_device(npz):
         specs = {str(x.sharding.spec) for x in jax.tree.leaves(r.state)}
         assert any("fsdp" in sp for sp in specs) == (fsdp > 1), specs
         losses[(data, fsdp)] = out
-    np.testing.assert_allclose(losses[(8, 1)], losses[(1, 1)], rtol=2e-5)
-    np.testing.assert_allclose(losses[(4, 2)], losses[(1, 1)], rtol=2e-5)
+    assert_close(losses[(8, 1)], losses[(1, 1)], rtol=2e-5)
+    assert_close(losses[(4, 2)], losses[(1, 1)], rtol=2e-5)
     assert losses[(1, 1)][2] != losses[(1, 1)][0]  # the steps did train
