@@ -6,6 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ def test_smoke(name, tmp_path, monkeypatch):
     module = importlib.import_module(f"scripts.experiments.{name}")
     assert module.main(["--smoke"])
     sys.modules.pop(f"scripts.experiments.{name}", None)
+    assert not jax.config.jax_enable_x64  # a script must not leave float64 on for later tests
 
 
 def test_stdlib_bytes_deterministic_prefix_with_headers():

@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.smoke:
         a.Ns, a.n_basis, a.L = [8], 2, 32
-    jax.config.update("jax_enable_x64", True)
+    with jax.enable_x64(True):  # float64 here only (the smoke test runs in-process)
+        return _run(a)
+
+
+def _run(a) -> dict:
     clock = Clock()
     dense = dense_legs_kernel(a.Ns[0], a.n_basis, a.T, a.L)
     results, curves = {}, {}
