@@ -5,6 +5,7 @@ tests that reach its line, found from a per-test coverage map. Everything happen
 copy of the working tree (WORKDIR/tree); the repository itself is never modified.
 
     python scripts/mutation.py map                  # copy the tree, per-test line coverage
+    python scripts/mutation.py sync                 # new tree, the old map carried over by diff
     python scripts/mutation.py run --budget-min 60  # sampled mutants until the budget is spent
     python scripts/mutation.py rerun                # survivors again, against the current tests
     python scripts/mutation.py report               # scores per module, the survivors
@@ -22,6 +23,11 @@ Steps:
    erroring run kills the mutant; one past ``--timeout`` counts as killed (timeout); a mutant
    that no test reaches survives ("not reached"). Results append to WORKDIR/results.jsonl,
    so a run can stop and resume; it stops when ``--budget-min`` of wall time is spent.
+   ``sync`` replaces a stale map without re-running it (the map costs ~40 min of 2 cores): it
+   copies the current tree, carries each test's lines over to the new files by a line diff
+   (a module renamed or split is matched against MOVED's old files; a line new since the map
+   gets the tests of the nearest old line above it in the same function), drops tests that no
+   longer exist, and starts a fresh results.jsonl (the old one is kept as results.old.jsonl).
 3. ``rerun`` copies the current tests/ into the scratch tree and re-checks the survivors
    (after tests were added for them); the newer result of a mutant replaces the older.
 
@@ -49,6 +55,9 @@ EXCLUDED = ["seqlab/ops/reference", "__init__.py"]  # the references are test co
 TEST_PATHS = ["tests/ops", "tests/layers", "tests/models", "tests/test_generate.py",
               "tests/test_sampling_reference.py"]
 # a float array under <<, >>, |, &, ^ raises TypeError at trace time: trivially killed mutants
+# modules renamed or split since a map was made: new path -> old paths whose lines it may carry
+MOVED = {"seqlab/sampling.py": ["seqlab/generate.py"],
+         "seqlab/ops/dsa.py": ["seqlab/ops/attention.py", "seqlab/layers/sparse.py"]}
 TRIVIAL = ("_BitOr", "_BitAnd", "_BitXor", "_LShift", "_RShift")
 
 
@@ -78,8 +87,7 @@ def group(module: str) -> str:
     return "sampling" if module.endswith(("sampling.py", "generate.py")) else module.split("/")[1]
 
 
-def cmd_map(args) -> None:
-    tree = args.workdir / "tree"
+def _copy_tree(tree: Path) -> None:
     if tree.exists():
         shutil.rmtree(tree)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
@@ -88,6 +96,11 @@ def cmd_map(args) -> None:
         if (REPO / f).is_file():
             (tree / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, tree / f)
+
+
+def cmd_map(args) -> None:
+    tree = args.workdir / "tree"
+    _copy_tree(tree)
     env = dict(_env(), SEQLAB_MUTATION_DURATIONS=str(args.workdir / "durations"),
                COVERAGE_FILE=str(args.workdir / "coverage.db"))
     cov = [f"--cov={t}" for t in ("seqlab.ops", "seqlab.layers", "seqlab.sampling")]
@@ -112,6 +125,67 @@ def cmd_map(args) -> None:
         }
     (args.workdir / "coverage.json").write_text(json.dumps(cover))
     print(f"coverage map: {len(cover)} files -> {args.workdir / 'coverage.json'}")
+
+
+def _functions(source: str) -> list[tuple[int, int]]:
+    """(first, last) line of every function, innermost last."""
+    return sorted((n.lineno, n.end_lineno) for n in ast.walk(ast.parse(source))
+                  if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
+
+
+def _carry(old: list[str], old_cover: dict, new: list[str]) -> dict[int, list[str]]:
+    """Tests per line of ``new`` from the map of ``old`` (lists of source lines)."""
+    import difflib
+
+    out: dict[int, list[str]] = {}
+    sm = difflib.SequenceMatcher(None, [x.strip() for x in old], [x.strip() for x in new],
+                                 autojunk=False)
+    for a, b, size in sm.get_matching_blocks():
+        for k in range(size):
+            tests = old_cover.get(str(a + k + 1))
+            if tests:
+                out[b + k + 1] = tests
+    return out
+
+
+def cmd_sync(args) -> None:
+    tree, wd = args.workdir / "tree", args.workdir
+    old_tree = wd / "tree.old"
+    if old_tree.exists():
+        shutil.rmtree(old_tree)
+    tree.rename(old_tree)
+    old_cover = json.loads((wd / "coverage.json").read_text())
+    _copy_tree(tree)
+    listed = subprocess.run([str(BIN / "pytest"), "--collect-only", "-q", "-p",
+                             "no:cacheprovider", *TEST_PATHS], cwd=tree, env=_env(),
+                            capture_output=True, text=True).stdout.splitlines()
+    alive = {t for t in listed if "::" in t}
+    cover = {}
+    for module in _modules():
+        new_src = (tree / module).read_text()
+        new = new_src.splitlines()
+        lines: dict[int, list[str]] = {}
+        for old_mod in [module, *MOVED.get(module, [])]:
+            if (old_tree / old_mod).exists() and old_mod in old_cover:
+                old = (old_tree / old_mod).read_text().splitlines()
+                for ln, tests in _carry(old, old_cover[old_mod], new).items():
+                    lines.setdefault(ln, tests)
+        for first, last in _functions(new_src):  # new lines: the nearest old line above
+            prev = None
+            for ln in range(first, last + 1):
+                if ln in lines:
+                    prev = lines[ln]
+                elif prev is not None and new[ln - 1].strip():
+                    lines[ln] = prev
+        cover[module] = {str(ln): [t for t in ts if t in alive] for ln, ts in lines.items()}
+    shutil.copy2(wd / "coverage.json", wd / "coverage.old.json")
+    (wd / "coverage.json").write_text(json.dumps(cover))
+    if (wd / "results.jsonl").exists():
+        (wd / "results.jsonl").rename(wd / "results.old.jsonl")
+    shutil.rmtree(wd / "sessions", ignore_errors=True)
+    shutil.rmtree(old_tree)
+    n = sum(len(v) for v in cover.values())
+    print(f"coverage map carried over: {n} lines of {len(cover)} files, {len(alive)} tests")
 
 
 def _annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -270,7 +344,7 @@ def cmd_report(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=("map", "run", "rerun", "report"))
+    ap.add_argument("command", choices=("map", "sync", "run", "rerun", "report"))
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/seqlab-mutation"))
     ap.add_argument("--budget-min", type=float, default=60.0)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant")
@@ -279,7 +353,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="pytest-xdist workers for the map")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    {"map": cmd_map, "run": cmd_run, "rerun": cmd_rerun, "report": cmd_report}[args.command](args)
+    commands = {"map": cmd_map, "sync": cmd_sync, "run": cmd_run, "rerun": cmd_rerun,
+                "report": cmd_report}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,27 @@ def test_bad_arguments():
         gqa_to_mla(MultiHeadAttention(16, rope_dim=0, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="rotate-half"):
         gqa_to_mla(MultiHeadAttention(16, rope_layout="interleaved", rngs=nnx.Rngs(0)))
+
+
+def test_low_rank_is_the_balanced_pca_of_the_paper():
+    """BKV-PCA (TransMLA section 4.3) at rank < full: the converted layer's NoPE-key and value
+    projections are the best rank-r approximation of [alpha W_K_nope, W_V] (then W_K_nope's block
+    divided by alpha), alpha = ||W_V||_F / ||W_K_nope||_F balancing the two (isotropic inputs).
+    W_K_nope and W_V are read off the full-rank conversion, where alpha cancels; the rank-r
+    approximation is numpy's SVD in float64."""
+    gqa = MultiHeadAttention(16, n_heads=2, n_kv_heads=2, head_dim=8, rngs=nnx.Rngs(0))
+
+    def kv(mla):  # -> effective W_K_nope [d, nope] (head 0; all heads share it), W_V [d, hk*dh]
+        r = mla.wk_b.shape[0]
+        c = np.asarray(mla.wkv_a.kernel[...], np.float64)[:, :r]
+        return (c @ np.asarray(mla.wk_b[...], np.float64)[:, 0],
+                c @ np.asarray(mla.wv_b[...], np.float64).reshape(r, -1))
+
+    wk, wv = kv(gqa_to_mla(gqa, rope_heads=1))
+    alpha = np.linalg.norm(wv) / np.linalg.norm(wk)
+    m = np.concatenate([alpha * wk, wv], axis=1)
+    _, _, vt = np.linalg.svd(m)
+    m6 = m @ vt[:6].T @ vt[:6]
+    got_k, got_v = kv(gqa_to_mla(gqa, 6, rope_heads=1))
+    np.testing.assert_allclose(got_k, m6[:, :8] / alpha, atol=1e-5 * np.abs(wk).max())
+    np.testing.assert_allclose(got_v, m6[:, 8:], atol=1e-5 * np.abs(wv).max())
