@@ -7,7 +7,7 @@ copy of the working tree (WORKDIR/tree); the repository itself is never modified
     python scripts/mutation.py map                  # copy the tree, per-test line coverage
     python scripts/mutation.py sync                 # new tree, the old map carried over by diff
     python scripts/mutation.py run --budget-min 60  # sampled mutants until the budget is spent
-    python scripts/mutation.py rerun                # survivors again, against the current tests
+    python scripts/mutation.py rerun --max-tests 99 --with tests/x.py  # survivors again
     python scripts/mutation.py report               # scores per module, the survivors
 
 Steps:
@@ -29,7 +29,9 @@ Steps:
    gets the tests of the nearest old line above it in the same function), drops tests that no
    longer exist, and starts a fresh results.jsonl (the old one is kept as results.old.jsonl).
 3. ``rerun`` copies the current tests/ into the scratch tree and re-checks the survivors
-   (after tests were added for them); the newer result of a mutant replaces the older.
+   (after tests were added for them); the newer result of a mutant replaces the older. Tests
+   newer than the map reach no mutant through it: name them with ``--with`` (run after the
+   covering tests of every survivor).
 
 Run it niced on a shared machine: ``nice -n 10 python scripts/mutation.py run ...``.
 """
@@ -250,8 +252,8 @@ def _order(mutants: list[dict], seed: int) -> list[dict]:
     return order
 
 
-def _results(workdir: Path) -> dict[str, dict]:
-    path = workdir / "results.jsonl"
+def _results(workdir: Path, name: str = "results.jsonl") -> dict[str, dict]:
+    path = workdir / name
     if not path.exists():
         return {}
     return {r["job_id"]: r for r in map(json.loads, path.read_text().splitlines())}
@@ -262,6 +264,7 @@ def _check(m: dict, args, cover, durations) -> dict:
     lines = range(m["start_pos"][0], m["end_pos"][0] + 1)
     tests = sorted({t for ln in lines for t in cover.get(m["module_path"], {}).get(str(ln), [])},
                    key=lambda t: durations.get(t, 1e9))[: args.max_tests]
+    tests += [t for t in args.extra if t not in tests]
     src = tree / m["module_path"]
     line = src.read_text().splitlines()[m["start_pos"][0] - 1].strip()
     res = dict(m, line=line, tests=len(tests))
@@ -321,7 +324,7 @@ def cmd_rerun(args) -> None:
 
 
 def cmd_report(args) -> None:
-    res = list(_results(args.workdir).values())
+    res = list(_results(args.workdir, args.results).values())
     total = defaultdict(lambda: [0, 0, 0])  # killed, survived, not reached
     for r in res:
         t = total[r["module_path"]]
@@ -350,6 +353,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant")
     ap.add_argument("--max-tests", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--with", dest="extra", nargs="*", default=[],
+                    help="tests run for every mutant besides its covering ones")
+    ap.add_argument("--results", default="results.jsonl", help="the file report reads")
     ap.add_argument("--jobs", type=int, default=2, help="pytest-xdist workers for the map")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
