@@ -31,7 +31,9 @@ Steps:
 3. ``rerun`` copies the current tests/ into the scratch tree and re-checks the survivors
    (after tests were added for them); the newer result of a mutant replaces the older. Tests
    newer than the map reach no mutant through it: name them with ``--with`` (run after the
-   covering tests of every survivor).
+   covering tests of every survivor). With ``--fallback`` a mutant on a line the map does not
+   know (code newer than the map, decorators and defaults run at import) is checked by its
+   module's own test file, tests/<dir>/test_<module>.py, where there is one.
 
 Run it niced on a shared machine: ``nice -n 10 python scripts/mutation.py run ...``.
 """
@@ -264,6 +266,10 @@ def _check(m: dict, args, cover, durations) -> dict:
     lines = range(m["start_pos"][0], m["end_pos"][0] + 1)
     tests = sorted({t for ln in lines for t in cover.get(m["module_path"], {}).get(str(ln), [])},
                    key=lambda t: durations.get(t, 1e9))[: args.max_tests]
+    if not tests and args.fallback:  # lines the map does not know: the module's own test file
+        mod = Path(m["module_path"])
+        own = Path("tests", *mod.parts[1:-1], f"test_{mod.name}")
+        tests = [str(own)] if (tree / own).exists() else []
     tests += [t for t in args.extra if t not in tests]
     src = tree / m["module_path"]
     line = src.read_text().splitlines()[m["start_pos"][0] - 1].strip()
@@ -355,6 +361,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--with", dest="extra", nargs="*", default=[],
                     help="tests run for every mutant besides its covering ones")
+    ap.add_argument("--fallback", action="store_true",
+                    help="unmapped lines: run the module's own test file")
     ap.add_argument("--results", default="results.jsonl", help="the file report reads")
     ap.add_argument("--jobs", type=int, default=2, help="pytest-xdist workers for the map")
     args = ap.parse_args()
