@@ -1,8 +1,10 @@
 """Layer behaviour that mutation testing (scripts/mutation.py) found unchecked."""
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from seqlab.layers.common import apply_mask
 from seqlab.layers.sparse import DSA
 
 
@@ -15,3 +17,15 @@ def test_dsa_defaults():
     assert (layer.indexer_warmup_steps, layer.indexer_loss_weight) == (0, 1.0)
     assert layer.index_rope_dim == min(layer.attn.rope_dim, 32)
     assert layer.wq_idx.kernel.shape == (16, 4 * 32) and layer.w_idx.kernel.shape == (16, 4)
+
+
+def test_apply_mask_any_rank():
+    """apply_mask zeroes padded positions of x [batch, length, ...] for any number of trailing
+    axes (a 5-d x as SSD's [b, l, heads, head_dim, d_state] states)."""
+    x = np.arange(2 * 3 * 2 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2, 2) + 1
+    mask = np.array([[True, False, True], [False, True, True]])
+    want = x * mask[:, :, None, None, None]
+    for nd in (3, 4, 5):
+        xi = x.reshape(x.shape[:nd - 1] + (-1,))
+        np.testing.assert_array_equal(apply_mask(jnp.asarray(xi), jnp.asarray(mask)),
+                                      want.reshape(xi.shape))
