@@ -5,6 +5,7 @@ import numpy as np
 from flax import nnx
 
 from seqlab.layers.common import apply_mask
+from seqlab.layers.s5 import S5
 from seqlab.layers.sparse import DSA
 
 
@@ -29,3 +30,10 @@ def test_apply_mask_any_rank():
         xi = x.reshape(x.shape[:nd - 1] + (-1,))
         np.testing.assert_array_equal(apply_mask(jnp.asarray(xi), jnp.asarray(mask)),
                                       want.reshape(xi.shape))
+
+
+def test_s5_output_matrix_per_direction():
+    """S5's C~ is [dirs, H, M, 2]: one direction when causal, two when bidirectional."""
+    for causal, dirs in ((True, 1), (False, 2)):
+        layer = S5(8, d_state=4, blocks=1, causal=causal, rngs=nnx.Rngs(0))
+        assert layer.C.shape[0] == dirs, (causal, layer.C.shape)

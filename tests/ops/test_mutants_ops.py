@@ -1,9 +1,10 @@
 """Op behaviour that mutation testing (scripts/mutation.py) found unchecked."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqlab.ops import hippo
+from seqlab.ops import hippo, ssd
 
 
 @pytest.mark.parametrize("measure", ["legs", "legt", "lagt", "fout"])
@@ -16,3 +17,13 @@ def test_hippo_measure_compared_by_value(measure):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(hippo.rank_correction(built, 6),
                                   hippo.rank_correction(measure, 6))
+
+
+def test_quasiseparable_rejects_dt_bw_of_another_shape():
+    """dt_bw shorter than dt_fw (a tuple that compares below it) is an error, not truncated."""
+    b, t, h, p, g, n = 1, 4, 2, 2, 1, 2
+    z = jnp.zeros
+    with pytest.raises(ValueError, match="one shape"):
+        ssd.quasiseparable(z((b, t, h, p)), z((b, t, h)), z((b, t - 1, h)), z((h,)),
+                           z((b, t, g, n)), z((b, t, g, n)), z((b, t, g, n)), z((b, t, g, n)),
+                           z((b, t, h)))
