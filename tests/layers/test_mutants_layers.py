@@ -2,9 +2,11 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from seqlab.layers.common import apply_mask
+from seqlab.layers.hydra import Hydra
 from seqlab.layers.s5 import S5
 from seqlab.layers.sparse import DSA
 
@@ -37,3 +39,10 @@ def test_s5_output_matrix_per_direction():
     for causal, dirs in ((True, 1), (False, 2)):
         layer = S5(8, d_state=4, blocks=1, causal=causal, rngs=nnx.Rngs(0))
         assert layer.C.shape[0] == dirs, (causal, layer.C.shape)
+
+
+def test_hydra_names_itself_for_an_even_d_conv():
+    """Hydra's own check (not only ShortConv's) names the layer and the option."""
+    for bad in (4, 0):
+        with pytest.raises(ValueError, match="Hydra: d_conv must be a positive odd"):
+            Hydra(16, d_conv=bad, head_dim=4, d_state=4, rngs=nnx.Rngs(0))
