@@ -7,6 +7,7 @@ from flax import nnx
 
 from seqlab.layers.common import apply_mask
 from seqlab.layers.hydra import Hydra
+from seqlab.layers.s4d import S4D
 from seqlab.layers.s5 import S5
 from seqlab.layers.sparse import DSA
 
@@ -46,3 +47,19 @@ def test_hydra_names_itself_for_an_even_d_conv():
     for bad in (4, 0):
         with pytest.raises(ValueError, match="Hydra: d_conv must be a positive odd"):
             Hydra(16, d_conv=bad, head_dim=4, d_state=4, rngs=nnx.Rngs(0))
+
+
+def test_s4d_c_is_complex_standard_normal():
+    """S4D's C ~ CN(0, 1): real and imaginary parts N(0, 1/2) (S4's init); 2 x 32 x 32 samples
+    per part, so the mean is within 5 standard errors (0.06) and the variance within 10%."""
+    c = np.asarray(S4D(32, d_state=64, rngs=nnx.Rngs(0)).C[...])  # [dirs, H, M, 2]
+    for part in (c[..., 0], c[..., 1]):
+        assert abs(part.mean()) < 5 * np.sqrt(0.5 / part.size), part.mean()
+        assert abs(part.var() - 0.5) < 0.05, part.var()
+
+
+def test_dsa_indexer_without_rope():
+    """index_rope_dim=0 (no RoPE in the indexer) is allowed and leaves q_idx, k_idx unrotated."""
+    layer = DSA(16, n_heads=2, topk=4, index_rope_dim=0, index_head_dim=8, rngs=nnx.Rngs(0))
+    z = jnp.ones((1, 3, 2, 8))
+    np.testing.assert_array_equal(layer._rope(z, jnp.arange(3)), z)
