@@ -63,3 +63,24 @@ def test_dsa_indexer_without_rope():
     layer = DSA(16, n_heads=2, topk=4, index_rope_dim=0, index_head_dim=8, rngs=nnx.Rngs(0))
     z = jnp.ones((1, 3, 2, 8))
     np.testing.assert_array_equal(layer._rope(z, jnp.arange(3)), z)
+
+
+def test_dsa_base_mla_builds_mla():
+    from seqlab.layers.attention import MultiHeadAttention
+    from seqlab.layers.mla import MLA
+
+    assert isinstance(DSA(16, base="mla", n_heads=2, rngs=nnx.Rngs(0)).attn, MLA)
+    assert type(DSA(16, base="mha", n_heads=2, rngs=nnx.Rngs(0)).attn) is MultiHeadAttention
+
+
+def test_eager_decode_checks_the_position():
+    """Outside jit the cache position is known: decoding within the cache works, and a write
+    that ends past max_length from a later position raises (t alone fits)."""
+    from seqlab.layers.attention import MultiHeadAttention
+
+    layer = MultiHeadAttention(16, n_heads=2, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 3, 16))
+    y, cache = layer.decode(x, layer.init_cache(1, 4))
+    assert y.shape == (1, 3, 16)
+    with pytest.raises(ValueError, match="cache overflow"):
+        layer.decode(x[:, :2], cache)
