@@ -84,3 +84,12 @@ def test_eager_decode_checks_the_position():
     assert y.shape == (1, 3, 16)
     with pytest.raises(ValueError, match="cache overflow"):
         layer.decode(x[:, :2], cache)
+
+
+def test_real_part_of_each_parametrisation():
+    """Re(Lambda) = -exp(p) ('exp') or min(p, -1e-4) ('clip')."""
+    from seqlab.layers.common import real_part
+
+    p = np.array([-2.0, -0.5, -1e-5, 0.3], np.float32)
+    np.testing.assert_allclose(real_part(jnp.asarray(p), "exp"), -np.exp(p), rtol=1e-6)
+    np.testing.assert_array_equal(real_part(jnp.asarray(p), "clip"), np.minimum(p, -1e-4))
