@@ -289,6 +289,9 @@ def _check(m: dict, args, cover, durations) -> dict:
             killed = p.returncode != 0
             tail = p.stdout.strip().splitlines()[-1:] if p.stdout else []
             res.update(outcome="killed" if killed else "survived", detail=" ".join(tail))
+            failed = [ln for ln in p.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+            if failed:  # the killing test
+                res["by"] = failed[0].split()[1]
         except subprocess.TimeoutExpired:
             res.update(outcome="killed", detail="timeout")
     finally:
@@ -325,7 +328,7 @@ def cmd_rerun(args) -> None:
     shutil.rmtree(tree / "tests")
     shutil.copytree(REPO / "tests", tree / "tests")
     survivors = {j for j, r in _results(args.workdir).items()
-                 if r["outcome"] == "survived" and r["detail"] != "not reached"}
+                 if r["outcome"] == "survived" and (args.fallback or r["detail"] != "not reached")}
     cmd_run(args, only=survivors)
 
 
