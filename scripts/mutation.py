@@ -33,7 +33,8 @@ Steps:
    newer than the map reach no mutant through it: name them with ``--with`` (run after the
    covering tests of every survivor). With ``--fallback`` a mutant on a line the map does not
    know (code newer than the map, decorators and defaults run at import) is checked by its
-   module's own test file, tests/<dir>/test_<module>.py, where there is one.
+   module's own test file, tests/<dir>/test_<module>.py, where there is one; ``rerun
+   --fallback`` re-checks only those.
 
 Run it niced on a shared machine: ``nice -n 10 python scripts/mutation.py run ...``.
 """
@@ -328,7 +329,7 @@ def cmd_rerun(args) -> None:
     shutil.rmtree(tree / "tests")
     shutil.copytree(REPO / "tests", tree / "tests")
     survivors = {j for j, r in _results(args.workdir).items()
-                 if r["outcome"] == "survived" and (args.fallback or r["detail"] != "not reached")}
+                 if r["outcome"] == "survived" and (r["detail"] == "not reached") == args.fallback}
     cmd_run(args, only=survivors)
 
 
