@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers.attention import MultiHeadAttention
@@ -79,5 +80,5 @@ def test_low_rank_is_the_balanced_pca_of_the_paper():
     _, _, vt = np.linalg.svd(m)
     m6 = m @ vt[:6].T @ vt[:6]
     got_k, got_v = kv(gqa_to_mla(gqa, 6, rope_heads=1))
-    np.testing.assert_allclose(got_k, m6[:, :8] / alpha, atol=1e-5 * np.abs(wk).max())
-    np.testing.assert_allclose(got_v, m6[:, 8:], atol=1e-5 * np.abs(wv).max())
+    assert_close(got_k, m6[:, :8] / alpha, atol=1e-5 * np.abs(wk).max())
+    assert_close(got_v, m6[:, 8:], atol=1e-5 * np.abs(wv).max())

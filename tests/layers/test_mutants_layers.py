@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers.common import apply_mask
@@ -31,7 +32,7 @@ def test_apply_mask_any_rank():
     want = x * mask[:, :, None, None, None]
     for nd in (3, 4, 5):
         xi = x.reshape(x.shape[:nd - 1] + (-1,))
-        np.testing.assert_array_equal(apply_mask(jnp.asarray(xi), jnp.asarray(mask)),
+        assert_close(apply_mask(jnp.asarray(xi), jnp.asarray(mask)),
                                       want.reshape(xi.shape))
 
 
@@ -62,7 +63,7 @@ def test_dsa_indexer_without_rope():
     """index_rope_dim=0 (no RoPE in the indexer) is allowed and leaves q_idx, k_idx unrotated."""
     layer = DSA(16, n_heads=2, topk=4, index_rope_dim=0, index_head_dim=8, rngs=nnx.Rngs(0))
     z = jnp.ones((1, 3, 2, 8))
-    np.testing.assert_array_equal(layer._rope(z, jnp.arange(3)), z)
+    assert_close(layer._rope(z, jnp.arange(3)), z)
 
 
 def test_dsa_base_mla_builds_mla():
@@ -91,5 +92,5 @@ def test_real_part_of_each_parametrisation():
     from seqlab.layers.common import real_part
 
     p = np.array([-2.0, -0.5, -1e-5, 0.3], np.float32)
-    np.testing.assert_allclose(real_part(jnp.asarray(p), "exp"), -np.exp(p), rtol=1e-6)
-    np.testing.assert_array_equal(real_part(jnp.asarray(p), "clip"), np.minimum(p, -1e-4))
+    assert_close(real_part(jnp.asarray(p), "exp"), -np.exp(p), rtol=1e-6)
+    assert_close(real_part(jnp.asarray(p), "clip"), np.minimum(p, -1e-4))
