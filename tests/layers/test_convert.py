@@ -23,9 +23,9 @@ def test_full_rank_is_exact(hq, hk):
     mla = gqa_to_mla(gqa, calib_x=calib)
     assert cache_bytes(mla) == cache_bytes(gqa)
     want = jax.jit(lambda x: gqa(x))(x)
-    np.testing.assert_allclose(jax.jit(lambda x: mla(x))(x), want, atol=2e-5)
+    assert_close(jax.jit(lambda x: mla(x))(x), want, atol=2e-5)
     y, _ = jax.jit(mla.decode)(x, mla.init_cache(2, 9))  # absorbed decode path (prefill)
-    np.testing.assert_allclose(y, want, atol=2e-5)
+    assert_close(y, want, atol=2e-5)
 
 
 def test_error_falls_with_rank():
