@@ -25,8 +25,15 @@ def is_split(data: Any) -> bool:
 
 
 def load_split(cfg: Config, split: str):
-    """The ``split`` of the config's data source (``data.sizes[split]`` examples if set)."""
+    """The ``split`` of the config's data source (``data.sizes[split]`` examples if set).
+
+    Many processes: process 0 loads it first, generating or downloading it into ``data.root``
+    (default: the HF datasets cache); the others load it after, so with a ``data.root`` that
+    every host sees they memory-map process 0's copy instead of generating their own, and each
+    reads only the pages of its own rows (``Loader(rows=...)``). With a per-host folder each
+    host builds its own identical copy (the generators are deterministic)."""
     from seqlab import data as data_lib
+    from seqlab.train.sharding import process_zero_first
 
     options = dict(cfg.data.options)
     if split in cfg.data.sizes:
@@ -36,7 +43,9 @@ def load_split(cfg: Config, split: str):
         raise ConfigError(
             f"data.sizes has unknown splits {sorted(unknown)}; valid: train, val, test."
         )
-    return data_lib.load(cfg.data.name, split, cfg.data.root, **options)
+    return process_zero_first(
+        f"the {split} split of data source {cfg.data.name!r}",
+        lambda: data_lib.load(cfg.data.name, split, cfg.data.root, **options))
 
 
 def check_labels(split, name: str) -> None:

@@ -18,6 +18,7 @@ from seqlab.config import Config, TaskInfo, import_modules
 from seqlab.models import build_model
 from seqlab.train.inputs import check_batch_size, load_split
 from seqlab.train.progress import TrainingDiverged
+from seqlab.train.sharding import maybe_initialize_distributed
 from seqlab.train.trainer import Trainer
 from seqlab.train.workdir import load_workdir_config, prepare_workdir, save_task_info
 
@@ -44,6 +45,7 @@ def train(cfg: Config, workdir: str | epath.PathLike) -> dict:
     results.json) or after ``train.stop_after`` (a resumable pause)."""
     workdir = epath.Path(workdir)
     check_batch_size(cfg.train.batch_size, cfg.train.eval_batch_size, cfg.mesh)
+    maybe_initialize_distributed(cfg.mesh)  # before the data: process 0 prepares it first
     train_split, val_split = load_split(cfg, "train"), load_split(cfg, "val")
     trainer = make_trainer(cfg, train_split.info, workdir, train_split, val_split)
     prepare_workdir(cfg, workdir)
@@ -69,6 +71,7 @@ def evaluate(workdir: str | epath.PathLike, split: str = "val",
              checkpoint: str = "best") -> dict:
     """Accuracy and loss of the workdir's ``best`` (or ``latest``) checkpoint on ``split``."""
     cfg = load_workdir_config(workdir)
+    maybe_initialize_distributed(cfg.mesh)
     data = load_split(cfg, split)
     trainer = make_trainer(cfg, data.info, workdir)
     step = trainer.restore(checkpoint)

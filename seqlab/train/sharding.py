@@ -2,12 +2,16 @@
 
 Many processes (``mesh.distributed``): the mesh spans every process's devices; each process
 places the shards of the (identical) initial state that its devices hold (``place``) and feeds
-the rows of each global batch that its devices hold (``batch_rows``, ``shard_batch``).
+the rows of each global batch that its devices hold (``batch_rows``, ``shard_batch``). What
+every process needs from disk, process 0 prepares first (``process_zero_first``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +20,11 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from seqlab.config import ConfigError, MeshConfig
+from seqlab.utils import UserError
+
+T = TypeVar("T")
+PREPARE_TIMEOUT_S = 6 * 3600  # the longest a process waits for process 0 to prepare data
+_calls = itertools.count()
 
 
 def maybe_initialize_distributed(cfg: MeshConfig) -> None:
@@ -32,6 +41,48 @@ def maybe_initialize_distributed(cfg: MeshConfig) -> None:
         num_processes=int(env["JAX_NUM_PROCESSES"]) if env["JAX_NUM_PROCESSES"] else None,
         process_id=int(env["JAX_PROCESS_ID"]) if env["JAX_PROCESS_ID"] else None,
     )
+
+
+def process_zero_first(what: str, fn: Callable[[], T],
+                       timeout_s: float = PREPARE_TIMEOUT_S) -> T:
+    """``fn()`` on process 0, then on every other process: what process 0 generates, downloads
+    or caches (under a folder every host sees) the others then read instead of building again.
+
+    Process 0 publishes the outcome in the coordination service's key-value store (the one
+    ``jax.distributed`` runs, as orbax uses it): on success the others call ``fn`` themselves; on
+    failure they raise a ``UserError`` quoting process 0's error, so no process waits at a
+    collective that will never come. Every process must make the same calls in the same order
+    (the keys are numbered). One process, or jax.distributed not initialised: ``fn()``.
+    what: names the work in messages ("data listops/train").
+    """
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return fn()
+    from jax._src import distributed  # the coordination service client (no public handle)
+
+    client = distributed.global_state.client
+    key = f"seqlab/first/{next(_calls)}"
+    if jax.process_index() == 0:
+        try:
+            out = fn()
+        except BaseException as e:
+            client.key_value_set(key, f"{type(e).__name__}: {e}")
+            raise
+        client.key_value_set(key, "ok")
+        return out
+    try:
+        status = client.blocking_key_value_get(key, int(timeout_s * 1000))
+    except Exception as e:  # deadline passed, or process 0 (the coordinator) is gone
+        raise UserError(
+            f"process {jax.process_index()} waited for process 0 to prepare {what} and gave "
+            f"up ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); process 0 "
+            "stopped or took longer than "
+            f"{timeout_s:.0f} s. Its output says why; run the same command again once it is "
+            "fixed."
+        ) from None
+    if status != "ok":
+        raise UserError(f"process 0 could not prepare {what}, so this process stops too: "
+                        f"{status}")
+    return fn()
 
 
 def make_mesh(cfg: MeshConfig) -> Mesh:
