@@ -32,7 +32,7 @@ from seqlab.layers.common import (
     reject_renamed,
 )
 from seqlab.layers.protocol import register_mixer
-from seqlab.ops.delta import delta_product, delta_product_recurrent
+from seqlab.ops.delta import AUTO_CHUNK_STEPS, delta_product, delta_product_recurrent
 
 
 def _l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -64,7 +64,7 @@ class _DeltaRuleMixer(nnx.Module):
         use_output_gate: bool = True,
         allow_neg_eigval: bool = False,
         d_conv: int = 4,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         norm_eps: float = 1e-5,
         A_init_range: tuple[float, float] = (1.0, 16.0),
         dt_min: float = 0.001,
@@ -82,7 +82,7 @@ class _DeltaRuleMixer(nnx.Module):
                              f"{n_heads}, {head_dim}, {v_dim}")
         if n_householder < 1:
             raise ValueError(f"{name}: n_householder must be >= 1, got {n_householder}")
-        if d_conv < 1 or chunk_size < 1:
+        if d_conv < 1 or (chunk_size is not None and chunk_size < 1):
             raise ValueError(f"{name}: d_conv and chunk_size must be >= 1, got "
                              f"{d_conv}, {chunk_size}")
         lo, hi = A_init_range
@@ -182,7 +182,9 @@ class _DeltaRuleMixer(nnx.Module):
         v, cv = self.v_conv.decode(self.v_proj(x), cache["v_conv"])
         q, k, v = self._qkv(q, k, v)
         beta, g = self._gates(x, None)
-        op = delta_product if x.shape[1] >= self.chunk_size else delta_product_recurrent
+        # the chunked op from one chunk of new tokens on (a prefill), step by step below that
+        chunked_from = self.chunk_size or max(1, AUTO_CHUNK_STEPS // self.n_householder)
+        op = delta_product if x.shape[1] >= chunked_from else delta_product_recurrent
         o, state = op(q, k, v, beta, g, num_householder=self.n_householder,
                       chunk_size=self.chunk_size, initial_state=cache["state"])
         return self._out(o, x), {"q_conv": cq, "k_conv": ck, "v_conv": cv, "state": state}
@@ -194,7 +196,7 @@ class DeltaNet(_DeltaRuleMixer):
 
     Options: n_heads=4, head_dim=d_model/n_heads, expand_v=1, use_output_gate=False,
     allow_neg_eigval=False (beta in [0, 1]; True: [0, 2]), d_conv=4 (short convolution kernel),
-    chunk_size=64.
+    chunk_size=None (picked from the length, ``ops.delta.auto_chunk_size``).
     """
 
     @reject_renamed

@@ -346,6 +346,9 @@ def _chunked_bwd(n, res, cts):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
+AUTO_CHUNK_STEPS = 32  # Householder micro-steps per chunk when chunk_size=None
+
+
 def auto_chunk_size(length: int, num_householder: int = 1) -> int:
     """Tokens per chunk when ``chunk_size=None``: 32 micro-steps per chunk (at most ``length``).
 
@@ -353,7 +356,7 @@ def auto_chunk_size(length: int, num_householder: int = 1) -> int:
     8/16/32/64/128 for the forward and for forward+backward (docs/performance.md); for n > 1 the
     chunk keeps the same number of Householder micro-steps.
     """
-    return max(1, min(length, 32 // num_householder))
+    return max(1, min(length, AUTO_CHUNK_STEPS // num_householder))
 
 
 def delta_product(
