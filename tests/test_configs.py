@@ -31,7 +31,7 @@ def test_config_is_valid_and_its_model_builds(path):
     # the model builds (shapes only: nnx.eval_shape, no memory, no compile)
     task = "retrieval" if cfg.data.name == "retrieval" else "classify"
     info = TaskInfo(task, n_classes=10, vocab_size=256, input_dim=None, max_length=4096)
-    if cfg.data.name == "text_lm":
+    if cfg.data.name in ("text_lm", "stdlib_text"):
         info = TaskInfo("token", 256, 256, None, 4096, causal=True)
     model = nnx.eval_shape(lambda: build_model(cfg.model, info, rngs=nnx.Rngs(0)))
     assert len(model.backbone.blocks) == cfg.model.n_layers

@@ -16,7 +16,7 @@ from seqlab.data.loader import Loader
 from seqlab.data.lra import image, retrieval, text
 from seqlab.data.pathfinder import pathfinder
 from seqlab.data.synthetic import modular, mqar, parity, permutation
-from seqlab.data.text_lm import text_lm
+from seqlab.data.text_lm import stdlib_text, text_lm
 from seqlab.data.types import Split, TaskInfo, describe_only
 from seqlab.utils import did_you_mean
 
@@ -24,7 +24,7 @@ SOURCES: dict[str, Callable[..., Split]] = {
     "arrays": arrays, "listops": listops, "pathfinder": pathfinder, "text": text,
     "retrieval": retrieval, "image": image,
     "parity": parity, "modular": modular, "permutation": permutation, "mqar": mqar,
-    "text_lm": text_lm,
+    "text_lm": text_lm, "stdlib_text": stdlib_text,
 }
 
 SPLITS = ("train", "val", "test")

@@ -1,6 +1,8 @@
-"""Byte-level language modelling on any local text file (a token task with next-byte labels).
+"""Byte-level language modelling (a token task with next-byte labels) on a local text file
+(``text_lm``) or on the Python standard library's source (``stdlib_text``: a real corpus that
+every machine with Python has, ``seqlab.data.stdlib_text``).
 
-The file's bytes are cut into three contiguous regions (train | val | test, in that order, so no
+The corpus' bytes are cut into three contiguous regions (train | val | test, in that order, so no
 window of one split overlaps another). A split is a set of windows of ``length + 1`` bytes w:
 inputs ``w[:-1]``, labels ``w[1:]`` (the next byte at every position). Vocabulary: 256 bytes.
 """
@@ -12,9 +14,15 @@ import os
 import datasets
 import numpy as np
 
+from seqlab.data.stdlib_text import stdlib_bytes
 from seqlab.data.types import Split, TaskInfo, describing
 
 VOCAB = 256
+
+
+def _info(length: int) -> TaskInfo:
+    return TaskInfo(task="token", n_classes=VOCAB, vocab_size=VOCAB, input_dim=None,
+                    max_length=length, causal=True)
 
 
 def _region(n: int, split: str, val_fraction: float, test_fraction: float) -> tuple[int, int]:
@@ -45,31 +53,65 @@ def text_lm(
     Returns a token task: inputs [length] bytes, labels [length] next bytes, TaskInfo(causal=True).
     """
     if describing():
-        return Split(None, TaskInfo(task="token", n_classes=VOCAB, vocab_size=VOCAB,
-                                    input_dim=None, max_length=length, causal=True))
+        return Split(None, _info(length))
     if root is not None and not os.path.isabs(path):
         path = os.path.join(root, path)
     if not os.path.isfile(path):
         raise ValueError(f"text_lm: no such file {path!r} (data.path)")
-    if length < 1:
-        raise ValueError(f"text_lm: length must be >= 1, got {length}")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"text_lm: need 0 <= val_fraction, test_fraction and a sum < 1, got {val_fraction}, "
-            f"{test_fraction}"
-        )
     with open(path, "rb") as f:
         data = np.frombuffer(f.read(), np.uint8)
+    return _windows("text_lm", repr(path), data, split, length, size, val_fraction,
+                    test_fraction, seed)
+
+
+def stdlib_text(
+    split: str,
+    root: str | None = None,
+    *,
+    length: int = 256,
+    size: int | None = None,
+    max_bytes: int | None = 8_000_000,
+    val_fraction: float = 0.0625,
+    test_fraction: float = 0.0625,
+    seed: int = 0,
+) -> Split:
+    """Next-byte prediction windows from the Python standard library's source
+    (``stdlib_text.stdlib_bytes(max_bytes)``: the ``.py`` files in sorted order, the same bytes
+    on every machine with the same Python version; no download).
+
+    root: unused (the corpus is this Python's standard library). max_bytes: the first bytes of
+    the concatenation used (None: all of it, ~30 MB for Python 3.11). The other options are
+    ``text_lm``'s; the defaults hold out the last 500,000 of 8,000,000 bytes for val and as
+    many for test.
+    """
+    del root
+    if describing():
+        return Split(None, _info(length))
+    data = stdlib_bytes(max_bytes)
+    return _windows("stdlib_text", "the standard-library corpus", data, split, length, size,
+                    val_fraction, test_fraction, seed)
+
+
+def _windows(source: str, what: str, data: np.ndarray, split: str, length: int,
+             size: int | None, val_fraction: float, test_fraction: float, seed: int) -> Split:
+    """The ``split``'s windows of ``data`` (uint8 [n]): inputs/labels [windows, length]."""
+    if length < 1:
+        raise ValueError(f"{source}: length must be >= 1, got {length}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"{source}: need 0 <= val_fraction, test_fraction and a sum < 1, got "
+            f"{val_fraction}, {test_fraction}"
+        )
     lo, hi = _region(len(data), split, val_fraction, test_fraction)
     if hi - lo < length + 1:
         raise ValueError(
-            f"text_lm: the {split} region of {path!r} has {hi - lo} bytes, fewer than "
-            f"length + 1 = {length + 1}; use a larger file, a shorter length or other fractions"
+            f"{source}: the {split} region of {what} has {hi - lo} bytes, fewer than "
+            f"length + 1 = {length + 1}; use a larger corpus, a shorter length or other fractions"
         )
     if size is None:
         starts = np.arange(lo, hi - length, length)
     elif size < 1:
-        raise ValueError(f"text_lm: size must be >= 1 or None, got {size}")
+        raise ValueError(f"{source}: size must be >= 1 or None, got {size}")
     else:
         rng = np.random.default_rng([seed, ("train", "val", "test").index(split)])
         starts = lo + rng.integers(0, hi - lo - length, size)
@@ -77,6 +119,4 @@ def text_lm(
     table = datasets.Dataset.from_dict(
         {"inputs": windows[:, :-1].tolist(), "label": windows[:, 1:].tolist()}
     )
-    info = TaskInfo(task="token", n_classes=VOCAB, vocab_size=VOCAB, input_dim=None,
-                    max_length=length, causal=True)
-    return Split(table, info)
+    return Split(table, _info(length))

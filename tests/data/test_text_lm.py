@@ -1,4 +1,5 @@
-"""text_lm: next-byte windows from a local file, disjoint splits, registry and options."""
+"""text_lm / stdlib_text: next-byte windows from a local file or the standard library's source,
+disjoint splits, registry and options."""
 
 import numpy as np
 import pytest
@@ -48,3 +49,21 @@ def test_errors(text_file):
         load("text_lm", "val", path=str(path), length=4000)
     with pytest.raises(ValueError, match="no option"):
         load("text_lm", "train", path=str(path), lenght=3)
+
+
+def test_stdlib_text_windows_come_from_the_corpus():
+    from seqlab.data.stdlib_text import stdlib_bytes
+
+    raw = stdlib_bytes(20_000)
+    train = load("stdlib_text", "train", length=32, max_bytes=20_000)
+    x, y = (np.asarray(train.data.with_format("numpy")[:][k]) for k in ("inputs", "label"))
+    assert train.info.causal and train.info.vocab_size == 256 and x.shape[1] == 32
+    np.testing.assert_array_equal(x[1], raw[32:64])
+    np.testing.assert_array_equal(y[1], raw[33:65])
+    test = load("stdlib_text", "test", length=32, max_bytes=20_000, size=5, seed=3)
+    n_test = int(20_000 * 0.0625)
+    rows = test.data.with_format("numpy")[:]["inputs"]
+    assert len(test) == 5
+    assert all(bytes(r.astype(np.uint8)) in bytes(raw[-n_test:]) for r in rows)
+    with pytest.raises(ValueError, match="fewer than"):
+        load("stdlib_text", "val", length=2000, max_bytes=20_000)
