@@ -238,3 +238,23 @@ def test_kernel_dplr_gradients_and_zero_rank_term_is_kernel_diag():
         )
     with pytest.raises(ValueError, match="length"):
         ssm.kernel_dplr(*map(jnp.asarray, (Lam, P, B, C, dt)), 0)
+
+
+@pytest.mark.parametrize("length", [1, 5, 6, 13])
+def test_c_from_c_tilde_inverts_c_times_i_minus_da_power(length):
+    """C~ = C (I - dA^L) built with numpy's matrix_power on the dense system; c_from_c_tilde
+    must return C. Short L and dt up to 0.5 keep dA^L far from 0 (odd and even L, so every
+    branch of the repeated squaring counts)."""
+    rng = np.random.default_rng(length)
+    Lam, P, _, C, dt = _random_dplr(rng, 3, 4, 1)
+    C_t = np.empty_like(C)
+    for h in range(3):
+        A, _, c_full = _full_system(Lam[h], P[:, h], C[h], C[h])
+        inv = np.linalg.inv(np.eye(8) - dt[h] / 2 * A)
+        dA = inv @ (np.eye(8) + dt[h] / 2 * A)
+        power = np.linalg.matrix_power(dA, length)
+        assert np.abs(power).max() > 0.1  # the correction is not negligible
+        C_t[h] = (c_full @ (np.eye(8) - power))[:4]
+    with jax.enable_x64(True):
+        got = ssm.c_from_c_tilde(*map(jnp.asarray, (Lam, P, C_t, dt)), length)
+        assert_close(np.asarray(got), C, rtol=1e-9, atol=1e-10)
