@@ -146,6 +146,19 @@ def take_rows(batch: dict[str, np.ndarray], rows: tuple[int, int] | None) -> dic
     return batch if rows is None else {k: v[rows[0]:rows[1]] for k, v in batch.items()}
 
 
+def check_reiterable(data: Any) -> None:
+    """Evaluation data must give its batches again on every evaluation: a Split, a callable or a
+    re-iterable; a one-shot iterator (``iter(data) is data``, a generator) is refused."""
+    if is_split(data) or isinstance(data, Callable):
+        return
+    if iter(data) is data:
+        raise ValueError(
+            "evaluation data is a one-shot iterator (a generator?), which is empty after the "
+            "first evaluation; pass a re-iterable (a list of batches, a seqlab Split) or a "
+            "callable that returns a fresh iterator."
+        )
+
+
 def eval_batches(data: Any, batch_size: int, pad_to: str,
                  rows: tuple[int, int] | None = None) -> Iterable[dict]:
     """Every example of ``data`` once, in order: a Split through a non-repeating Loader (weight-0
@@ -161,14 +174,9 @@ def eval_batches(data: Any, batch_size: int, pad_to: str,
 
         return Loader(data, batch_size, shuffle=False, drop_remainder=False, repeat=False,
                       pad_to=pad_to, rows=rows)
+    check_reiterable(data)
     if isinstance(data, Callable):
         data = data()
-    elif iter(data) is data:
-        raise ValueError(
-            "evaluation data is a one-shot iterator (a generator?), which is empty after the "
-            "first evaluation; pass a re-iterable (a list of batches, a seqlab Split) or a "
-            "callable that returns a fresh iterator."
-        )
     return (take_rows(b, rows) for b in _counted(complete(b) for b in data))
 
 

@@ -38,6 +38,7 @@ from seqlab.train.inputs import (
     TrainStream,
     check_batch_size,
     check_labels,
+    check_reiterable,
     eval_batches,
     is_split,
 )
@@ -90,6 +91,8 @@ class Trainer:
         for data, name in ((train_data, "train"), (val_data, "val")):
             if is_split(data):
                 check_labels(data, name)
+        if val_data is not None:
+            check_reiterable(val_data)  # before any step is trained, not at the first validation
         maybe_initialize_distributed(self.mesh_config)
         self.mesh = make_mesh(self.mesh_config)
         if not isinstance(model, nnx.Module):

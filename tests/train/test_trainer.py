@@ -85,3 +85,5 @@ def test_evaluation_refuses_one_shot_and_empty_data():
     with pytest.raises(ValueError, match="no example to count"):
         trainer.evaluate([])
     assert trainer.evaluate(lambda: iter(batches(1, 1)))["count"] == 8  # a fresh iterator
+    with pytest.raises(ValueError, match="one-shot iterator"):  # at construction, not mid-run
+        Trainer(Bag(rngs=nnx.Rngs(0)), batches(1, 0), CFG, val_data=iter(batches(1, 1)))
