@@ -8,6 +8,7 @@ Causal mixers add ``init_cache(batch_size, max_length, dtype)`` and ``decode(x, 
 """
 
 from seqlab.layers.attention import MultiHeadAttention
+from seqlab.layers.bidirectional import Bidirectional
 from seqlab.layers.common import RENAMED_ARGS, check_renamed
 from seqlab.layers.deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 from seqlab.layers.hydra import Hydra, Mamba2
@@ -21,6 +22,7 @@ from seqlab.layers.sparse import DSA, TopKAttention
 __all__ = [
     "MIXERS",
     "RENAMED_ARGS",
+    "Bidirectional",
     "CausalMixer",
     "DSA",
     "DeltaNet",

@@ -29,6 +29,7 @@ CASES = {
     "s5-bidirectional": {"d_state": 8, "blocks": 2, "causal": False},
     "hydra": {"d_state": 8, "head_dim": 16, "chunk_size": 5},
     "mamba2": {"d_state": 8, "head_dim": 16, "chunk_size": 5},
+    "bidirectional": {"combine": "concat", "d_state": 8, "head_dim": 16, "chunk_size": 5},
     "deltanet": {"chunk_size": 4},
     "gated-deltanet": {"chunk_size": 4},
     "deltaproduct": {"chunk_size": 4},

@@ -14,6 +14,7 @@ TINY = {
     "hydra": dict(d_state=4, head_dim=8), "mamba2": dict(d_state=4, head_dim=8),
     "s4d": dict(d_state=4), "s4-ptd": dict(d_state=4), "s4": dict(d_state=4),
     "s5": dict(d_state=4, blocks=1),
+    "bidirectional": dict(combine="concat", d_state=4, head_dim=8),
 }
 # mixers whose direction is an argument (the others fix it by class)
 TAKES_CAUSAL = {"mha", "topk", "mla", "s4d", "s4-ptd", "s4", "s5"}
@@ -45,7 +46,7 @@ def test_causal_attribute_agrees_with_decode(name):
         assert m.causal == extra.get("causal", m.causal)
         if m.causal:
             assert isinstance(m, CausalMixer)
-    expected = {"hydra": False}.get(name, True)  # every default is causal except Hydra's
+    expected = {"hydra": False, "bidirectional": False}.get(name, True)  # the non-causal ones
     assert _build(name, **TINY[name]).causal is expected
 
 
@@ -56,6 +57,7 @@ OLD = {  # mixer -> old argument names it used to take (or that mean one of its 
     "s4d": ["bidirectional"], "s4-ptd": ["bidirectional"], "s4": ["bidirectional"],
     "s5": ["bidirectional"], "mha": ["rope"], "topk": ["rope"], "mla": ["qk_rope_head_dim"],
     "dsa": ["num_heads", "rope"],
+    "bidirectional": ["headdim", "ngroups"],
 }
 
 
