@@ -148,3 +148,22 @@ def test_bad_arguments_and_no_decode():
         layer.decode(jnp.zeros((1, 1, D)), None)
     with pytest.raises(ValueError, match="expects x of shape"):
         layer(jnp.zeros((1, 3, D + 1)))
+
+
+def test_built_from_a_config_and_padding_blind_in_a_classifier():
+    """``mixer: bidirectional`` in a config: a classifier reads the same features from a
+    right-padded batch as from the unpadded one."""
+    from seqlab.config import ModelConfig, TaskInfo
+    from seqlab.models import build_model
+
+    cfg = ModelConfig(mixer="bidirectional", d_model=D, n_layers=1, pool="mean",
+                      mixer_args=dict(combine="mul", **INNER))
+    info = TaskInfo(task="classify", n_classes=3, vocab_size=11, input_dim=None, max_length=16)
+    model = build_model(cfg, info, rngs=nnx.Rngs(0))
+    model.eval()
+    apply = jax.jit(lambda x, m: model(x, m), compiler_options=FAST)
+    tokens = jax.random.randint(jax.random.key(1), (2, 7), 1, 11)
+    pad = jnp.full((2, 4), 5)
+    mask = jnp.concatenate([jnp.ones((2, 7), bool), jnp.zeros((2, 4), bool)], 1)
+    assert_close(apply(jnp.concatenate([tokens, pad], 1), mask),
+                 apply(tokens, jnp.ones((2, 7), bool)), rtol=2e-5, atol=2e-5)
