@@ -72,6 +72,8 @@ SPECS: dict[str, MixerSpec] = {
     "deltaproduct": _delta_spec(2, gated=True),
     "mamba2": MixerSpec("L", _ssd_cost(1), op=_ssd_op, reference=_ssd_ref),
     "hydra": MixerSpec("L", _ssd_cost(2), op=_hydra_op, reference=_hydra_ref),
+    # two Mamba-2 passes (the default inner mixer), one per direction
+    "bidirectional": MixerSpec("L", _ssd_cost(2), op=_ssd_op, reference=_ssd_ref),
     "mha": MixerSpec("L^2", _attn_cost, op=_dense_op, reference=_naive_attn,
                      peers=(_jax_sdpa, _fla_attn)),
     "mla": MixerSpec("L^2", _attn_cost, op=_dense_op, reference=_naive_attn,
