@@ -31,12 +31,16 @@ std of these small LMs (row 9 of docs/reproductions.md: 0.018-0.032) and ~0.7% o
 Indexer recall: the share of the dense attention mass (the eq. 3 target p_t) on the indexer's
 top-k set, on queries t >= k (where selection drops keys), beside the best possible top-k share.
 Timing: batch 1 at lengths 4096 and 8192, the same 2-layer architecture (indexer block 1024),
-median of 3 after one warm-up call, in one process: forward (inference path) and forward+backward
-for dense MLA, DSA as trained (LM + eq. 4 KL) and DSA on the LM loss alone; the indexer's share
-is the indexer's top-k selection alone over the time of the whole ``dsa`` op of one layer.
+median of 3 interleaved rounds after one warm-up call each, in one process: forward (inference
+path) and forward+backward for dense MLA, DSA as trained (LM + eq. 4 KL) and DSA on the LM loss
+alone; the indexer's share is the indexer's top-k selection alone over the time of the whole
+``dsa`` op of one layer.
 
-Budget: about 25 minutes on the idle 2-core CPU (3 seeds x (300 dense + 40 warm-up + 2 x 120)
-steps, then the timing); ``--smoke``: seconds.
+Budget: about 20 minutes on the idle 2-core CPU (3 seeds x (300 dense + 60 warm-up + 2 x 120)
+steps, then the timing; measured: 46 minutes under a load average of 14 falling to 3);
+``--seeds 0``: the timing alone (its plot goes to the temporary directory); ``--smoke``: one
+seed of 0 + 1 + 1 + 1 steps at tiny sizes, no timing (37 s at load 2-4: compiling the DSA train
+step twice dominates).
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/dsa_lm.py
 """
@@ -209,67 +213,72 @@ def lax_topk_sum(p: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(p, k)[0].sum(-1)
 
 
-def median_time(f, *args, repeats: int = 3) -> float:
-    """Median wall time of ``f(*args)`` over ``repeats`` calls after one warm-up call."""
-    jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def median_times(calls: dict, repeats: int = 3) -> dict:
+    """name -> median wall time of ``f(*args)`` for ``calls`` {name: (f, args)}: one warm-up
+    call each, then ``repeats`` rounds that time every call in turn (interleaved, so that a
+    change of the machine's load hits all of them alike)."""
+    for f, args in calls.values():
         jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    ts = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, (f, args) in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            ts[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(v)) for name, v in ts.items()}
+
+
+def _grad_fn(graphdef: nnx.GraphDef, train_mode: bool):
+    """Forward+backward of the LM loss (+ the sown indexer KL when ``train_mode``)."""
+
+    def grad(s, x):
+        m = nnx.merge(graphdef, s)
+        if train_mode:
+            m.train()
+
+        def f(mm):
+            logits, aux = forward_with_aux(mm, {"inputs": x, "mask": None})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, x).mean() + aux
+
+        return nnx.grad(f)(m)
+
+    return jax.jit(grad)
 
 
 def timing(arch: Arch, setup: LMSetup, d_ff: int, length: int, repeats: int) -> dict:
     """Seconds per forward and per forward+backward at ``length`` (batch 1), dense vs DSA, and
-    the indexer's share of one layer's ``dsa`` op."""
+    the indexer's share of one layer's ``dsa`` op (indexer block 1024)."""
     x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, length)), jnp.int32)
-    out = {}
-    for name, make in (("dense", arch.dense),
-                       ("dsa", lambda r: arch.sparse(r, block_size=1024))):
-        model = build(make, arch, setup, d_ff, 0)
+    models = {"dense": build(arch.dense, arch, setup, d_ff, 0),
+              "dsa": build(lambda r: arch.sparse(r, block_size=1024), arch, setup, d_ff, 0)}
+    calls = {}
+    for name, model in models.items():
         graphdef, state = nnx.split(model)
-
-        def fwd(s, x, graphdef=graphdef):
-            return nnx.merge(graphdef, s)(x)
-
-        out[f"{name} fwd"] = median_time(jax.jit(fwd), state, x, repeats=repeats)
-        modes = (("dense", True),) if name == "dense" else (("dsa", False), ("dsa LM only", True))
-        for label, deterministic in modes:
-            def grad(s, x, graphdef=graphdef, det=deterministic):
-                m = nnx.merge(graphdef, s)
-                if not det:
-                    m.train()
-
-                def f(mm):
-                    logits, aux = forward_with_aux(mm, {"inputs": x, "mask": None})
-                    return optax.softmax_cross_entropy_with_integer_labels(logits, x).mean() + aux
-
-                return nnx.grad(f)(m)
-
-            out[f"{label} fwd+bwd"] = median_time(jax.jit(grad), state, x, repeats=repeats)
-        print(f"  T={length} {name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in out.items()
-                                                   if k.startswith(name)), flush=True)
+        calls[f"{name} fwd"] = (jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x)), (state, x))
+        if name == "dense":
+            calls["dense fwd+bwd"] = (_grad_fn(graphdef, False), (state, x))
+        else:
+            calls["dsa fwd+bwd"] = (_grad_fn(graphdef, True), (state, x))
+            calls["dsa LM only fwd+bwd"] = (_grad_fn(graphdef, False), (state, x))
     # one layer's attention op: dense MLA attention, the whole dsa op, its indexer selection
     layer = arch.sparse(nnx.Rngs(0), block_size=1024)
     z = jax.random.normal(jax.random.key(1), (1, length, arch.d_model))
     pos = jnp.arange(length)
-    q, k, v = layer.attn.qkv(z, pos)
-    qs, ks, vs = layer._qkv(z, pos)
     index = layer.indexer_inputs(z, pos)
-    bs = layer.block_size
+    bs, scale = layer.block_size, layer.attn.scale
 
     def select(q_idx, k_idx, w_idx):
         return [dsa_indexer(q_idx[:, t0:t0 + bs], k_idx[:, :t0 + bs], w_idx[:, t0:t0 + bs],
                             topk=arch.topk, q_offset=t0)
                 for t0 in range(0, length, bs) if min(t0 + bs, length) > arch.topk]
 
-    out["op dense"] = median_time(jax.jit(lambda q, k, v: attention(
-        q, k, v, scale=layer.attn.scale)), q, k, v, repeats=repeats)
-    out["op dsa"] = median_time(jax.jit(lambda *a: dsa(
-        *a, topk=arch.topk, scale=layer.attn.scale, block_size=bs)), qs, ks, vs, *index,
-        repeats=repeats)
-    out["op indexer"] = median_time(jax.jit(select), *index, repeats=repeats)
+    calls["op dense"] = (jax.jit(lambda q, k, v: attention(q, k, v, scale=scale)),
+                         layer.attn.qkv(z, pos))
+    calls["op dsa"] = (jax.jit(lambda *a: dsa(*a, topk=arch.topk, scale=scale, block_size=bs)),
+                       (*layer._qkv(z, pos), *index))
+    calls["op indexer"] = (jax.jit(select), index)
+    out = median_times(calls, repeats)
+    print(f"  T={length}: " + ", ".join(f"{k} {v:.3f} s" for k, v in out.items()), flush=True)
     print(f"  T={length} one layer: dense attention {out['op dense']:.3f} s, dsa "
           f"{out['op dsa']:.3f} s, of which indexer top-k {out['op indexer']:.3f} s "
           f"({out['op indexer'] / out['op dsa']:.0%})", flush=True)
@@ -292,7 +301,8 @@ def one_seed(seed: int, arch: Arch, setup: LMSetup, a, corpus: Corpus) -> dict:
     probe.train()  # warm-up stage: dense output; must equal the dense model's logits
     r["warmup_match"] = float(jnp.max(jnp.abs(probe(xv) - dense(xv))))
     r["dsa_untrained_indexer"] = evaluate(sparse, corpus)  # sparse inference, random indexer
-    r["recall_init"] = recall(sparse, xv, arch.topk)
+    nan = (float("nan"), float("nan"))  # --smoke: recall measured at the end only
+    r["recall_init"] = nan if a.smoke else recall(sparse, xv, arch.topk)
     every = max(1, a.sparse // 6)
     frozen = nnx.All(nnx.Param, nnx.Not(INDEXER))
     before = jax.tree.leaves(nnx.state(sparse, frozen))
@@ -302,7 +312,7 @@ def one_seed(seed: int, arch: Arch, setup: LMSetup, a, corpus: Corpus) -> dict:
     r["frozen_change"] = max(float(jnp.max(jnp.abs(u - v))) for u, v in
                              zip(before, jax.tree.leaves(nnx.state(sparse, frozen)), strict=True))
     r["dsa_after_warmup"] = evaluate(sparse, corpus)
-    r["recall_warm"] = recall(sparse, xv, arch.topk)
+    r["recall_warm"] = nan if a.smoke else recall(sparse, xv, arch.topk)
     dense, d = run_stage(dense, nnx.Param, a.lr, corpus.batches(setup.batch, seed + 1000),
                          a.sparse, corpus, every)
     sparse, s = run_stage(sparse, nnx.Param, a.lr, corpus.batches(setup.batch, seed + 1000),
@@ -383,8 +393,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup = LMSetup(d_model=arch.d_model, length=a.length, batch=a.batch, steps=a.pretrain,
                     val_windows=32)
     if a.smoke:
-        a.seeds, a.length, a.topk, a.pretrain, a.warmup, a.sparse = 1, 32, 8, 2, 2, 2
-        a.recall_windows, a.time_lengths, a.repeats = 2, [64], 1
+        a.seeds, a.length, a.topk, a.pretrain, a.warmup, a.sparse = 1, 32, 8, 0, 1, 1
+        a.recall_windows, a.time_lengths, a.repeats = 1, [], 1
         arch = Arch(d_model=16, kv_rank=16, topk=8, index_heads=2, index_head_dim=8,
                     block_size=16)
         setup = dataclasses.replace(setup, d_model=16, n_layers=1, length=32, batch=2,
@@ -417,13 +427,19 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {k:13s} indexer top-{a.topk} share of dense attention mass "
                   f"{spread([r[k][0] for r in runs])} (best possible "
                   f"{spread([r[k][1] for r in runs])}; a random choice {uniform:.3f})")
+        curve = np.array([[b for _, b in r["curve_dsa"]] for r in runs]) - np.array(
+            [[b for _, b in r["curve_dense"]] for r in runs])
+        print("  gap during the sparse stage (step: mean ± std) " + ", ".join(
+            f"{s}: {m:+.4f} ± {d:.4f}" for (s, _), m, d in
+            zip(runs[0]["curve_dsa"], curve.mean(0), curve.std(0), strict=True)))
         for k in ("s_step_dense", "s_step_warm", "s_step_dsa"):
             print(f"  {k}: {spread([r[k] for r in runs])} s per training step (length {a.length})")
     times = {}
     for length in a.time_lengths:
         times[length] = timing(arch, setup, 4 * arch.d_model, length, a.repeats)
     clock.report()
-    plot(runs, times, a, figure_path("repro_dsa_lm", a.smoke))
+    # --seeds 0 (the timing alone) never overwrites the figure of a full run
+    plot(runs, times, a, figure_path("repro_dsa_lm", a.smoke or not runs))
     return {"runs": runs, "gaps": gaps, "times": times}
 
 
