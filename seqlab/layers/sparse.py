@@ -196,11 +196,13 @@ class DSA(nnx.Module):
 
     def _sparse_stage(self, q, k, v, index, mask) -> tuple[jax.Array, jax.Array]:
         """Top-k attention (eq. 2) and the KL on the selected keys (eq. 4)."""
-        o = dsa(
+        o, idx = dsa(
             q, k, v, *index, topk=self.topk, scale=self.attn.scale, mask=mask,
-            block_size=self.block_size,
+            block_size=self.block_size, return_indices=True,
         )
-        kl = dsa_indexer_loss(q, k, *index, topk=self.topk, scale=self.attn.scale, mask=mask)
+        # the KL on the keys the attention used: gathered, O(T topk), not [T, T]
+        kl = dsa_indexer_loss(q, k, *index, indices=lax.stop_gradient(idx),
+                              scale=self.attn.scale, mask=mask)
         return o, kl
 
     def _dense_stage(self, q, k, v, index, mask) -> tuple[jax.Array, jax.Array]:

@@ -268,6 +268,7 @@ def dsa_indexer_loss(
     w_idx: jax.Array | None = None,
     *,
     topk: int | None = None,
+    indices: jax.Array | None = None,
     scale: float | None = None,
     index_scale: float | None = None,
     mask: jax.Array | None = None,
@@ -277,26 +278,30 @@ def dsa_indexer_loss(
     Target p_t: the main attention distribution ``softmax(scale q_{t,h} . k_s)`` summed over the
     Hq heads and L1-normalised over keys; it is held fixed (``stop_gradient``). Prediction:
     ``softmax_s(I_{t,s})`` of the indexer scores. Dense warm-up (``topk=None``, eq. 3):
-    ``KL(p_t || softmax(I_t))`` over all causal keys. Sparse stage (``topk`` given, eq. 4): both
-    distributions restricted to the indexer's own top-k set S_t. Gradients reach only q_idx,
-    k_idx, w_idx. Shapes as :func:`dsa` (q: [B,T,Hq,D], k: [B,T,H,D]). This is a training
-    objective, so it forms [B, T, T] arrays (as the paper's warm-up does).
+    ``KL(p_t || softmax(I_t))`` over all causal keys; this forms [B, T, T] arrays, as the
+    paper's warm-up does. Sparse stage (eq. 4): both distributions restricted to the
+    indexer's own top-k set S_t, given as ``indices`` [B, T, K] (-1 = empty; what
+    ``dsa(..., return_indices=True)`` used, so the selection is not computed twice) or found
+    here from ``topk``; only the K selected keys of each query are gathered
+    (:func:`_selected_kl`), so the sparse stage costs O(T K) beyond the indexer's scores, like
+    the attention itself. Gradients reach only q_idx, k_idx, w_idx. Shapes as :func:`dsa`
+    (q: [B,T,Hq,D], k: [B,T,H,D]).
     """
     b, t, hq, d = q.shape
     scale = d**-0.5 if scale is None else scale
     index_scale = q_idx.shape[-1] ** -0.5 if index_scale is None else index_scale
-    acc = _acc_dtype(q.dtype)
-    vis = _visible(t, t, causal=True, q_offset=0, mask=mask)  # [B|1, T, T]
-    if topk is not None:
-        idx = dsa_indexer(
+    real = jnp.ones((b, t), bool) if mask is None else mask
+    if indices is None and topk is not None:
+        indices = dsa_indexer(
             lax.stop_gradient(q_idx), lax.stop_gradient(k_idx),
             None if w_idx is None else lax.stop_gradient(w_idx), topk=topk, scale=index_scale,
             mask=mask,
         )
-        sel = jnp.zeros((b, t, t + 1), bool)
-        put = jax.vmap(jax.vmap(lambda row, i: row.at[i].set(True)))
-        sel = put(sel, jnp.where(idx < 0, t, idx))
-        vis = vis & sel[..., :t]
+    if indices is not None:
+        kl = _selected_kl(q, k, q_idx, k_idx, w_idx, indices, scale, index_scale)
+        return jnp.sum(jnp.where(real, kl, 0.0)) / jnp.maximum(real.sum(), 1)
+    acc = _acc_dtype(q.dtype)
+    vis = _visible(t, t, causal=True, q_offset=0, mask=mask)  # [B|1, T, T]
     h = k.shape[2]
     qg = lax.stop_gradient(q).reshape(b, t, h, hq // h, d)
     logits = jnp.einsum("bthgd,bshd->bhgts", qg, lax.stop_gradient(k), preferred_element_type=acc)
@@ -305,5 +310,51 @@ def dsa_indexer_loss(
     score = _index_scores(q_idx, k_idx, w_idx, index_scale)
     logq = jax.nn.log_softmax(jnp.where(vis, score, -1e30), axis=-1)
     kl = jnp.where(vis & (p > 0), p * (jnp.log(jnp.where(p > 0, p, 1.0)) - logq), 0.0).sum(-1)
-    real = jnp.ones((b, t), bool) if mask is None else mask
     return jnp.sum(jnp.where(real, kl, 0.0)) / jnp.maximum(real.sum(), 1)
+
+
+_KL_BLOCK = 64  # queries per lax.map step of _selected_kl
+
+
+def _selected_kl(q, k, q_idx, k_idx, w_idx, indices, scale, index_scale) -> jax.Array:
+    """Eq. 4's KL of every query over its selected keys: [B, T] (0 where nothing is selected).
+
+    Per query, the K selected rows of k and k_idx are gathered (row ``b * S + i`` of flat
+    tables, as :func:`sparse_attention`), once for all heads; ``_KL_BLOCK`` queries run per
+    ``lax.map`` step under ``jax.checkpoint``, so neither pass holds more than
+    [_KL_BLOCK, K, H, D] gathered keys and no [T, S] array exists.
+    """
+    b, t, hq, d = q.shape
+    s, h = k.shape[1], k.shape[2]
+    hi, di = q_idx.shape[2], q_idx.shape[3]
+    acc = _acc_dtype(q.dtype)
+    flat = jnp.where(indices >= 0, indices + s * jnp.arange(b)[:, None, None], -1)
+    kf = lax.stop_gradient(k).reshape(b * s, h, d)
+    kif = k_idx.reshape(b * s, di)
+    w = jnp.ones((b, t, hi), acc) if w_idx is None else w_idx
+    n = min(_KL_BLOCK, b * t)
+    pad = -(b * t) % n
+
+    def rows(x, fill=0):  # [B, T, ...] -> [blocks, n, ...]
+        x = x.reshape(b * t, *x.shape[2:])
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+        return x.reshape(-1, n, *x.shape[1:])
+
+    @jax.checkpoint
+    def block(args):
+        qb, qib, wb, ib = args  # [n, H, G, D], [n, Hi, Di], [n, Hi], [n, K]
+        valid = ib >= 0
+        safe = jnp.where(valid, ib, 0)
+        logits = jnp.einsum("nhgd,nkhd->nhgk", qb.astype(acc), kf[safe].astype(acc)) * scale
+        p = _masked_softmax(logits, valid[:, None, None, :]).sum((1, 2))  # [n, K]
+        p = p / jnp.maximum(p.sum(-1, keepdims=True), 1e-30)
+        sim = jax.nn.relu(jnp.einsum("njd,nkd->njk", qib.astype(acc), kif[safe].astype(acc))
+                          * index_scale)
+        score = jnp.einsum("njk,nj->nk", sim, wb.astype(acc))  # eq. 1 on the selected keys
+        logq = jax.nn.log_softmax(jnp.where(valid, score, -1e30), axis=-1)
+        return jnp.where(valid & (p > 0), p * (jnp.log(jnp.where(p > 0, p, 1.0)) - logq),
+                         0.0).sum(-1)
+
+    qg = lax.stop_gradient(q).reshape(b, t, h, hq // h, d)
+    kl = lax.map(block, (rows(qg), rows(q_idx), rows(w), rows(flat, -1)))
+    return kl.reshape(-1)[: b * t].reshape(b, t)

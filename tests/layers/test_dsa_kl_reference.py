@@ -16,7 +16,7 @@ from _assert import assert_close
 from flax import nnx
 
 from seqlab.layers.sparse import DSA
-from seqlab.ops.attention import dsa_indexer_loss
+from seqlab.ops.attention import dsa_indexer, dsa_indexer_loss
 
 
 def indexer_kl_ref(q, k, q_idx, k_idx, w_idx, mask, topk, scale, index_scale):
@@ -93,3 +93,43 @@ def test_dsa_layer_sows_the_stage_kl(warmup):
     want = indexer_kl_ref(q, k, q_idx, k_idx, w_idx, np.asarray(mask),
                           None if warmup else 3, layer.attn.scale, 4**-0.5)
     assert_close(aux, 0.5 * want, rtol=2e-5, atol=1e-6)
+
+
+def _masked_dense_kl(q, k, q_idx, k_idx, w_idx, indices, scale, index_scale):
+    """Eq. 4 as [B, T, T] arrays restricted by a selection mask (the slow form the gathered
+    one replaces), for gradients."""
+    b, t, hq, _ = q.shape
+    g = hq // k.shape[2]
+    sel = jnp.zeros((b, t, t + 1), bool)
+    put = jax.vmap(jax.vmap(lambda r, i: r.at[i].set(True)))
+    sel = put(sel, jnp.where(indices < 0, t, indices))
+    sel = sel[..., :t]
+    logits = jnp.einsum("bthd,bshd->bhts", q, jnp.repeat(k, g, axis=2)) * scale
+    logits = jnp.where(sel[:, None], logits, -jnp.inf)
+    p = jnp.nan_to_num(jax.nn.softmax(logits, -1)).sum(1)
+    p = jax.lax.stop_gradient(p / jnp.maximum(p.sum(-1, keepdims=True), 1e-30))
+    sim = jax.nn.relu(jnp.einsum("btjd,bsd->btjs", q_idx, k_idx) * index_scale)
+    score = jnp.einsum("btjs,btj->bts", sim, w_idx)
+    logq = jax.nn.log_softmax(jnp.where(sel, score, -1e30), -1)
+    kl = jnp.where(sel & (p > 0), p * (jnp.log(jnp.where(p > 0, p, 1.0)) - logq), 0.0).sum(-1)
+    return kl.mean()
+
+
+def test_gathered_sparse_kl_gradients_equal_the_masked_dense_form():
+    """Values and gradients (q_idx, k_idx, w_idx) of the gathered eq. 4 against the [T, T]
+    masked form, over more queries than one lax.map block (2 x 40 rows, blocks of 64)."""
+    q, k, q_idx, k_idx, w_idx, _ = (jnp.asarray(a, jnp.float32)
+                                    for a in _inputs(4, b=2, t=40))
+    idx = dsa_indexer(q_idx, k_idx, w_idx, topk=7, scale=0.5)
+    f_new = jax.jit(jax.value_and_grad(
+        lambda a, b_, c: dsa_indexer_loss(q, k, a, b_, c, indices=idx, scale=0.3,
+                                          index_scale=0.5), argnums=(0, 1, 2)))
+    f_old = jax.jit(jax.value_and_grad(
+        lambda a, b_, c: _masked_dense_kl(q, k, a, b_, c, idx, 0.3, 0.5), argnums=(0, 1, 2)))
+    (v_new, g_new), (v_old, g_old) = f_new(q_idx, k_idx, w_idx), f_old(q_idx, k_idx, w_idx)
+    assert_close(v_new, v_old, rtol=1e-5, atol=1e-7)
+    for a, b_ in zip(g_new, g_old, strict=True):
+        assert float(jnp.abs(b_).max()) > 0
+        assert_close(a, b_, rtol=1e-4, atol=1e-6)
+    via_topk = dsa_indexer_loss(q, k, q_idx, k_idx, w_idx, topk=7, scale=0.3, index_scale=0.5)
+    assert_close(via_topk, v_new, rtol=1e-6, atol=1e-8)
