@@ -1,33 +1,39 @@
-"""DeltaProduct (Siems et al. 2025) on the S3 word problem: why does the shipped configuration
-(``configs/synthetic/s3_deltaproduct.yaml``: one layer, n_h = 2, beta in [0, 2]) plateau at a
-per-position accuracy of 0.42 when one DeltaProduct layer with n_h = 2 can represent S3 exactly?
+"""DeltaProduct (Siems et al. 2025) on the S3 word problem: the shipped configuration
+(``configs/synthetic/s3_deltaproduct.yaml``: one layer, n_h = 2, beta in [0, 2]) plateaus at a
+per-position accuracy of 0.42. Is that the layer or the setup?
 
-The claim (Siems et al. 2025, Sec. 5; Grazzi et al. 2025, Thm. 3): one layer with n_h = n - 1
+The claim (Siems et al. 2025, Sec. 4-5; Grazzi et al. 2025, Thm. 3): one layer with n_h = n - 1
 Householder factors per token and eigenvalues in [-1, 1] solves S_n; n_h = 1 cannot solve S3
 (a 3-cycle is a rotation, a product of two reflections).
 
-A representation argument: S3 acts on the plane by the reflections in three axes at 60 degrees,
-whose unit normals satisfy k_3 = k_2 - k_1 (the A2 roots). Two such unit vectors with no negative
-entries cannot differ by a third one with none (k_2 >= k_1 entry-wise forces k_2 = k_1), so one
-transposition needs a key with negative entries of the same size as the positive ones. seqlab's
-delta-rule mixers (like the FLA reference) compute keys as ``l2norm(SiLU(conv(W x)))``: SiLU's
-outputs are >= -0.278, so such a key exists only with pre-activations pinned at SiLU's minimum
-(zero gradient there). The experiment separates this from data and budget:
+1. Representation (no training): :func:`exact_layer` sets by hand every weight of one library
+   ``DeltaProduct`` layer (its SiLU + L2-normalised keys, short convolutions, output gate and
+   norm unchanged) so that it tracks S3 with n_h = 2, or A5 / S5 with n_h = 4, at any length:
+   keys = the unit normals (e_a - e_b)/sqrt(2) of the transpositions whose product is the token
+   (in the permutation representation), beta = 2, values v = C^T k so that S - C is multiplied
+   by the permutation matrix, a fixed query, and a linear (nearest-output) readout. The keys'
+   SiLU is no obstacle: the L2 norm removes the scale, so a key entry of -0.25 next to +0.25
+   (pre-activations -0.81 and 0.42, where SiLU' != 0) gives the normal; only the norm's eps
+   (1e-6) keeps |k| just below 1, a contraction of ~1e-6 per reflection (spread over 10 copies
+   of the coordinates). :func:`check_exact_layer` runs it at lengths 32, 256, 1024.
+2. Training, one layer, d_model 64, 2 heads of 32 dims, MLP, AdamW lr 3e-3 (warm-up 10%, cosine),
+   batch 32, train length 32, tested on 500 sequences each at 32, 64 and 128 (the val split and
+   two test splits of ``seqlab.data.synthetic.permutation``), 3 seeds. Variants (``--variants``):
 
-- ``shipped``: the shipped setup (4,000 fixed training sequences of length 32);
-- ``fresh``: new random sequences every step (no data limit), same everything else;
-- ``fresh, linear keys``: as ``fresh`` with the key (and query) SiLU removed before the L2 norm
-  (a subclass in this script; the library layer is unchanged);
-- ``fresh, linear keys, n_h=1``: the control the claim says fails;
-- ``fresh, linear keys, start token``: a start token (label: the identity) before every
-  sequence, so that the layer has a marked position to write its initial state at.
+   - ``shipped``: the shipped setup (4,000 fixed training sequences of length 32);
+   - ``fresh``: new random sequences every step (no data limit), same everything else;
+   - ``fresh, linear keys``: as ``fresh`` with the key (and query) SiLU removed before the L2
+     norm (a subclass in this script; the library layer is unchanged);
+   - ``fresh, linear keys, n_h=1``: the control the claim says fails;
+   - ``fresh, linear keys, start token``: a start token (label: the identity) first;
+   - ``S3 start+curr, linear keys, n_h=1..4`` (the default): start token, linear keys and a
+     length curriculum (lengths 4, 8, 16 for 10% of the steps each, then 32);
+   - ``S3 start+curr, SiLU keys, n_h=2``: the same with the library layer as it is;
+   - ``A5 start+curr, linear keys, n_h=2 / 4``: the A5 word problem (60 classes).
 
-One layer, d_model 64, 2 heads of 32 dims, MLP, train length 32, test length 64 (500 sequences
-each), AdamW lr 3e-3, batch 32, 3 seeds. Reported: per-position accuracy at 32 and 64 (chance
-1/6).
-
-Budget: measured 49 minutes on the 2-core CPU under a load average near 20 (12 runs of 1,000
-steps; over the 30-minute target at that load: ``--variants`` runs a subset); ``--smoke``: seconds.
+Budget: the default (12 runs of 1,500 steps) is about 15 minutes on the idle 2-core CPU; measured
+83 minutes under a load average of 13-16 (other jobs); ``--construction-only``: 25 s;
+``--smoke``: seconds.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/deltaproduct_s3.py
 """
@@ -296,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:34s} " + "  ".join(f"acc@{t} {spread(accs[:, i])}"
                                          for i, t in enumerate(tests))
               + f"  loss(last 10%) {tail:.3f}", flush=True)
+        print(f"{'':34s} per seed @{tests[0]}: " + " ".join(f"{v:.3f}" for v in accs[:, 0])
+              + f"; @{tests[-1]}: " + " ".join(f"{v:.3f}" for v in accs[:, -1]), flush=True)
     print(f"chance 1/|G| (S3 0.167, A5 0.017); {a.steps} steps, batch 32, {a.seeds} seeds")
     clock.report()
     plot(res, tests, a)

@@ -9,7 +9,13 @@ parity with 1 layer, counting mod 3 with 2 layers; trained at length 32 on 10,00
 ``scripts/experiments/_lm.py`` (embedding, residual blocks [mixer, MLP], head), d_model 32,
 4 heads of 8 dims (the mixers' default); ``allow_neg_eigval`` is the beta range. AdamW lr 3e-3,
 batch 32, 3 seeds per configuration. Reported: per-position accuracy at the training length
-(validation) and at 4x (test), mean ± std over seeds.
+(validation) and at 4x (test), mean ± std over seeds, and the training loss over the last 10% of
+the steps (a plateau check).
+
+Counting mod 3 needs a rotation by 120 degrees per token, a product of two reflections: one
+DeltaNet step per token cannot give it in one layer, DeltaProduct with n_h = 2 can (Siems et al.
+2025, Sec. 4; the S3 construction of ``deltaproduct_s3.py`` restricted to the 3-cycles).
+``--mixers "DeltaProduct n_h=2" --layers 1`` runs that (output gate on, as the layer's default).
 
 Budget: measured 25 minutes on the 2-core CPU under a load average near 20 (the parity-only
 run with ``--steps 1000``: 16 minutes); ``--smoke``: seconds.
@@ -30,10 +36,12 @@ from flax import nnx
 from scripts.experiments._common import Clock, figure_path, pyplot, spread
 from scripts.experiments._lm import TinyLM, fit
 from seqlab.data import synthetic
-from seqlab.layers.deltanet import DeltaNet, GatedDeltaNet
+from seqlab.layers.deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 
 TASKS = {"parity": (synthetic.parity, {}, 1), "mod3": (synthetic.modular, {"modulus": 3}, 2)}
-MIXERS = {"DeltaNet": DeltaNet, "Gated DeltaNet": GatedDeltaNet}
+MIXERS = {"DeltaNet": DeltaNet, "Gated DeltaNet": GatedDeltaNet,
+          "DeltaProduct n_h=2": functools.partial(DeltaProduct, n_householder=2)}
+DEFAULT_MIXERS = ["DeltaNet", "Gated DeltaNet"]
 
 
 def arrays(task: str, split: str, size: int, length: int, test_length: int):
@@ -74,6 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--d-model", type=int, default=32)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--mixers", nargs="+", default=DEFAULT_MIXERS, choices=list(MIXERS))
+    p.add_argument("--layers", type=int, default=0,
+                   help="layers per model (0: the task's default, parity 1, mod3 2)")
+    p.add_argument("--betas", nargs="+", default=["[0, 1]", "[0, 2]"],
+                   choices=["[0, 1]", "[0, 2]"], help="the beta ranges to run")
     p.add_argument("--plot", default="repro_neg_eigval", help="plot name under docs/")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, plot to a temp dir")
     a = p.parse_args(argv)
@@ -87,25 +100,27 @@ def main(argv: list[str] | None = None) -> dict:
         xtr, ytr, n_cls = arrays(task, "train", a.train_size, a.length, a.test_length)
         xva, yva, _ = arrays(task, "val", n_test, a.length, a.test_length)
         xte, yte, _ = arrays(task, "test", n_test, a.length, a.test_length)
-        n_layers = TASKS[task][2]
-        mixers = {"DeltaNet": DeltaNet} if a.smoke else MIXERS  # smoke: compile time dominates
-        for name, cls in mixers.items():
-            for neg in ((True,) if a.smoke else (False, True)):
+        n_layers = a.layers or TASKS[task][2]
+        mixers = {"DeltaNet": DeltaNet} if a.smoke else {m: MIXERS[m] for m in a.mixers}
+        for name, cls in mixers.items():  # smoke: one configuration, compile time dominates
+            for neg in ((True,) if a.smoke else [b == "[0, 2]" for b in a.betas]):
                 def make(r, cls=cls, neg=neg):
                     return cls(a.d_model, allow_neg_eigval=neg, rngs=r)
 
-                val, test = [], []
+                val, test, tails = [], [], []
                 for seed in range(a.seeds):
                     model = TinyLM(make, d_model=a.d_model, n_layers=n_layers,
                                    d_ff=4 * a.d_model, vocab=n_cls, n_classes=n_cls,
                                    rngs=nnx.Rngs(seed))
-                    model, _ = fit(model, batches(xtr, ytr, 32, seed), a.steps, 3e-3, 50)
+                    model, info = fit(model, batches(xtr, ytr, 32, seed), a.steps, 3e-3, 50)
+                    tails.append(float(info["loss"][-max(1, a.steps // 10):].mean()))
                     val.append(accuracy(model, xva, yva))
                     test.append(accuracy(model, xte, yte))
                 key = (task, name, "[0, 2]" if neg else "[0, 1]")
                 res[key] = {"val": val, "test": test}
-                print(f"{task:6s} {name:15s} beta in {key[2]}: acc@{a.length} {spread(val)}, "
-                      f"acc@{a.test_length} {spread(test)}", flush=True)
+                print(f"{task:6s} {name:18s} beta in {key[2]}, {n_layers} layer(s): "
+                      f"acc@{a.length} {spread(val)}, acc@{a.test_length} {spread(test)}, "
+                      f"train loss (last 10% of steps) {np.mean(tails):.3f}", flush=True)
     print(f"\nchance: parity 0.5, mod3 0.333 (per position); {a.steps} steps, {a.seeds} seeds")
     clock.report()
     plt = pyplot()
