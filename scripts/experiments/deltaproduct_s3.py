@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.construction_only:
         clock.report()
         return {"construction": True}
-    tests = (a.length, 2 * a.length, 4 * a.length)
+    tests = (a.length,) if a.smoke else (a.length, 2 * a.length, 4 * a.length)
     data, res = {}, {}
     for name in a.variants:
         cls, n_h, fresh, start, curr, group = VARIANTS[name]
@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
         if group not in data:  # val split at the train length, test splits at 2x and 4x
             data[group] = [split("val", n_eval, a.length, a.length, group)] + [
                 split("test", n_eval, a.length, t, group) for t in tests[1:]]
-            if not fresh:
-                data[group + "train"] = split("train", n_train, a.length, a.length, group)
+        if not fresh and group + "train" not in data:
+            data[group + "train"] = split("train", n_train, a.length, a.length, group)
 
         def make(r, cls=cls, n_h=n_h):
             return cls(d, n_heads=2, n_householder=n_h, allow_neg_eigval=True, rngs=r)

@@ -15,7 +15,8 @@ the steps (a plateau check).
 Counting mod 3 needs a rotation by 120 degrees per token, a product of two reflections: one
 DeltaNet step per token cannot give it in one layer, DeltaProduct with n_h = 2 can (Siems et al.
 2025, Sec. 4; the S3 construction of ``deltaproduct_s3.py`` restricted to the 3-cycles).
-``--mixers "DeltaProduct n_h=2" --layers 1`` runs that (output gate on, as the layer's default).
+``--mixers "DeltaProduct n_h=2" "DeltaProduct n_h=3" --layers 1`` runs that (the library layer:
+SiLU keys, output gate on, as its defaults).
 
 Budget: measured 25 minutes on the 2-core CPU under a load average near 20 (the parity-only
 run with ``--steps 1000``: 16 minutes); ``--smoke``: seconds.
@@ -40,7 +41,8 @@ from seqlab.layers.deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 
 TASKS = {"parity": (synthetic.parity, {}, 1), "mod3": (synthetic.modular, {"modulus": 3}, 2)}
 MIXERS = {"DeltaNet": DeltaNet, "Gated DeltaNet": GatedDeltaNet,
-          "DeltaProduct n_h=2": functools.partial(DeltaProduct, n_householder=2)}
+          **{f"DeltaProduct n_h={n}": functools.partial(DeltaProduct, n_householder=n)
+             for n in (2, 3)}}
 DEFAULT_MIXERS = ["DeltaNet", "Gated DeltaNet"]
 
 
