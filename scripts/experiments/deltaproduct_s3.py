@@ -31,9 +31,9 @@ Householder factors per token and eigenvalues in [-1, 1] solves S_n; n_h = 1 can
    - ``S3 start+curr, SiLU keys, n_h=2``: the same with the library layer as it is;
    - ``A5 start+curr, linear keys, n_h=2 / 4``: the A5 word problem (60 classes).
 
-Budget: the default (12 runs of 1,500 steps) is about 15 minutes on the idle 2-core CPU; measured
-83 minutes under a load average of 13-16 (other jobs); ``--construction-only``: 25 s;
-``--smoke``: seconds.
+Budget: the default (12 runs of 1,500 steps) measured 46 minutes on the 2-core CPU shared with
+other jobs (load average 7.5 -> 12.2); one variant at 4,000 steps (3 runs) 10 minutes (load
+10 -> 8); ``--construction-only``: 25 s; ``--smoke``: seconds. ``--variants`` runs a subset.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/deltaproduct_s3.py
 """
