@@ -2,8 +2,9 @@
 XLA:CPU code generation without LLVM's expensive optimisations. The suite's time is mostly
 compilation of small programs that then run for milliseconds, so the unoptimised code halves the
 suite's wall time (the same 48 model, CLI, example and training tests: 192 s -> 89 s on the
-2-core CPU). The flags change how fast the generated code runs, not what it computes (no
-fast-math); subprocesses started by tests inherit them."""
+2-core CPU). No fast-math either way, but float32 results may differ in the last bits from the
+optimised code's (one finite-difference tolerance in test_s4d.py says so); subprocesses started
+by tests inherit the flags."""
 
 import os
 

@@ -103,7 +103,10 @@ def test_gradients_reach_every_parameter():
     lp = nnx.jit(loss)(m)
     m.log_dt[...] = m.log_dt[...] - 2 * eps * d
     lm = nnx.jit(loss)(m)
-    assert_close((lp - lm) / (2 * eps), g_dir, rtol=2e-3)
+    # float32 quotient: the loss (~60) is rounded at ~1e-5 relative through the FFT and GLU, so
+    # the quotient over 2 eps carries ~1e-3 of relative error (2.6e-3 measured with XLA's
+    # unoptimised CPU codegen, 1e-3 with the optimised one); a wrong gradient is off by far more
+    assert_close((lp - lm) / (2 * eps), g_dir, rtol=5e-3)
 
 
 def test_real_part_stays_negative():
