@@ -65,12 +65,18 @@ def _launch(config: Path, workdir: Path, *overrides: str) -> str:
         cmd += ["--set", o]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    timed_out = False
     try:
         _, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()  # what the processes printed before they were killed
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    assert not timed_out, f"the launch ran past {TIMEOUT_S} s; its stderr ends:\n{err[-6000:]}"
     assert proc.returncode == 0, err[-3000:]
     return err
 
