@@ -29,7 +29,8 @@ Householder factors per token and eigenvalues in [-1, 1] solves S_n; n_h = 1 can
    - ``S3 start+curr, linear keys, n_h=1..4`` (the default): start token, linear keys and a
      length curriculum (lengths 4, 8, 16 for 10% of the steps each, then 32);
    - ``S3 start+curr, SiLU keys, n_h=2``: the same with the library layer as it is;
-   - ``A5 start+curr, linear keys, n_h=2 / 4``: the A5 word problem (60 classes).
+   - ``A5 start+curr, linear keys, n_h=2 / 4``: the A5 word problem (60 classes);
+   - ``S5 start+curr, linear keys, n_h=4``: the S5 word problem (120 classes).
 
 Budget: the default (12 runs of 1,500 steps) measured 46 minutes on the 2-core CPU shared with
 other jobs (load average 7.5 -> 12.2); one variant at 4,000 steps (3 runs) 10 minutes (load
@@ -245,6 +246,7 @@ VARIANTS = {  # name -> (layer class, n_h, fresh data, start token, curriculum, 
        for n in (1, 2, 3, 4)},
     "S3 start+curr, SiLU keys, n_h=2": (DeltaProduct, 2, True, True, True, "S3"),
     **{f"A5 start+curr, linear keys, n_h={n}": (LK, n, True, True, True, "A5") for n in (2, 4)},
+    "S5 start+curr, linear keys, n_h=4": (LK, 4, True, True, True, "S5"),
 }
 DEFAULT = [f"S3 start+curr, linear keys, n_h={n}" for n in (1, 2, 3, 4)]
 
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
               + f"  loss(last 10%) {tail:.3f}", flush=True)
         print(f"{'':34s} per seed @{tests[0]}: " + " ".join(f"{v:.3f}" for v in accs[:, 0])
               + f"; @{tests[-1]}: " + " ".join(f"{v:.3f}" for v in accs[:, -1]), flush=True)
-    print(f"chance 1/|G| (S3 0.167, A5 0.017); {a.steps} steps, batch 32, {a.seeds} seeds")
+    print(f"chance 1/|G| (S3 0.167, A5 0.017, S5 0.008); {a.steps} steps, batch 32, {a.seeds} seeds")
     clock.report()
     plot(res, tests, a)
     return res
