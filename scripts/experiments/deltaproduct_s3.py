@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
               + f"  loss(last 10%) {tail:.3f}", flush=True)
         print(f"{'':34s} per seed @{tests[0]}: " + " ".join(f"{v:.3f}" for v in accs[:, 0])
               + f"; @{tests[-1]}: " + " ".join(f"{v:.3f}" for v in accs[:, -1]), flush=True)
-    print(f"chance 1/|G| (S3 0.167, A5 0.017, S5 0.008); {a.steps} steps, batch 32, {a.seeds} seeds")
+    print(f"chance 1/|G| (S3 0.167, A5 0.017, S5 0.008); {a.steps} steps, batch 32, "
+          f"{a.seeds} seeds")
     clock.report()
     plot(res, tests, a)
     return res
