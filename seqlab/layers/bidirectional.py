@@ -39,12 +39,13 @@ def reverse_index(mask: jax.Array) -> jax.Array:
     return jnp.where(mask, partner, jnp.arange(length)[None]).astype(jnp.int32)
 
 
-def reverse(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+def reverse(x: jax.Array, mask: jax.Array | None, idx: jax.Array | None = None) -> jax.Array:
     """Reverse x [batch, length, ...] in time, per sequence over its real positions only
-    (:func:`reverse_index`); ``mask=None``: the plain flip. Applying it twice is the identity."""
+    (:func:`reverse_index`); ``mask=None``: the plain flip. Applying it twice is the identity.
+    idx: ``reverse_index(mask)`` when the caller already has it (it is computed otherwise)."""
     if mask is None:
         return jnp.flip(x, axis=1)
-    idx = reverse_index(mask)
+    idx = reverse_index(mask) if idx is None else idx
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
@@ -90,7 +91,8 @@ class Bidirectional(nnx.Module):
         check_input(u, self.d_model, "Bidirectional")
         f = self.fw(u, mask=mask)
         # the reversal keeps padded positions in place, so the mask is its own reverse
-        b = reverse(self.bw(reverse(u, mask), mask=mask), mask)
+        idx = None if mask is None else reverse_index(mask)  # one index for both reversals
+        b = reverse(self.bw(reverse(u, mask, idx), mask=mask), mask, idx)
         if self.combine == "add":
             y = f + b
         elif self.combine == "mul":
