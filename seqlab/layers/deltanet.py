@@ -5,6 +5,10 @@ Per token t (heads in parallel), the layer computes (Yang et al. 2024a, sec. 3; 
 
     q_t, k_tj, v_tj = SiLU(ShortConv(W x))        j = 0..n-1 (n = n_householder)
     q_t, k_tj       <- q_t / |q_t|, k_tj / |k_tj|   (L2 norm per head)
+
+(``qk_activation`` replaces the SiLU of q and k: "silu" as above and as fla's layers, "relu",
+or "identity": keys of either sign before the L2 norm, which is how a Householder factor
+reaches every reflection direction directly; v keeps its SiLU.)
     beta_tj          = sigmoid(w_b x_t)  (x 2 when allow_neg_eigval: eigenvalues of each
                                           Householder factor I - beta k k^T in [-1, 1];
                                           Grazzi et al. 2025)
@@ -39,6 +43,9 @@ def _l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
+QK_ACTIVATIONS = {"silu": jax.nn.silu, "relu": jax.nn.relu, "identity": lambda x: x}
+
+
 def _reject_fixed(owner: str, options: dict, hints: dict[str, str]) -> None:
     """A clear ValueError for an argument that ``owner`` fixes itself (``hints``: name -> fix)."""
     for name, hint in hints.items():
@@ -69,8 +76,12 @@ class _DeltaRuleMixer(nnx.Module):
         A_init_range: tuple[float, float] = (1.0, 16.0),
         dt_min: float = 0.001,
         dt_max: float = 0.1,
+        qk_activation: str = "silu",
     ):
         name = type(self).__name__
+        if qk_activation not in QK_ACTIVATIONS:
+            raise ValueError(f"{name}: unknown qk_activation {qk_activation!r}; valid: "
+                             f"{', '.join(QK_ACTIVATIONS)}")
         if head_dim is None:
             if d_model % n_heads:
                 raise ValueError(f"{name}: n_heads={n_heads} must divide d_model={d_model} "
@@ -94,6 +105,7 @@ class _DeltaRuleMixer(nnx.Module):
         self.d_model, self.n_heads, self.head_dim, self.v_dim = d_model, n_heads, head_dim, v_dim
         self.n_householder, self.chunk_size, self.dtype = n_householder, chunk_size, dtype
         self.allow_neg_eigval, self.causal = allow_neg_eigval, True
+        self.qk_activation = qk_activation
         h, n = n_heads, n_householder
 
         def linear(d_out):
@@ -132,8 +144,9 @@ class _DeltaRuleMixer(nnx.Module):
     def _qkv(self, q, k, v):
         b, t, _ = q.shape
         h, n = self.n_heads, self.n_householder
-        q = jax.nn.silu(q).astype(jnp.float32).reshape(b, t, h, self.head_dim)
-        k = jax.nn.silu(k).astype(jnp.float32).reshape(b, t * n, h, self.head_dim)
+        act = QK_ACTIVATIONS[self.qk_activation]
+        q = act(q).astype(jnp.float32).reshape(b, t, h, self.head_dim)
+        k = act(k).astype(jnp.float32).reshape(b, t * n, h, self.head_dim)
         v = jax.nn.silu(v).reshape(b, t * n, h, self.v_dim)
         return _l2norm(q).astype(self.dtype), _l2norm(k).astype(self.dtype), v
 
@@ -196,7 +209,8 @@ class DeltaNet(_DeltaRuleMixer):
 
     Options: n_heads=4, head_dim=d_model/n_heads, expand_v=1, use_output_gate=False,
     allow_neg_eigval=False (beta in [0, 1]; True: [0, 2]), d_conv=4 (short convolution kernel),
-    chunk_size=None (picked from the length, ``ops.delta.auto_chunk_size``).
+    qk_activation="silu" (or "relu", "identity"; before the L2 norm), chunk_size=None (picked
+    from the length, ``ops.delta.auto_chunk_size``).
     """
 
     @reject_renamed

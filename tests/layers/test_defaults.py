@@ -19,7 +19,7 @@ EXPECTED = {
     "mamba2": dict(d_state=64, d_conv=4, expand=2, n_groups=1, A_init_range=(1.0, 16.0),
                    chunk_size=64, dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4),
     "deltanet": dict(n_heads=4, expand_v=1.0, allow_neg_eigval=False, use_output_gate=False,
-                     d_conv=4, chunk_size=None),
+                     d_conv=4, chunk_size=None, qk_activation="silu"),
     "gated-deltanet": dict(expand_v=2.0, A_init_range=(0.0, 16.0), allow_neg_eigval=False,
                            use_output_gate=True, d_conv=4),
     "deltaproduct": dict(n_householder=2, allow_neg_eigval=True, use_forget_gate=False,

@@ -79,6 +79,8 @@ def test_bad_options_raise_clear_errors():
         MIXERS["deltaproduct"](d_model=8, rngs=nnx.Rngs(0), n_householder=0)
     with pytest.raises(ValueError, match="d_model=8"):
         MIXERS["deltanet"](d_model=8, rngs=nnx.Rngs(0))(jnp.ones((1, 3, 4)))
+    with pytest.raises(ValueError, match="qk_activation 'tanh'.*silu, relu, identity"):
+        MIXERS["gated-deltanet"](d_model=8, rngs=nnx.Rngs(0), qk_activation="tanh")
 
 
 class _ParityNet(nnx.Module):

@@ -1,7 +1,8 @@
 """DeltaNet, Gated DeltaNet and DeltaProduct against float64 numpy references from their weights.
 
 Reference (Yang et al. 2024a sec. 3, 2024b sec. 3; Siems et al. 2025 sec. 3), per token t:
-q_t, k_tj, v_tj = silu(causal conv(x W)); q, k L2-normalised per head (x / sqrt(|x|^2 + 1e-6));
+q_t, k_tj, v_tj = silu(causal conv(x W)) (q, k: the layer's qk_activation, silu / relu /
+identity); q, k L2-normalised per head (x / sqrt(|x|^2 + 1e-6));
 beta_tj = sigmoid(x w_b) (x 2 with negative eigenvalues); g_t = -exp(A_log) softplus(x w_a +
 dt_bias); per token S <- exp(g_t) S, then n steps S <- (I - beta k k^T) S + beta k v^T;
 o_t = S^T q_t / sqrt(K); y_t = (rms(o_t) w [* silu(x W_g)]) W_o. Padded positions: zero input
@@ -21,6 +22,9 @@ from seqlab.layers.deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 TOL = {"rtol": 2e-4, "atol": 2e-5}
 
 
+QK_ACT = {"silu": silu, "relu": lambda x: np.maximum(x, 0.0), "identity": lambda x: x}
+
+
 def _l2(x):
     return x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
 
@@ -30,8 +34,9 @@ def delta_ref(layer, x, mask=None):
     b, t, _ = x.shape
     h, n, dk, dv = layer.n_heads, layer.n_householder, layer.head_dim, layer.v_dim
     m = np.ones((b, t)) if mask is None else mask.astype(float)
-    q = _l2(silu(conv_of(linear(x, layer.q_proj), layer.q_conv, mask)).reshape(b, t, h, dk))
-    k = _l2(silu(conv_of(linear(x, layer.k_proj), layer.k_conv, mask)).reshape(b, t * n, h, dk))
+    act = QK_ACT[layer.qk_activation]
+    q = _l2(act(conv_of(linear(x, layer.q_proj), layer.q_conv, mask)).reshape(b, t, h, dk))
+    k = _l2(act(conv_of(linear(x, layer.k_proj), layer.k_conv, mask)).reshape(b, t * n, h, dk))
     v = silu(conv_of(linear(x, layer.v_proj), layer.v_conv, mask)).reshape(b, t * n, h, dv)
     beta = sigmoid(linear(x, layer.b_proj)) * (2.0 if layer.allow_neg_eigval else 1.0)
     beta = (beta * m[..., None]).reshape(b, t * n, h)
@@ -50,6 +55,11 @@ CASES = {
     "gated": lambda: GatedDeltaNet(8, n_heads=2, chunk_size=4, expand_v=2.0, rngs=nnx.Rngs(1)),
     "product": lambda: DeltaProduct(8, n_heads=2, n_householder=2, allow_neg_eigval=True,
                                     use_forget_gate=True, chunk_size=3, rngs=nnx.Rngs(2)),
+    "product, identity qk": lambda: DeltaProduct(8, n_heads=2, n_householder=3,
+                                                 qk_activation="identity", chunk_size=4,
+                                                 rngs=nnx.Rngs(7)),
+    "deltanet, relu qk": lambda: DeltaNet(8, n_heads=2, qk_activation="relu", chunk_size=4,
+                                          rngs=nnx.Rngs(8)),
 }
 
 
@@ -67,10 +77,14 @@ def test_delta_layers_match_reference(case):
     assert_close(np.asarray(got)[mask], want[mask], **TOL)
 
 
-def test_deltanet_decode_reaches_the_chunked_branch():
+@pytest.mark.parametrize("make", [
+    lambda: GatedDeltaNet(8, n_heads=2, chunk_size=4, rngs=nnx.Rngs(5)),
+    lambda: DeltaProduct(8, n_heads=2, qk_activation="identity", chunk_size=4, rngs=nnx.Rngs(9)),
+], ids=["gated", "product, identity qk"])
+def test_deltanet_decode_reaches_the_chunked_branch(make):
     """Decode in pieces of 5 (a prefill longer than chunk_size 4: the chunked op from an empty
     state), 1 (recurrent) and 4 (chunked again, now from the carried state) tokens."""
-    layer = GatedDeltaNet(8, n_heads=2, chunk_size=4, rngs=nnx.Rngs(5))
+    layer = make()
     x = np.random.default_rng(6).standard_normal((2, 10, 8))
     step = jax.jit(lambda m, x, c: m.decode(x, c))
     cache, ys = layer.init_cache(2), []
