@@ -7,6 +7,12 @@ model gets dense supervision, and accuracy at positions beyond the training leng
 length extrapolation directly. ``length`` sets train/val sequences, ``test_length`` the test
 split (default: ``length``), so a config can train short and test long.
 
+``start_token=True`` (the three state-tracking tasks) puts one extra token, index
+``vocab_size - 1``, before every sequence, labelled -1 (no target: the empty product is not
+scored); ``length`` still counts the task's own tokens. A start marker gives a causal layer a
+known state to begin from; with it and a length curriculum (``train.curriculum``) one
+DeltaProduct layer learns S3 (docs/reproductions.md, row 5).
+
 - ``parity``: bits, label = XOR of the prefix (2 classes).
 - ``modular``: tokens in [0, modulus), label = prefix sum mod modulus.
 - ``permutation``: tokens index the elements of S3, A5 or S5 (``group``), label = index of the
@@ -48,6 +54,18 @@ def _common(name: str, split: str, size: int | None, length: int, test_length: i
     return size, (test_length if split == "test" else length), max(length, test_length)
 
 
+def _state_tracking(inputs: np.ndarray, labels: np.ndarray, n_classes: int, max_len: int,
+                    start_token: bool) -> Split:
+    """A causal token task; with ``start_token``, token ``n_classes`` (labelled -1) first."""
+    if start_token:
+        n = len(inputs)
+        inputs = np.concatenate([np.full((n, 1), n_classes, inputs.dtype), inputs], axis=1)
+        labels = np.concatenate([np.full((n, 1), -1, labels.dtype), labels], axis=1)
+    info = TaskInfo(task="token", n_classes=n_classes, vocab_size=n_classes + start_token,
+                    input_dim=None, max_length=max_len + start_token, causal=True)
+    return Split(_dataset(inputs, labels), info)
+
+
 def _dataset(inputs: np.ndarray, labels: np.ndarray) -> datasets.Dataset:
     return datasets.Dataset.from_dict(
         {"inputs": inputs.astype(np.int32).tolist(), "label": labels.astype(np.int32).tolist()}
@@ -81,37 +99,32 @@ def _prefix_products(tokens: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def parity(split: str, root: str | None = None, *, size: int | None = None, length: int = 64,
-           test_length: int | None = None, seed: int = 0) -> Split:
+           test_length: int | None = None, start_token: bool = False, seed: int = 0) -> Split:
     """Bit strings; the label at position t is the parity of bits 1..t (2 classes)."""
     size, seq_len, max_len = _common("parity", split, size, length, test_length)
     bits = _rng("parity", split, seed).integers(0, 2, size=(size, seq_len))
-    info = TaskInfo(task="token", n_classes=2, vocab_size=2, input_dim=None,
-                    max_length=max_len, causal=True)
-    return Split(_dataset(bits, np.cumsum(bits, axis=1) % 2), info)
+    return _state_tracking(bits, np.cumsum(bits, axis=1) % 2, 2, max_len, start_token)
 
 
 def modular(split: str, root: str | None = None, *, size: int | None = None, length: int = 64,
-            test_length: int | None = None, modulus: int = 5, seed: int = 0) -> Split:
+            test_length: int | None = None, modulus: int = 5, start_token: bool = False,
+            seed: int = 0) -> Split:
     """Tokens in [0, modulus); the label at position t is the prefix sum mod ``modulus``."""
     size, seq_len, max_len = _common("modular", split, size, length, test_length)
     if modulus < 2:
         raise ValueError(f"modular: modulus must be >= 2, got {modulus}")
     x = _rng(f"modular{modulus}", split, seed).integers(0, modulus, size=(size, seq_len))
-    info = TaskInfo(task="token", n_classes=modulus, vocab_size=modulus, input_dim=None,
-                    max_length=max_len, causal=True)
-    return Split(_dataset(x, np.cumsum(x, axis=1) % modulus), info)
+    return _state_tracking(x, np.cumsum(x, axis=1) % modulus, modulus, max_len, start_token)
 
 
 def permutation(split: str, root: str | None = None, *, size: int | None = None,
                 length: int = 64, test_length: int | None = None, group: str = "S3",
-                seed: int = 0) -> Split:
+                start_token: bool = False, seed: int = 0) -> Split:
     """Word problem on ``group`` (S3, A5 or S5): label at t = index of x_t o ... o x_1."""
     size, seq_len, max_len = _common("permutation", split, size, length, test_length)
     table = group_table(group)
     x = _rng(f"permutation{group}", split, seed).integers(0, len(table), size=(size, seq_len))
-    info = TaskInfo(task="token", n_classes=len(table), vocab_size=len(table), input_dim=None,
-                    max_length=max_len, causal=True)
-    return Split(_dataset(x, _prefix_products(x, table)), info)
+    return _state_tracking(x, _prefix_products(x, table), len(table), max_len, start_token)
 
 
 def mqar(split: str, root: str | None = None, *, size: int | None = None, length: int = 64,

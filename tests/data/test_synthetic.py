@@ -36,6 +36,21 @@ def test_modular_labels():
         np.testing.assert_array_equal(y, [sum(x[: t + 1]) % 7 for t in range(15)])
 
 
+@pytest.mark.parametrize("name,options,n_classes", [
+    ("parity", {}, 2), ("modular", {"modulus": 3}, 3), ("permutation", {"group": "A5"}, 60)])
+def test_start_token_is_a_new_token_with_no_target_before_the_same_sequences(
+        name, options, n_classes):
+    plain = load(name, "test", size=6, length=5, test_length=9, seed=2, **options)
+    start = load(name, "test", size=6, length=5, test_length=9, seed=2, start_token=True,
+                 **options)
+    assert start.info.vocab_size == n_classes + 1 == plain.info.vocab_size + 1
+    assert start.info.n_classes == n_classes and start.info.max_length == 10
+    for (x0, y0), (x1, y1) in zip(zip(*rows(plain)), zip(*rows(start)), strict=True):
+        assert len(x1) == 10 and x1[0] == n_classes and y1[0] == -1
+        np.testing.assert_array_equal(x1[1:], x0)
+        np.testing.assert_array_equal(y1[1:], y0)
+
+
 @pytest.mark.parametrize("group,order", [("S3", 6), ("A5", 60), ("S5", 120)])
 def test_group_tables_are_groups_with_the_right_order(group, order):
     table = group_table(group)
