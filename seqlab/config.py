@@ -137,7 +137,13 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and the loop. ``stop_after`` ends this invocation after that step with the
-    schedule unchanged (how tests and schedulers simulate preemption); re-running resumes."""
+    schedule unchanged (how tests and schedulers simulate preemption); re-running resumes.
+
+    curriculum: a length curriculum for causal token tasks, ``[[length, steps], ...]``: the
+    first ``steps`` steps train on the first ``length`` positions of every batch, the next
+    stage's steps on its length, and so on; after the last stage, whole sequences. A prefix of a
+    causal token task keeps its labels (a label at t depends on positions <= t only), so the
+    stages need no other data. Stages past ``steps`` are not reached."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -158,9 +164,27 @@ class TrainConfig:
     seed: int = 0
     stop_after: int | None = None
     progress: bool = True
+    curriculum: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         _check_ranges(self, "train")
+        stages = tuple(tuple(stage) for stage in self.curriculum)  # lists from Python, too
+        object.__setattr__(self, "curriculum", stages)
+        for i, stage in enumerate(stages):
+            if len(stage) != 2 or not all(isinstance(v, int) and v >= 1 for v in stage):
+                raise ConfigError(
+                    f"config key 'train.curriculum[{i}]' must be a pair [length, steps] of "
+                    f"integers >= 1, got {list(stage)}; e.g. curriculum: [[8, 500], [16, 500]]."
+                )
+
+    def curriculum_length(self, step: int) -> int | None:
+        """The prefix length that step ``step`` (0-based) trains on; None: whole sequences."""
+        end = 0
+        for length, steps in self.curriculum:
+            end += steps
+            if step < end:
+                return length
+        return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""DeltaProduct (Siems et al. 2025) on the S3 word problem: the shipped configuration
-(``configs/synthetic/s3_deltaproduct.yaml``: one layer, n_h = 2, beta in [0, 2]) plateaus at a
-per-position accuracy of 0.42. Is that the layer or the setup?
+"""DeltaProduct (Siems et al. 2025) on the S3 word problem: one layer, n_h = 2, beta in [0, 2]
+plateaued at a per-position accuracy of 0.42 with the setup that ``synthetic/s3_deltaproduct``
+first shipped (no start token, no length curriculum). Is that the layer or the setup? (The
+setup: the config now has a start token, a curriculum and linear keys, and learns S3.)
 
 The claim (Siems et al. 2025, Sec. 4-5; Grazzi et al. 2025, Thm. 3): one layer with n_h = n - 1
 Householder factors per token and eigenvalues in [-1, 1] solves S_n; n_h = 1 cannot solve S3
@@ -23,7 +24,7 @@ Householder factors per token and eigenvalues in [-1, 1] solves S_n; n_h = 1 can
    - ``shipped``: the shipped setup (4,000 fixed training sequences of length 32);
    - ``fresh``: new random sequences every step (no data limit), same everything else;
    - ``fresh, linear keys``: as ``fresh`` with the key (and query) SiLU removed before the L2
-     norm (a subclass in this script; the library layer is unchanged);
+     norm (the layer's ``qk_activation="identity"``);
    - ``fresh, linear keys, n_h=1``: the control the claim says fails;
    - ``fresh, linear keys, start token``: a start token (label: the identity) first;
    - ``S3 start+curr, linear keys, n_h=1..4`` (the default): start token, linear keys and a
@@ -53,7 +54,7 @@ from scripts.experiments._common import Clock, figure_path, pyplot, spread
 from scripts.experiments._lm import TinyLM, fit
 from scripts.experiments.neg_eigval import _predict, batches
 from seqlab.data import synthetic
-from seqlab.layers.deltanet import DeltaProduct, _l2norm
+from seqlab.layers.deltanet import DeltaProduct
 
 SILU_MIN = -0.2784645427610738  # min of z * sigmoid(z), at z = -1.2784645...
 
@@ -172,18 +173,6 @@ def check_exact_layer(group: str = "S3", lengths: tuple[int, ...] = (32, 256, 10
     return out
 
 
-class LinearKeyDeltaProduct(DeltaProduct):
-    """DeltaProduct with q and k L2-normalised without the SiLU before (keys of any sign)."""
-
-    def _qkv(self, q, k, v):
-        b, t, _ = q.shape
-        h, n = self.n_heads, self.n_householder
-        q = q.astype(jnp.float32).reshape(b, t, h, self.head_dim)
-        k = k.astype(jnp.float32).reshape(b, t * n, h, self.head_dim)
-        v = jax.nn.silu(v).reshape(b, t * n, h, self.v_dim)
-        return _l2norm(q).astype(self.dtype), _l2norm(k).astype(self.dtype), v
-
-
 def with_start(x: np.ndarray, y: np.ndarray, token: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """Prepend the start token (index |G|; label: the empty product, the identity 0)."""
     n = len(x)
@@ -235,16 +224,16 @@ def split(name: str, size: int, length: int, test_length: int, group: str = "S3"
     return np.asarray(s.data["inputs"], np.int32), np.asarray(s.data["label"], np.int32)
 
 
-LK = LinearKeyDeltaProduct
-VARIANTS = {  # name -> (layer class, n_h, fresh data, start token, curriculum, group)
-    "shipped": (DeltaProduct, 2, False, False, False, "S3"),
-    "fresh": (DeltaProduct, 2, True, False, False, "S3"),
+LK, SILU = "identity", "silu"  # qk_activation: linear keys (either sign) or the default
+VARIANTS = {  # name -> (qk_activation, n_h, fresh data, start token, curriculum, group)
+    "shipped": (SILU, 2, False, False, False, "S3"),
+    "fresh": (SILU, 2, True, False, False, "S3"),
     "fresh, linear keys": (LK, 2, True, False, False, "S3"),
     "fresh, linear keys, n_h=1": (LK, 1, True, False, False, "S3"),
     "fresh, linear keys, start token": (LK, 2, True, True, False, "S3"),
     **{f"S3 start+curr, linear keys, n_h={n}": (LK, n, True, True, True, "S3")
        for n in (1, 2, 3, 4)},
-    "S3 start+curr, SiLU keys, n_h=2": (DeltaProduct, 2, True, True, True, "S3"),
+    "S3 start+curr, SiLU keys, n_h=2": (SILU, 2, True, True, True, "S3"),
     **{f"A5 start+curr, linear keys, n_h={n}": (LK, n, True, True, True, "A5") for n in (2, 4)},
     "S5 start+curr, linear keys, n_h=4": (LK, 4, True, True, True, "S5"),
 }
@@ -278,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     tests = (a.length,) if a.smoke else (a.length, 2 * a.length, 4 * a.length)
     data, res = {}, {}
     for name in a.variants:
-        cls, n_h, fresh, start, curr, group = VARIANTS[name]
+        qk, n_h, fresh, start, curr, group = VARIANTS[name]
         n_group = len(synthetic.group_table(group))
         if group not in data:  # val split at the train length, test splits at 2x and 4x
             data[group] = [split("val", n_eval, a.length, a.length, group)] + [
@@ -286,8 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
         if not fresh and group + "train" not in data:
             data[group + "train"] = split("train", n_train, a.length, a.length, group)
 
-        def make(r, cls=cls, n_h=n_h):
-            return cls(d, n_heads=2, n_householder=n_h, allow_neg_eigval=True, rngs=r)
+        def make(r, qk=qk, n_h=n_h):
+            return DeltaProduct(d, n_heads=2, n_householder=n_h, allow_neg_eigval=True,
+                                qk_activation=qk, rngs=r)
 
         accs, curves = [], []
         for seed in range(a.seeds):

@@ -79,6 +79,8 @@ def main() -> None:
                              "test_length": args.test_length}),
                 train=dataclasses.replace(
                     base.train, steps=args.steps, warmup_steps=args.steps // 10,
+                    curriculum=tuple((n, max(1, k * args.steps // base.train.steps))
+                                     for n, k in base.train.curriculum),
                     eval_every=max(1, args.steps // 4), checkpoint_every=args.steps,
                     progress=False),
             )

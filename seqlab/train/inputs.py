@@ -141,6 +141,32 @@ class TrainStream:
         return take_rows(complete(batch), self.rows)
 
 
+def check_curriculum(data: Any, curriculum: tuple) -> None:
+    """A length curriculum crops sequences, which keeps the labels of causal token tasks only."""
+    if curriculum and is_split(data) and not (data.info.task == "token" and data.info.causal):
+        raise ValueError(
+            f"train.curriculum trains on prefixes of the sequences, which keep their labels "
+            f"only in causal token tasks; this data is a {data.info.task!r} task"
+            f"{'' if data.info.task != 'token' else ' that is not causal'}. Remove "
+            f"train.curriculum."
+        )
+
+
+def prefix(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """The first ``length`` positions of every sequence of a token batch (a stage of a length
+    curriculum: ``TrainConfig.curriculum``); shorter batches are returned whole."""
+    if batch["labels"].ndim != 2 or "inputs2" in batch:
+        raise ValueError(
+            "train.curriculum needs batches with one label per position (a token task; labels "
+            f"[batch, length]); this batch has labels of shape {batch['labels'].shape}"
+            f"{' and a second sequence' if 'inputs2' in batch else ''}. Remove train.curriculum."
+        )
+    if batch["inputs"].shape[1] <= length:
+        return batch
+    return {k: v[:, :length] if k in ("inputs", "labels", "mask") else v
+            for k, v in batch.items()}
+
+
 def take_rows(batch: dict[str, np.ndarray], rows: tuple[int, int] | None) -> dict:
     """Rows ``start:stop`` of every array of a global batch (all of it for None)."""
     return batch if rows is None else {k: v[rows[0]:rows[1]] for k, v in batch.items()}

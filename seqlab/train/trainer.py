@@ -37,10 +37,12 @@ from seqlab.train.checkpoint import Checkpoints
 from seqlab.train.inputs import (
     TrainStream,
     check_batch_size,
+    check_curriculum,
     check_labels,
     check_reiterable,
     eval_batches,
     is_split,
+    prefix,
 )
 from seqlab.train.metrics import MetricsWriter
 from seqlab.train.optim import make_tx
@@ -91,6 +93,7 @@ class Trainer:
         for data, name in ((train_data, "train"), (val_data, "val")):
             if is_split(data):
                 check_labels(data, name)
+        check_curriculum(train_data, self.config.curriculum)
         if val_data is not None:
             check_reiterable(val_data)  # before any step is trained, not at the first validation
         maybe_initialize_distributed(self.mesh_config)
@@ -253,7 +256,11 @@ class Trainer:
             progress = Progress(tc.steps, self.step, metrics, tc.progress, main)
             with jax.set_mesh(self.mesh), stops:
                 while self.step < end:
-                    batch = shard_batch(next(self._stream), self.mesh, tc.batch_size)
+                    batch = next(self._stream)
+                    length = tc.curriculum_length(self.step)
+                    if length is not None:
+                        batch = prefix(batch, length)
+                    batch = shard_batch(batch, self.mesh, tc.batch_size)
                     self.state, m = self.train_step(self.state, batch)
                     self.step += 1
                     progress.update(m)

@@ -45,7 +45,8 @@ def test_start_token_is_a_new_token_with_no_target_before_the_same_sequences(
                  **options)
     assert start.info.vocab_size == n_classes + 1 == plain.info.vocab_size + 1
     assert start.info.n_classes == n_classes and start.info.max_length == 10
-    for (x0, y0), (x1, y1) in zip(zip(*rows(plain)), zip(*rows(start)), strict=True):
+    pairs = zip(zip(*rows(plain), strict=True), zip(*rows(start), strict=True), strict=True)
+    for (x0, y0), (x1, y1) in pairs:
         assert len(x1) == 10 and x1[0] == n_classes and y1[0] == -1
         np.testing.assert_array_equal(x1[1:], x0)
         np.testing.assert_array_equal(y1[1:], y0)

@@ -87,3 +87,68 @@ def test_evaluation_refuses_one_shot_and_empty_data():
     assert trainer.evaluate(lambda: iter(batches(1, 1)))["count"] == 8  # a fresh iterator
     with pytest.raises(ValueError, match="one-shot iterator"):  # at construction, not mid-run
         Trainer(Bag(rngs=nnx.Rngs(0)), batches(1, 0), CFG, val_data=iter(batches(1, 1)))
+
+
+class PrefixXor(nnx.Module):
+    """A causal token model: a running sum of embeddings -> logits per position."""
+
+    def __init__(self, *, rngs):
+        self.embed = nnx.Embed(3, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, inputs, mask):
+        return self.head(jnp.tanh(jnp.cumsum(self.embed(inputs), axis=1)))
+
+
+def token_batches(n, seed, length=12):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = rng.integers(0, 2, size=(4, length))
+        out.append({"inputs": x, "labels": np.cumsum(x, 1) % 2})
+    return out
+
+
+def test_length_curriculum_trains_on_prefixes_and_resumes_exactly(tmp_path):
+    cfg = dataclasses.replace(CFG, steps=7, batch_size=4, curriculum=[[3, 2], [5, 3]],
+                              log_every=1)
+    assert [cfg.curriculum_length(s) for s in range(7)] == [3, 3, 5, 5, 5, None, None]
+    train = token_batches(4, 0)
+
+    def run(config, workdir):
+        trainer = Trainer(lambda: PrefixXor(rngs=nnx.Rngs(0)), train, config, workdir=workdir)
+        step, shapes = trainer.train_step, []
+
+        def recording(state, batch):
+            shapes.append(batch["inputs"].shape[1])
+            assert batch["labels"].shape[1] == batch["mask"].shape[1] == shapes[-1]
+            return step(state, batch)
+
+        trainer.train_step = recording
+        trainer.fit()
+        return trainer, shapes
+
+    straight, shapes = run(cfg, tmp_path / "a")
+    assert shapes == [3, 3, 5, 5, 5, 12, 12]
+    first, before = run(dataclasses.replace(cfg, stop_after=3), tmp_path / "b")
+    resumed, after = run(cfg, tmp_path / "b")  # resumes inside the second stage
+    assert before + after == shapes
+    a, b = losses(straight), {**losses(first), **losses(resumed)}
+    assert sorted(a) == sorted(b) == list(range(1, 8)) and a == b
+
+
+def test_length_curriculum_is_refused_where_a_prefix_loses_its_label():
+    with pytest.raises(ValueError, match=r"curriculum\[0\]' must be a pair"):
+        TrainConfig(curriculum=[[4]])
+    with pytest.raises(ValueError, match=r"curriculum\[1\]' must be a pair"):
+        TrainConfig(curriculum=[[4, 10], [8, 0]])
+    cfg = dataclasses.replace(CFG, curriculum=[[4, 2]])
+    with pytest.raises(ValueError, match="one label per position"):  # labels [batch]
+        Trainer(Bag(rngs=nnx.Rngs(0)), batches(2, 0), cfg).fit()
+    from seqlab.data import load
+    from seqlab.data.types import Split
+
+    parity = load("parity", "train", size=8, length=6)
+    non_causal = Split(parity.data, dataclasses.replace(parity.info, causal=False))
+    with pytest.raises(ValueError, match="token' task that is not causal"):
+        Trainer(Bag(rngs=nnx.Rngs(0)), non_causal, cfg)
