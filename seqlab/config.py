@@ -135,6 +135,27 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainOnlyConfig:
+    """For the first ``steps`` steps, update only the parameters whose path contains one of
+    ``params`` (e.g. DSA's indexer: ``[wq_idx, wk_idx, w_idx]``, DeepSeek-V3.2's dense warm-up);
+    the others are frozen: no update, no weight decay, their Adam moments and learning-rate
+    schedule untouched until step ``steps``, where their schedule starts (warm-up included)."""
+
+    steps: int = 0
+    params: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"config key 'train.train_only.steps' must be >= 0, got "
+                              f"{self.steps}.")
+        if self.steps and not self.params:
+            raise ConfigError(
+                "train.train_only.steps > 0 needs train.train_only.params: the names (parts of "
+                "parameter paths) that train first, e.g. params: [wq_idx, wk_idx, w_idx]."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and the loop. ``stop_after`` ends this invocation after that step with the
     schedule unchanged (how tests and schedulers simulate preemption); re-running resumes.
@@ -143,7 +164,9 @@ class TrainConfig:
     first ``steps`` steps train on the first ``length`` positions of every batch, the next
     stage's steps on its length, and so on; after the last stage, whole sequences. A prefix of a
     causal token task keeps its labels (a label at t depends on positions <= t only), so the
-    stages need no other data. Stages past ``steps`` are not reached."""
+    stages need no other data. Stages past ``steps`` are not reached.
+
+    train_only: a first phase that updates only some parameters (``TrainOnlyConfig``)."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -165,9 +188,12 @@ class TrainConfig:
     stop_after: int | None = None
     progress: bool = True
     curriculum: tuple[tuple[int, ...], ...] = ()
+    train_only: TrainOnlyConfig = dataclasses.field(default_factory=TrainOnlyConfig)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "train")
+        if isinstance(self.train_only, dict):  # from Python: train_only={"steps": ..., ...}
+            object.__setattr__(self, "train_only", TrainOnlyConfig(**self.train_only))
         stages = tuple(tuple(stage) for stage in self.curriculum)  # lists from Python, too
         object.__setattr__(self, "curriculum", stages)
         for i, stage in enumerate(stages):

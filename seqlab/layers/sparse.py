@@ -105,14 +105,16 @@ class DSA(nnx.Module):
     Gradients: the task loss reaches the base layer (q, k, v and all its projections; in the
     sparse stage through the selected keys only) and never the indexer (its input x is detached
     and the selection is integer-valued). The KL reaches only the indexer's W_qI, W_kI, W_w (its
-    target p_t and its input are detached). Deviation from the paper: its warm-up freezes the
-    rest of a pre-trained dense model; here the model usually trains from scratch, so the task
-    loss keeps training the base layer during warm-up. A model that calls the layer more than
-    once per step (a retrieval pair encoder does not: it batches both inputs) advances the
-    counter once per call. ``indexer_step`` counts calls, so resuming continues the schedule.
-    Since the indexer's parameters receive only the KL gradient, Adam's per-parameter scaling
-    makes ``indexer_loss_weight`` nearly irrelevant to their updates; it scales the reported
-    loss and the KL's share of the global gradient norm (``train.grad_clip``).
+    target p_t and its input are detached). The paper's warm-up also freezes the rest of its
+    pre-trained dense model: ``train.train_only: {steps: N, params: [wq_idx, wk_idx, w_idx]}``
+    with ``indexer_warmup_steps: N`` does that in the trainer (``seqlab.train.optim``); without
+    it, the task loss keeps training the base layer during warm-up. A model that calls the
+    layer more than once per step (a retrieval pair encoder does not: it batches both inputs)
+    advances the counter once per call. ``indexer_step`` counts calls, so resuming continues
+    the schedule. Since the indexer's parameters receive only the KL gradient, Adam's
+    per-parameter scaling makes ``indexer_loss_weight`` nearly irrelevant to their updates; it
+    scales the reported loss and the KL's share of the global gradient norm
+    (``train.grad_clip``).
 
     Inference (``model.eval()``, the default of a fresh layer, and ``decode``): always the sparse
     path, whatever the counter says; nothing is sown and the counter is unchanged.

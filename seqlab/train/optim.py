@@ -4,6 +4,10 @@ Groups (the rule S4 and S5 train with; tests check which parameter lands where):
   "ssm":      every ``SSMParam`` (A, B, dt, Lambda, log-dt, ...): lr ``train.ssm_lr``, no decay.
   "no_decay": other parameters with ndim <= 1 (biases, norm scales, D skips): lr ``train.lr``.
   "decay":    the rest (projection matrices, embeddings): lr ``train.lr``, ``weight_decay``.
+
+``train.train_only`` (steps n, names): the parameters whose path contains none of the names are
+frozen for the first n steps (``optax.transforms.conditionally_mask``: zero updates, their
+optimiser state, schedule included, left as it is), then trained as their group says.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import jax
 import optax
 from flax import nnx
 
-from seqlab.config import TrainConfig
+from seqlab.config import ConfigError, TrainConfig
 from seqlab.layers.common import SSMParam
 
 GROUPS = ("ssm", "no_decay", "decay")
@@ -57,23 +61,45 @@ def schedule(peak: float, cfg: TrainConfig) -> optax.Schedule:
     )
 
 
+def frozen_first(model: nnx.Module, cfg: TrainConfig) -> set[tuple[str, ...]]:
+    """Paths of the parameters that ``train.train_only`` freezes for its first steps."""
+    only = cfg.train_only
+    if only.steps == 0:
+        return set()
+    paths = set(param_groups(model))
+    trained = {p for p in paths if any(name in part for part in p for name in only.params)}
+    if not trained:
+        examples = ", ".join(".".join(p) for p in sorted(paths)[:4])
+        raise ConfigError(
+            f"train.train_only.params {list(only.params)} match no parameter of the model; "
+            f"they are matched against the parts of parameter paths such as {examples}."
+        )
+    return paths - trained
+
+
 def make_tx(model: nnx.Module, cfg: TrainConfig) -> optax.GradientTransformation:
-    """The optax transformation for ``model`` under ``cfg`` (clip, then per-group AdamW)."""
-    groups = param_groups(model)
+    """The optax transformation for ``model`` under ``cfg`` (clip, then per-group AdamW; the
+    parameters that ``train.train_only`` freezes get the same AdamW after its steps)."""
+    groups, frozen = param_groups(model), frozen_first(model, cfg)
+
+    def label(path) -> str:
+        return groups[path] + ("/frozen" if path in frozen else "")
 
     def labels(params):
-        return jax.tree_util.tree_map_with_path(lambda p, _: groups[_path(p)], params)
+        return jax.tree_util.tree_map_with_path(lambda p, _: label(_path(p)), params)
 
     ssm_lr = cfg.lr if cfg.ssm_lr is None else cfg.ssm_lr
     adam = dict(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    tx = optax.multi_transform(
-        {
-            "ssm": optax.adamw(schedule(ssm_lr, cfg), weight_decay=0.0, **adam),
-            "no_decay": optax.adamw(schedule(cfg.lr, cfg), weight_decay=0.0, **adam),
-            "decay": optax.adamw(schedule(cfg.lr, cfg), weight_decay=cfg.weight_decay, **adam),
-        },
-        labels,
-    )
+    txs = {
+        "ssm": optax.adamw(schedule(ssm_lr, cfg), weight_decay=0.0, **adam),
+        "no_decay": optax.adamw(schedule(cfg.lr, cfg), weight_decay=0.0, **adam),
+        "decay": optax.adamw(schedule(cfg.lr, cfg), weight_decay=cfg.weight_decay, **adam),
+    }
+    n = cfg.train_only.steps
+    for name in {groups[p] for p in frozen}:
+        txs[name + "/frozen"] = optax.transforms.conditionally_mask(
+            txs[name], lambda step: step >= n)
+    tx = optax.multi_transform(txs, labels)
     if cfg.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
     return tx

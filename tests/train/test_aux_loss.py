@@ -191,3 +191,45 @@ def test_dsa_indexer_trains_through_the_trainer():
     # the KL is ~0.65x its initial value; an indexer that does not learn stays at 1.0x.
     for stage in ("dense", "sparse"):
         assert measured[stage, "trained"] < 0.75 * measured[stage, "initial"], measured
+
+
+def test_dsa_warm_up_with_train_only_freezes_everything_but_the_indexer():
+    """DeepSeek-V3.2's dense warm-up: ``train.train_only`` for the warm-up steps updates the
+    indexer's W_qI, W_kI, W_w alone (the rest bitwise unchanged); the next step moves the rest."""
+    vocab, length, warm = 8, 16, 3
+    info = TaskInfo("token", n_classes=vocab, vocab_size=vocab, input_dim=None,
+                    max_length=length, causal=True)
+    mixer_args = {"base": "mla", "n_heads": 2, "kv_lora_rank": 8, "topk": 4, "index_heads": 2,
+                  "index_head_dim": 8, "block_size": 8, "indexer_warmup_steps": warm}
+    indexer = ("wq_idx", "wk_idx", "w_idx")
+    cfg = Config(
+        model=ModelConfig(mixer="dsa", d_model=16, n_layers=1, mixer_args=mixer_args,
+                          norm="layer", ffn="mlp"),
+        train=TrainConfig(steps=10, batch_size=4, lr=0.01, warmup_steps=0, seed=0,
+                          train_only={"steps": warm, "params": indexer}),
+    )
+    run = make_trainer(cfg, info)
+    rng = np.random.default_rng(1)
+
+    def params():
+        flat = nnx.to_flat_state(nnx.state(nnx.merge(run.model_graphdef, run.state[0]),
+                                           nnx.Param))
+        return {"/".join(map(str, k)): np.array(v[...]) for k, v in flat}
+
+    def step():
+        x = rng.integers(0, vocab, (4, length + 1))
+        batch = {"inputs": x[:, :-1], "labels": x[:, 1:], "mask": np.ones((4, length), bool),
+                 "weights": np.ones(4, np.float32)}
+        with jax.set_mesh(run.mesh):
+            run.state, _ = run.train_step(run.state, shard_batch(batch, run.mesh))
+
+    before = params()
+    for _ in range(warm):
+        step()
+    warmed = params()
+    changed = {k for k in before if not np.array_equal(before[k], warmed[k])}
+    is_indexer = {k for k in before if any(n in k.split("/") for n in indexer)}
+    assert is_indexer and changed == is_indexer, sorted(changed ^ is_indexer)
+    step()
+    released = params()
+    assert all(not np.array_equal(warmed[k], released[k]) for k in before if k not in is_indexer)

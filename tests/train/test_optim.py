@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from _assert import assert_close
 from flax import nnx
 
-from seqlab.config import ModelConfig, TaskInfo, TrainConfig
+from seqlab.config import ConfigError, ModelConfig, TaskInfo, TrainConfig
 from seqlab.models import build_model
 from seqlab.train.optim import make_tx, param_groups, schedule
 
@@ -72,3 +73,45 @@ def test_each_group_moves_at_its_lr():
     for path, v in before.items():
         lr = 0.01 if param_groups(model)[tuple(map(str, path))] == "ssm" else 0.1
         assert_close(v - after[path], lr, rtol=1e-4)
+
+
+def _params(model):
+    return {tuple(map(str, k)): np.array(v[...])
+            for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_train_only_freezes_the_rest_then_starts_its_schedule():
+    """train_only {steps: 2, params: [head]}: two steps move only the head; at step 3 the rest
+    takes Adam's *first* step (moment and schedule untouched while frozen): exactly its lr after
+    warm-up step 0 -> lr 0 for warmup_steps=1, so the released group moves 0 at step 3 and lr at
+    step 4, while the head is already past its warm-up."""
+    model = _model(norm="layer")
+    cfg = TrainConfig(lr=0.1, ssm_lr=0.01, weight_decay=0.0, warmup_steps=1, steps=100,
+                      end_lr_ratio=1.0, train_only={"steps": 2, "params": ["head"]})
+    opt = nnx.Optimizer(model, make_tx(model, cfg), wrt=nnx.Param)
+    history = [_params(model)]
+    for _ in range(4):
+        opt.update(model, jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param)))
+        history.append(_params(model))
+    head = [k for k in history[0] if k[0] == "head"]
+    rest = [k for k in history[0] if k[0] != "head"]
+    assert head and rest
+    moved = [{k for k in history[0] if not np.array_equal(history[i + 1][k], history[i][k])}
+             for i in range(4)]
+    assert moved[0] == set()  # step 1: lr(0) = 0 for everyone (warm-up)
+    assert moved[1] == set(head)  # step 2: the head alone, at lr 0.1
+    for k in head:
+        assert_close(history[1][k] - history[2][k], 0.1, rtol=1e-4)
+    assert moved[2] == set(head)  # step 3: the rest's own count is 0: lr(0) = 0
+    assert moved[3] == set(head) | set(rest)  # step 4: the rest's first real step
+    for k in rest:
+        lr = 0.01 if param_groups(model)[k] == "ssm" else 0.1
+        assert_close(history[3][k] - history[4][k], lr, rtol=1e-4)
+        np.testing.assert_array_equal(history[3][k], history[0][k])
+
+
+def test_train_only_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="needs train.train_only.params"):
+        TrainConfig(train_only={"steps": 5})
+    with pytest.raises(ConfigError, match=r"match no parameter.*such as backbone"):
+        make_tx(_model(), TrainConfig(train_only={"steps": 5, "params": ["wq_idx"]}))
