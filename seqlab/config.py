@@ -136,10 +136,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainOnlyConfig:
-    """For the first ``steps`` steps, update only the parameters whose path contains one of
-    ``params`` (e.g. DSA's indexer: ``[wq_idx, wk_idx, w_idx]``, DeepSeek-V3.2's dense warm-up);
-    the others are frozen: no update, no weight decay, their Adam moments and learning-rate
-    schedule untouched until step ``steps``, where their schedule starts (warm-up included)."""
+    """For the first ``steps`` steps, update only the parameters with one of ``params`` among
+    the parts of their path, module or attribute names (e.g. DSA's indexer, DeepSeek-V3.2's
+    dense warm-up: ``[wq_idx, wk_idx, w_idx]``); the others are frozen: no update, no weight
+    decay, their Adam moments and learning-rate schedule untouched until step ``steps``, where
+    their schedule starts (warm-up included)."""
 
     steps: int = 0
     params: tuple[str, ...] = ()

@@ -5,8 +5,8 @@ Groups (the rule S4 and S5 train with; tests check which parameter lands where):
   "no_decay": other parameters with ndim <= 1 (biases, norm scales, D skips): lr ``train.lr``.
   "decay":    the rest (projection matrices, embeddings): lr ``train.lr``, ``weight_decay``.
 
-``train.train_only`` (steps n, names): the parameters whose path contains none of the names are
-frozen for the first n steps (``optax.transforms.conditionally_mask``: zero updates, their
+``train.train_only`` (steps n, names): the parameters none of whose path parts is one of the
+names are frozen for the first n steps (``optax.transforms.conditionally_mask``: zero updates, their
 optimiser state, schedule included, left as it is), then trained as their group says.
 """
 
@@ -67,7 +67,7 @@ def frozen_first(model: nnx.Module, cfg: TrainConfig) -> set[tuple[str, ...]]:
     if only.steps == 0:
         return set()
     paths = set(param_groups(model))
-    trained = {p for p in paths if any(name in part for part in p for name in only.params)}
+    trained = {p for p in paths if set(p) & set(only.params)}
     if not trained:
         examples = ", ".join(".".join(p) for p in sorted(paths)[:4])
         raise ConfigError(
