@@ -14,9 +14,9 @@ kv_lora_rank 64, RoPE key 8, no query compression; length 512, batch 4):
 2. Its weights are copied into the base of a ``seqlab.layers.sparse.DSA(base="mla")`` model
    (indexer: 4 heads of 16, RoPE on 8 dims, top-k 64 of up to 512 keys; the layer attends in
    MLA's shared-KV / MQA form as V3.2 does). Dense warm-up: ``--warmup`` steps in which only the
-   indexer's parameters are differentiated and updated (main weights frozen, as the paper; the
-   seqlab trainer keeps training the base during warm-up, so this loop passes
-   ``nnx.DiffState(0, indexer)`` instead), the layer in its own warm-up stage (dense output,
+   indexer's parameters are differentiated and updated (main weights frozen, as the paper; this
+   loop passes ``nnx.DiffState(0, indexer)``, which ``seqlab.Trainer`` does with
+   ``train.train_only``), the layer in its own warm-up stage (dense output,
    eq. 3 KL sown as ``aux_loss`` and collected by ``seqlab.train.steps.forward_with_aux``);
    constant lr 1e-3 (the paper's).
 3. Sparse stage: ``--sparse`` steps on every parameter (LM loss + the sown eq. 4 KL, which reaches
