@@ -36,8 +36,8 @@ path) and forward+backward for dense MLA, DSA as trained (LM + eq. 4 KL) and DSA
 alone; the indexer's share is the indexer's top-k selection alone over the time of the whole
 ``dsa`` op of one layer.
 
-Budget: about 20 minutes on the idle 2-core CPU (3 seeds x (300 dense + 60 warm-up + 2 x 120)
-steps, then the timing; measured: 46 minutes under a load average of 14 falling to 3);
+Budget: 30 minutes on the 2-core CPU (3 seeds x (300 dense + 60 warm-up + 2 x 120) steps, then
+the timing): measured 680 s at a load average of 4.9 falling to 3.7 (46 minutes at 14 -> 3);
 ``--seeds 0``: the timing alone (its plot goes to the temporary directory); ``--smoke``: one
 seed of 0 + 1 + 1 + 1 steps at tiny sizes, no timing (37 s at load 2-4: compiling the DSA train
 step twice dominates).

@@ -25,8 +25,8 @@ Tasks:
 Every model is trained with AdamW (the schedule of ``_lm.fit``) for the same number of steps,
 3 seeds each (the seed sets the initialisation and the data order). Mean ± std over seeds.
 
-Budget: under 30 minutes on the idle 2-core CPU (30 runs of 400 steps at d_model 32; 2,748 s
-measured at a load average of 10-14); ``--smoke``: seconds (one variant, compiled once).
+Budget: 30 minutes on the 2-core CPU (30 runs of 400 steps at d_model 32): measured 824 s at a
+load average of 4.6-5.6 (2,748 s at 10-14); ``--smoke``: seconds (one variant, compiled once).
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/hydra_bidirectional.py
 """

@@ -12,8 +12,8 @@ schedule, 3 seeds; validation bits per byte on held-out windows.
 MHA: 4 KV heads; GQA: 2; MQA: 1; MLA: kv_lora_rank 64 (= 4 d_h), RoPE key 8 (= d_h / 2), no query
 compression (seqlab's defaults scale this way with d_model / n_heads).
 
-Budget: about 30 minutes on the 2-core CPU under a load average near 18 (12 runs of 400 steps);
-``--smoke``: seconds.
+Budget: 30 minutes on the 2-core CPU (12 runs of 400 steps): measured 140 s at a load average
+near 4 (1,853 s near 18); ``--smoke``: seconds.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/mla_cache_loss.py
 """

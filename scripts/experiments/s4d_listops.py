@@ -16,9 +16,9 @@ instead of 6 layers of 256 and 120,000 steps. Model seeds 0, 1, 2 (init and batc
 The test accuracy of the final model is reported as mean ± std over seeds; the plot shows it per
 model with the seed points, and the validation curves.
 
-Budget: about 15 minutes on the idle 2-core CPU (estimated from the run's share of the machine;
-measured: 58 minutes at load 7.5-15, 12 runs of about 5 minutes); ``--smoke``: seconds (most of
-it compilation).
+Budget: 30 minutes on the 2-core CPU; measured 1,265 s at load 0.8 -> 4.8 (the CPU shared with
+other training runs; 58 minutes at load 7.5-15 earlier), 12 runs; ``--smoke``: seconds (most
+of it compilation).
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/s4d_listops.py
 """
