@@ -33,9 +33,10 @@ Householder factors per token and eigenvalues in [-1, 1] solves S_n; n_h = 1 can
    - ``A5 start+curr, linear keys, n_h=2 / 4``: the A5 word problem (60 classes);
    - ``S5 start+curr, linear keys, n_h=4``: the S5 word problem (120 classes).
 
-Budget: the default (12 runs of 1,500 steps) measured 46 minutes on the 2-core CPU shared with
-other jobs (load average 7.5 -> 12.2); one variant at 4,000 steps (3 runs) 10 minutes (load
-10 -> 8); ``--construction-only``: 4 s at load 2; ``--smoke``: seconds. ``--variants``: a subset.
+Budget: 30 minutes on the 2-core CPU; the default (12 runs of 1,500 steps) measured 601 s at
+load 3.8 -> 4.3 (46 minutes at load 7.5 -> 12.2); one variant at 4,000 steps (3 runs) 10
+minutes (load 10 -> 8); ``--construction-only``: 4 s at load 2; ``--smoke``: seconds.
+``--variants``: a subset.
 
     PYTHONPATH=. nice -n 19 .venv/bin/python scripts/experiments/deltaproduct_s3.py
 """
