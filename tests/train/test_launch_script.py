@@ -14,13 +14,22 @@ KEYS = ("CUDA_VISIBLE_DEVICES", "XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM
         "JAX_PROCESS_ID")
 
 STUB = """#!{python}
-import json, os, sys
+import json, os, sys, time
 keys = {keys!r}
 record = {{k: os.environ.get(k) for k in keys}}
 record["argv"] = sys.argv[1:]
-with open(os.path.join({out!r}, "p%s.json" % os.environ.get("JAX_PROCESS_ID", "x")), "w") as f:
+path = os.path.join({out!r}, "p%s.json" % os.environ.get("JAX_PROCESS_ID", "x"))
+with open(path + ".tmp", "w") as f:
     json.dump(record, f)
-sys.exit(int(os.environ.get("STUB_EXIT", "0")) if os.environ.get("JAX_PROCESS_ID") == "1" else 0)
+os.replace(path + ".tmp", path)  # whole or absent, even if a TERM comes right after
+if os.environ.get("JAX_PROCESS_ID") == "1" and os.environ.get("STUB_EXIT"):
+    # fail only once process 0 has recorded its start: the launcher stops the others (TERM)
+    # when one fails, which could otherwise come before process 0 writes its record
+    for _ in range(400):
+        if os.path.exists(os.path.join({out!r}, "p0.json")):
+            break
+        time.sleep(0.05)
+    sys.exit(int(os.environ["STUB_EXIT"]))
 """
 
 
