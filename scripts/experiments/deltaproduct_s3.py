@@ -316,14 +316,18 @@ def plot(res: dict, tests: tuple[int, ...], a: argparse.Namespace) -> None:
         k = max(1, len(m) // 50)
         ax0.plot(np.convolve(m, np.ones(k) / k, "valid"), color=f"C{i}", label=name)
         for j, t in enumerate(tests):
-            ax1.bar(i + (j - 1) * 0.27, r["acc"][:, j].mean(), 0.27, yerr=r["acc"][:, j].std(),
+            x = i + (j - 1) * 0.27
+            ax1.bar(x, r["acc"][:, j].mean(), 0.27, yerr=r["acc"][:, j].std(),
                     color=f"C{j}", capsize=2, label=f"length {t}" if i == 0 else None)
+            ax1.plot([x] * len(r["acc"]), r["acc"][:, j], "k.", ms=3)  # each seed
+        chance = 1 / len(synthetic.group_table(r["group"]))
+        ax1.hlines(chance, i - 0.45, i + 0.45, color="k", lw=0.6, ls=":")
     ax0.set(xlabel="step", ylabel="train loss (nats, mean over seeds)", yscale="log",
             title="one layer; curriculum variants: length 4 -> train length")
     ax0.legend(fontsize=7)
     ax1.set_xticks(range(len(res)), [n.replace(", ", "\n") for n in res], fontsize=6)
-    ax1.axhline(1 / 6, color="k", lw=0.6, ls=":")
-    ax1.set(ylabel="per-position accuracy", ylim=(0, 1.05), title=f"{a.seeds} seeds")
+    ax1.set(ylabel="per-position accuracy", ylim=(0, 1.05),
+            title=f"{a.seeds} seeds (dots: each seed; dotted: chance 1/|G|)")
     ax1.legend(fontsize=8)
     fig.tight_layout()
     out = figure_path(a.plot, a.smoke)
