@@ -72,7 +72,8 @@ def frozen_first(model: nnx.Module, cfg: TrainConfig) -> set[tuple[str, ...]]:
         examples = ", ".join(".".join(p) for p in sorted(paths)[:4])
         raise ConfigError(
             f"train.train_only.params {list(only.params)} match no parameter of the model; "
-            f"they are matched against the parts of parameter paths such as {examples}."
+            f"each must equal a part (a module or attribute name) of a parameter path, as in "
+            f"{examples}."
         )
     return paths - trained
 

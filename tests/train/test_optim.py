@@ -113,5 +113,5 @@ def test_train_only_freezes_the_rest_then_starts_its_schedule():
 def test_train_only_errors_name_the_fix():
     with pytest.raises(ConfigError, match="needs train.train_only.params"):
         TrainConfig(train_only={"steps": 5})
-    with pytest.raises(ConfigError, match=r"match no parameter.*such as backbone"):
+    with pytest.raises(ConfigError, match=r"match no parameter.*as in backbone"):
         make_tx(_model(), TrainConfig(train_only={"steps": 5, "params": ["wq_idx"]}))
