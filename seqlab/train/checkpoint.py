@@ -51,15 +51,23 @@ def _from_savable(tree, template):
 
 
 class Checkpoints:
-    """A CheckpointManager in ``directory`` keeping ``max_to_keep`` steps."""
+    """A CheckpointManager in ``directory`` keeping ``max_to_keep`` steps.
 
-    def __init__(self, directory: str | epath.PathLike, max_to_keep: int):
+    name: the prefix of its barriers in JAX's coordination service (many processes). Two
+    managers that save the same step at once (the latest and the best checkpoint) would
+    otherwise both wait at ``_async_write_complete.<step>``, and the second one fails ("already
+    ongoing"), leaving the processes waiting for a barrier that never completes."""
+
+    def __init__(self, directory: str | epath.PathLike, max_to_keep: int, name: str):
         self.directory = epath.Path(directory)
         if "://" not in str(self.directory):
             self.directory = self.directory.absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=name)),
         )
 
     def latest_step(self) -> int | None:

@@ -154,8 +154,8 @@ class Trainer:
         if which not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
         if which == "best":
-            return Checkpoints(self.workdir / "best", 1)
-        return Checkpoints(self.workdir / "checkpoints", self.config.keep_checkpoints)
+            return Checkpoints(self.workdir / "best", 1, "best")
+        return Checkpoints(self.workdir / "checkpoints", self.config.keep_checkpoints, "latest")
 
     def _meta(self) -> dict:
         return {
