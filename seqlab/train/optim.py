@@ -61,12 +61,11 @@ def schedule(peak: float, cfg: TrainConfig) -> optax.Schedule:
     )
 
 
-def frozen_first(model: nnx.Module, cfg: TrainConfig) -> set[tuple[str, ...]]:
-    """Paths of the parameters that ``train.train_only`` freezes for its first steps."""
+def frozen_first(paths: set[tuple[str, ...]], cfg: TrainConfig) -> set[tuple[str, ...]]:
+    """Those of the parameter ``paths`` that ``train.train_only`` freezes for its first steps."""
     only = cfg.train_only
     if only.steps == 0:
         return set()
-    paths = set(param_groups(model))
     trained = {p for p in paths if set(p) & set(only.params)}
     if not trained:
         examples = ", ".join(".".join(p) for p in sorted(paths)[:4])
@@ -81,7 +80,8 @@ def frozen_first(model: nnx.Module, cfg: TrainConfig) -> set[tuple[str, ...]]:
 def make_tx(model: nnx.Module, cfg: TrainConfig) -> optax.GradientTransformation:
     """The optax transformation for ``model`` under ``cfg`` (clip, then per-group AdamW; the
     parameters that ``train.train_only`` freezes get the same AdamW after its steps)."""
-    groups, frozen = param_groups(model), frozen_first(model, cfg)
+    groups = param_groups(model)
+    frozen = frozen_first(set(groups), cfg)
 
     def label(path) -> str:
         return groups[path] + ("/frozen" if path in frozen else "")
