@@ -26,7 +26,7 @@ else
   BENCH=(--lengths 4k 16k --dtype bfloat16 --device gpu --repeats 3 --budget 20 --probe quick
          --no-ops)
   PEERS=()
-  T_BENCH=270; T_MIXER=60; T_PEERS=120  # worst case ~7.5 min
+  T_BENCH=240; T_MIXER=60; T_PEERS=150  # worst case ~7.5 min
 fi
 echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)"
 

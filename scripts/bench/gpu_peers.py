@@ -3,8 +3,9 @@
     python3 scripts/bench/gpu_peers.py --json out/peers.json            # bf16, 4k and 16k
     python3 scripts/bench/gpu_peers.py --smoke --json /tmp/peers.json   # tiny, any machine
 
-Rows: ``ops.delta.delta_product`` (n=1 and n=2) against flash-linear-attention's Triton kernels
-``chunk_gated_delta_rule`` and ``chunk_gated_delta_product``; ``ops.ssd.ssd``;
+Rows: ``ops.delta.delta_product`` (n=1 and n=2; its XLA form and its Pallas state passes)
+against flash-linear-attention's Triton kernels ``chunk_gated_delta_rule`` and
+``chunk_gated_delta_product``; ``ops.ssd.ssd``;
 ``ops.attention.attention`` against ``jax.nn.dot_product_attention`` with cuDNN. A peer that
 cannot run here (no CUDA, fla or triton missing) is recorded with the reason, never fatal.
 """
@@ -96,10 +97,17 @@ def main() -> None:
         tokens = b * t
         for n in (1, 2):
             xs = delta_inputs(b, t, h, d, n, dtype)
-            op = lambda *x, n=n: delta_product(*x, num_householder=n)[0]  # noqa: E731
-            rows.append(row(f"seqlab delta_product n={n}", t, tokens, time_fn(op, *xs,
-                            repeats=a.repeats), time_fn(fwd_bwd(op, tuple(range(4))), *xs,
-                            repeats=a.repeats)))
+            for form in ("xla", "pallas"):  # lax.scan or the Pallas (Triton) state passes
+                op = lambda *x, n=n, form=form: delta_product(  # noqa: E731
+                    *x, num_householder=n, implementation=form)[0]
+                try:
+                    rows.append(row(f"seqlab delta_product n={n} ({form})", t, tokens,
+                                    time_fn(op, *xs, repeats=a.repeats),
+                                    time_fn(fwd_bwd(op, tuple(range(4))), *xs,
+                                            repeats=a.repeats)))
+                except Exception as exc:  # noqa: BLE001 - a kernel that fails is a note
+                    rows.append(row(f"seqlab delta_product n={n} ({form})", t, tokens, None,
+                                    None, f"not run: {type(exc).__name__}: {exc}"[:200]))
             try:
                 rows.append(row(f"fla Triton chunk_gated_delta_{'rule' if n == 1 else 'product'}"
                                 f" n={n}", t, tokens, *fla_delta(xs, n, a.repeats)))

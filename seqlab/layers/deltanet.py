@@ -37,6 +37,7 @@ from seqlab.layers.common import (
 )
 from seqlab.layers.protocol import register_mixer
 from seqlab.ops.delta import AUTO_CHUNK_STEPS, delta_product, delta_product_recurrent
+from seqlab.ops.delta_pallas import unsupported
 
 
 def _l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -77,6 +78,7 @@ class _DeltaRuleMixer(nnx.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         qk_activation: str = "silu",
+        implementation: str = "xla",
     ):
         name = type(self).__name__
         if qk_activation not in QK_ACTIVATIONS:
@@ -107,6 +109,15 @@ class _DeltaRuleMixer(nnx.Module):
         self.allow_neg_eigval, self.causal = allow_neg_eigval, True
         self.qk_activation = qk_activation
         h, n = n_heads, n_householder
+        if implementation not in ("xla", "pallas"):
+            raise ValueError(f"{name}: implementation must be 'xla' or 'pallas', got "
+                             f"{implementation!r}")
+        steps = (chunk_size or max(1, AUTO_CHUNK_STEPS // n)) * n
+        acc = jnp.promote_types(dtype, jnp.float32)  # the op's accumulation dtype
+        if implementation == "pallas" and (why := unsupported(steps, head_dim, v_dim, acc)):
+            raise ValueError(f"{name}: implementation='pallas': {why}; use "
+                             "implementation='xla' (the default)")
+        self.implementation = implementation
 
         def linear(d_out):
             return nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
@@ -168,7 +179,7 @@ class _DeltaRuleMixer(nnx.Module):
         )
         beta, g = self._gates(x, mask)
         o, _ = delta_product(q, k, v, beta, g, num_householder=self.n_householder,
-                             chunk_size=self.chunk_size)
+                             chunk_size=self.chunk_size, implementation=self.implementation)
         return self._out(o, x)
 
     def init_cache(self, batch_size: int, max_length: int = 0,
@@ -199,7 +210,8 @@ class _DeltaRuleMixer(nnx.Module):
         chunked_from = self.chunk_size or max(1, AUTO_CHUNK_STEPS // self.n_householder)
         op = delta_product if x.shape[1] >= chunked_from else delta_product_recurrent
         o, state = op(q, k, v, beta, g, num_householder=self.n_householder,
-                      chunk_size=self.chunk_size, initial_state=cache["state"])
+                      chunk_size=self.chunk_size, initial_state=cache["state"],
+                      implementation=self.implementation)
         return self._out(o, x), {"q_conv": cq, "k_conv": ck, "v_conv": cv, "state": state}
 
 
@@ -210,7 +222,9 @@ class DeltaNet(_DeltaRuleMixer):
     Options: n_heads=4, head_dim=d_model/n_heads, expand_v=1, use_output_gate=False,
     allow_neg_eigval=False (beta in [0, 1]; True: [0, 2]), d_conv=4 (short convolution kernel),
     qk_activation="silu" (or "relu", "identity"; before the L2 norm), chunk_size=None (picked
-    from the length, ``ops.delta.auto_chunk_size``).
+    from the length, ``ops.delta.auto_chunk_size``), implementation="xla" (or "pallas": the
+    passes over the chunks as the Pallas kernels of ``ops.delta_pallas``; head sizes and chunk
+    micro-steps must be powers of two >= 16).
     """
 
     @reject_renamed

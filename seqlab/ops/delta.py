@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqlab.ops import delta_pallas
+
 
 def _check(q, k, v, beta, g, num_householder, initial_state, chunk_size=None):
     if num_householder < 1:
@@ -135,8 +137,10 @@ def delta_product_recurrent(
     scale: float | None = None,
     initial_state: jax.Array | None = None,
     chunk_size: int | None = None,
+    implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
-    """Sequential gated delta product (the reference form; ``chunk_size`` is ignored).
+    """Sequential gated delta product (the reference form; ``chunk_size`` and
+    ``implementation`` are ignored).
 
     q: [B, T, H, K]; k: [B, T*n, H, K]; v: [B, T*n, H, V]; beta: [B, T*n, H];
     g: [B, T, H] log-space decay or None; initial_state: [B, H, K, V] or None.
@@ -144,7 +148,7 @@ def delta_product_recurrent(
     Per token: ``S <- exp(g_t) S``, then n steps ``S <- S + beta k (v - S^T k)^T``,
     then ``o_t = S^T (scale q_t)`` (Siems et al. 2025, eq. 3).
     """
-    del chunk_size
+    del chunk_size, implementation
     _check(q, k, v, beta, g, num_householder, initial_state)
     b, t, h, dk = q.shape
     n, dv = num_householder, v.shape[-1]
@@ -197,17 +201,18 @@ def _intra(k_c, v_c, b_c, decay, gam):
     return a, t_inv, u, w
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
     """(o_c [z, c, V], final state [nb, K, V]) of the chunked layout; see ``delta_product``.
 
     q_c: [z, c, K] (scaled); k_c: [z, cn, K]; v_c: [z, cn, V]; b_c, g_c: [z, cn];
-    s0: [nb, K, V], with z = (chunk, nb) flattened.
+    s0: [nb, K, V], with z = (chunk, nb) flattened. ``pallas``: run the two passes over the
+    chunks as the kernels of ``ops.delta_pallas`` instead of ``lax.scan``.
     """
-    return _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n)[0]
+    return _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas)[0]
 
 
-def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n):
+def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
     nb, dk, dv = s0.shape
     gam, decay = _decay(g_c)
     _, t_inv, u, w = _intra(k_c, v_c, b_c, decay, gam)
@@ -219,10 +224,13 @@ def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n):
 
     def step(s, xs):  # one chunk: S' = exp(G_last) S + Kd^T (U - W S)
         u_j, w_j, k_j, e_j = xs
-        return e_j[..., None] * s + k_j @ (u_j - w_j @ s), s
+        return e_j[:, None, None] * s + k_j @ (u_j - w_j @ s), s
 
-    xs = [x.reshape(-1, nb, *x.shape[1:]) for x in (u, w, k_dec, jnp.exp(g_last))]
-    s, s_in = lax.scan(step, s0, xs, unroll=4)
+    xs = [x.reshape(-1, nb, *x.shape[1:]) for x in (u, w, k_dec, jnp.exp(g_last[:, 0]))]
+    if pallas:
+        s_in, s = delta_pallas.state_pass(*xs, s0)
+    else:
+        s, s_in = lax.scan(step, s0, xs, unroll=4)
     s_in = s_in.reshape(-1, dk, dv)
     o = q_eff @ s_in + o_intra
     return (o, s), (q_c, k_c, v_c, b_c, g_c, t_inv, s_in)
@@ -295,7 +303,7 @@ def _chunks_per_group(nc: int, nb: int, cn: int, width: int) -> int:
     return max(d for d in range(1, nc + 1) if nc % d == 0 and d <= target)
 
 
-def _chunked_bwd(n, res, cts):
+def _chunked_bwd(n, pallas, res, cts):
     """Backward pass from the saved chunk-entering states S_in and UT inverses T (as fla's
     chunk_gated_delta_rule keeps T): the decay masks, A, U, W, P and D are recomputed chunk by
     chunk, one reverse scan carries dS between chunks, the rest is batched over groups of
@@ -324,7 +332,10 @@ def _chunked_bwd(n, res, cts):
         return ds_in, ds
 
     xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (loc["w"], loc["kd"], e_last, loc["r"])]
-    ds0, ds_out = lax.scan(step, ds_last, xs, reverse=True, unroll=2)
+    if pallas:
+        ds_out, ds0 = delta_pallas.state_pass_bwd(*xs, ds_last)
+    else:
+        ds0, ds_out = lax.scan(step, ds_last, xs, reverse=True, unroll=2)
     ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
     if gc == nc:
         grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out)
@@ -370,6 +381,7 @@ def delta_product(
     scale: float | None = None,
     initial_state: jax.Array | None = None,
     chunk_size: int | None = None,
+    implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
     """Chunkwise-parallel gated delta product (WY/UT form; see the module docstring).
 
@@ -380,14 +392,25 @@ def delta_product(
     picks it from the length (``auto_chunk_size``). Any T: the tail is padded with
     beta = g = 0 steps, which leave the state unchanged. The backward pass is written for the
     algorithm (``jax.custom_vjp``): it keeps only the inputs and the state entering each chunk
-    and recomputes the intra-chunk terms.
+    and recomputes the intra-chunk terms. ``implementation="pallas"`` runs the two passes over
+    the chunks (forward state, backward state gradient) as the Pallas kernels of
+    ``ops.delta_pallas`` (Triton on a GPU, interpret mode elsewhere) instead of ``lax.scan``;
+    it needs float32 accumulation and chunk micro-steps, K and V that are powers of two >= 16
+    (``chunk_size=None`` then means 32 micro-steps at every length; shorter inputs are padded).
     """
     _check(q, k, v, beta, g, num_householder, initial_state, chunk_size)
     b, t, h, dk = q.shape
     n, dv = num_householder, v.shape[-1]
     acc = _acc_dtype(q, k, v, beta)
     scale = dk**-0.5 if scale is None else scale
-    c = min(auto_chunk_size(t, n) if chunk_size is None else chunk_size, t)
+    if implementation not in ("xla", "pallas"):
+        raise ValueError(f"implementation must be 'xla' or 'pallas', got {implementation!r}")
+    if implementation == "xla":
+        c = min(auto_chunk_size(t, n) if chunk_size is None else chunk_size, t)
+    else:  # the kernels' chunk sizes are fixed powers of two; a short sequence is padded
+        c = max(1, AUTO_CHUNK_STEPS // n) if chunk_size is None else chunk_size
+        if why := delta_pallas.unsupported(c * n, dk, dv, acc):
+            raise ValueError(f"implementation='pallas': {why}; use implementation='xla'")
     nc = -(-t // c)
     pad = nc * c - t
     cn = c * n  # micro-steps per chunk
@@ -410,6 +433,6 @@ def delta_product(
     s0 = jnp.zeros((b * h, dk, dv), acc)
     if initial_state is not None:
         s0 = initial_state.astype(acc).reshape(b * h, dk, dv)
-    o, s = _chunked(q_c, k_c, v_c, b_c, g_c, s0, n)
+    o, s = _chunked(q_c, k_c, v_c, b_c, g_c, s0, n, implementation == "pallas")
     o = jnp.moveaxis(o.reshape(nc, b, h, c, dv), (0, 2), (1, 3)).reshape(b, nc * c, h, dv)
     return o[:, :t].astype(q.dtype), s.reshape(b, h, dk, dv)

@@ -81,6 +81,24 @@ def test_bad_options_raise_clear_errors():
         MIXERS["deltanet"](d_model=8, rngs=nnx.Rngs(0))(jnp.ones((1, 3, 4)))
     with pytest.raises(ValueError, match="qk_activation 'tanh'.*silu, relu, identity"):
         MIXERS["gated-deltanet"](d_model=8, rngs=nnx.Rngs(0), qk_activation="tanh")
+    with pytest.raises(ValueError, match="'xla' or 'pallas'"):
+        MIXERS["deltanet"](d_model=32, rngs=nnx.Rngs(0), implementation="triton")
+    with pytest.raises(ValueError, match="powers of two.*K=8"):  # head_dim 32 / 4 heads = 8
+        MIXERS["deltanet"](d_model=32, rngs=nnx.Rngs(0), implementation="pallas")
+
+
+def test_pallas_implementation_equals_xla_forward_and_decode():
+    """Same parameters, implementation='pallas' (interpret mode here) vs 'xla': the forward of
+    a length that pads the last chunk, and a prefill (shorter than one chunk) then one step."""
+    opts = dict(d_model=32, n_heads=2, use_forget_gate=True, n_householder=2)
+    xla = MIXERS["deltaproduct"](rngs=nnx.Rngs(0), **opts)
+    pallas = MIXERS["deltaproduct"](rngs=nnx.Rngs(0), implementation="pallas", **opts)
+    x = jax.random.normal(jax.random.key(3), (2, 21, 32))
+    assert_close(pallas(x), xla(x), rtol=1e-5, atol=1e-6)
+    cache_x, cache_p = xla.init_cache(2), pallas.init_cache(2)
+    for part in (x[:, :20], x[:, 20:]):
+        (y_x, cache_x), (y_p, cache_p) = xla.decode(part, cache_x), pallas.decode(part, cache_p)
+        assert_close(y_p, y_x, rtol=1e-5, atol=1e-6)
 
 
 class _ParityNet(nnx.Module):
