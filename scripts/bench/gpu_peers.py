@@ -5,7 +5,7 @@
 
 Rows: ``ops.delta.delta_product`` (n=1 and n=2; its XLA form and its Pallas state passes)
 against flash-linear-attention's Triton kernels ``chunk_gated_delta_rule`` and
-``chunk_gated_delta_product``; ``ops.ssd.ssd``;
+``chunk_gated_delta_product``; ``ops.ssd.ssd`` (both forms);
 ``ops.attention.attention`` against ``jax.nn.dot_product_attention`` with cuDNN. A peer that
 cannot run here (no CUDA, fla or triton missing) is recorded with the reason, never fatal.
 """
@@ -13,6 +13,7 @@ cannot run here (no CUDA, fla or triton missing) is recorded with the reason, ne
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -66,6 +67,30 @@ def fla_delta(xs, n, repeats):
     return f, time_python(both, repeats=repeats, sync=sync)
 
 
+def forms(name, fn, args, grads, length, tokens, repeats):
+    """Rows for ``fn(*args, implementation=form)`` with form "xla" and "pallas"; the Pallas
+    row's note gives the largest difference of its output from the XLA form's, relative to the
+    largest entry of the latter."""
+    out, ref = [], None
+    for form in ("xla", "pallas"):
+        op = functools.partial(fn, implementation=form)
+        try:
+            y = jnp.asarray(jax.jit(op)(*args), jnp.float32)
+            note = ""
+            if ref is None:
+                ref = y
+            else:
+                rel = float(jnp.max(jnp.abs(y - ref)) / jnp.max(jnp.abs(ref)))
+                note = f"max abs(pallas - xla) / max abs(xla) = {rel:.1e}"
+            out.append(row(f"{name} ({form})", length, tokens,
+                           time_fn(op, *args, repeats=repeats),
+                           time_fn(fwd_bwd(op, grads), *args, repeats=repeats), note))
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails is a note
+            out.append(row(f"{name} ({form})", length, tokens, None, None,
+                           f"not run: {type(exc).__name__}: {exc}"[:200]))
+    return out
+
+
 def row(name, length, tokens, fwd, fb, note=""):
     return {"name": name, "length": length,
             "fwd_ms": None if fwd is None else fwd.median_s * 1e3,
@@ -97,17 +122,10 @@ def main() -> None:
         tokens = b * t
         for n in (1, 2):
             xs = delta_inputs(b, t, h, d, n, dtype)
-            for form in ("xla", "pallas"):  # lax.scan or the Pallas (Triton) state passes
-                op = lambda *x, n=n, form=form: delta_product(  # noqa: E731
-                    *x, num_householder=n, implementation=form)[0]
-                try:
-                    rows.append(row(f"seqlab delta_product n={n} ({form})", t, tokens,
-                                    time_fn(op, *xs, repeats=a.repeats),
-                                    time_fn(fwd_bwd(op, tuple(range(4))), *xs,
-                                            repeats=a.repeats)))
-                except Exception as exc:  # noqa: BLE001 - a kernel that fails is a note
-                    rows.append(row(f"seqlab delta_product n={n} ({form})", t, tokens, None,
-                                    None, f"not run: {type(exc).__name__}: {exc}"[:200]))
+            def delta(*x, n=n, implementation):
+                return delta_product(*x, num_householder=n, implementation=implementation)[0]
+            rows += forms(f"seqlab delta_product n={n}", delta, xs, tuple(range(4)), t, tokens,
+                          a.repeats)
             try:
                 rows.append(row(f"fla Triton chunk_gated_delta_{'rule' if n == 1 else 'product'}"
                                 f" n={n}", t, tokens, *fla_delta(xs, n, a.repeats)))
@@ -120,9 +138,9 @@ def main() -> None:
         B = jax.random.normal(ks[2], (b, t, 1, d)).astype(dtype)
         C = jax.random.normal(ks[3], (b, t, 1, d)).astype(dtype)
         A = -jnp.exp(jax.random.normal(ks[4], (h,)))
-        op = lambda *z: ssd(*z)[0]  # noqa: E731
-        rows.append(row("seqlab ssd", t, tokens, time_fn(op, x, dt, A, B, C, repeats=a.repeats),
-                        time_fn(fwd_bwd(op, (0, 1, 3, 4)), x, dt, A, B, C, repeats=a.repeats)))
+        def ssd_y(*z, implementation):
+            return ssd(*z, implementation=implementation)[0]
+        rows += forms("seqlab ssd", ssd_y, (x, dt, A, B, C), (0, 1, 3, 4), t, tokens, a.repeats)
         q = k = v = x
         ours = lambda q, k, v: attention(q, k, v, causal=True)  # noqa: E731
         rows.append(row("seqlab attention (causal)", t, tokens,

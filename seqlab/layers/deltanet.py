@@ -37,7 +37,7 @@ from seqlab.layers.common import (
 )
 from seqlab.layers.protocol import register_mixer
 from seqlab.ops.delta import AUTO_CHUNK_STEPS, delta_product, delta_product_recurrent
-from seqlab.ops.delta_pallas import unsupported
+from seqlab.ops.state_passes import unsupported
 
 
 def _l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -113,8 +113,9 @@ class _DeltaRuleMixer(nnx.Module):
             raise ValueError(f"{name}: implementation must be 'xla' or 'pallas', got "
                              f"{implementation!r}")
         steps = (chunk_size or max(1, AUTO_CHUNK_STEPS // n)) * n
+        sizes = {"chunk steps": steps, "K": head_dim, "V": v_dim}
         acc = jnp.promote_types(dtype, jnp.float32)  # the op's accumulation dtype
-        if implementation == "pallas" and (why := unsupported(steps, head_dim, v_dim, acc)):
+        if implementation == "pallas" and (why := unsupported(acc, **sizes)):
             raise ValueError(f"{name}: implementation='pallas': {why}; use "
                              "implementation='xla' (the default)")
         self.implementation = implementation
@@ -223,7 +224,7 @@ class DeltaNet(_DeltaRuleMixer):
     allow_neg_eigval=False (beta in [0, 1]; True: [0, 2]), d_conv=4 (short convolution kernel),
     qk_activation="silu" (or "relu", "identity"; before the L2 norm), chunk_size=None (picked
     from the length, ``ops.delta.auto_chunk_size``), implementation="xla" (or "pallas": the
-    passes over the chunks as the Pallas kernels of ``ops.delta_pallas``; head sizes and chunk
+    passes over the chunks as the Pallas kernels of ``ops.state_passes``; head sizes and chunk
     micro-steps must be powers of two >= 16).
     """
 

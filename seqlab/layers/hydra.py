@@ -25,6 +25,7 @@ from seqlab.layers.common import (
 )
 from seqlab.layers.protocol import register_mixer
 from seqlab.ops.ssd import materialize, quasiseparable, ssd
+from seqlab.ops.state_passes import unsupported
 
 
 def _A_log_init(rngs: nnx.Rngs, heads: int, A_init_range: tuple[float, float]) -> jax.Array:
@@ -39,7 +40,7 @@ class _SSDMixerBase(nnx.Module):
 
     def _setup(self, d_model: int, *, d_state: int, expand: int, head_dim: int | None,
                n_heads: int | None, n_groups: int, chunk_size: int, dtype: jnp.dtype,
-               name: str) -> None:
+               name: str, implementation: str = "xla") -> None:
         d_inner = expand * d_model
         if n_heads is not None:  # the one vocabulary: n_heads = expand * d_model / head_dim
             if not isinstance(n_heads, int) or n_heads < 1 or d_inner % n_heads:
@@ -63,7 +64,16 @@ class _SSDMixerBase(nnx.Module):
             raise ValueError(f"{name}: chunk_size must be a positive int, got {chunk_size!r}")
         self.d_model, self.d_state, self.d_inner = d_model, d_state, d_inner
         self.head_dim, self.n_heads, self.n_groups = head_dim, heads, n_groups
+        if implementation not in ("xla", "pallas"):
+            raise ValueError(f"{name}: implementation must be 'xla' or 'pallas', got "
+                             f"{implementation!r}")
+        why = unsupported(jnp.promote_types(dtype, jnp.float32), d_state=d_state) or (
+            f"head_dim must be a multiple of 16, got {head_dim}" if head_dim % 16 else None)
+        if implementation == "pallas" and why:
+            raise ValueError(f"{name}: implementation='pallas': {why}; use "
+                             "implementation='xla' (the default)")
         self.chunk_size, self.dtype, self.name = chunk_size, dtype, name
+        self.implementation = implementation
 
     def _heads(self, t: jax.Array, width: int) -> jax.Array:
         """[b, L, k * width] -> [b, L, k, width]."""
@@ -94,6 +104,7 @@ class Hydra(_SSDMixerBase):
     ``group_size``; Mamba-2 normalises per group); output projection.
     Heads: ``n_heads = expand * d_model / head_dim``; give ``head_dim`` (default 64) or
     ``n_heads``, not two that disagree. Bidirectional: ``decode`` raises.
+    ``implementation="pallas"`` runs the SSD passes over chunks as Pallas kernels (as ``ssd``).
     """
 
     @reject_renamed
@@ -115,9 +126,11 @@ class Hydra(_SSDMixerBase):
         dt_init_floor: float = 1e-4,
         chunk_size: int = 64,
         use_bias: bool = False,
+        implementation: str = "xla",
     ):
         self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_heads=n_heads,
-                    n_groups=n_groups, chunk_size=chunk_size, dtype=dtype, name="Hydra")
+                    n_groups=n_groups, chunk_size=chunk_size, dtype=dtype, name="Hydra",
+                    implementation=implementation)
         self.causal = False
         if d_conv % 2 == 0 or d_conv < 1:
             raise ValueError(f"Hydra: d_conv must be a positive odd kernel size (centred "
@@ -163,7 +176,8 @@ class Hydra(_SSDMixerBase):
     def __call__(self, u: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """u: [batch, length, d_model], mask: [batch, length] bool -> [batch, length, d_model]."""
         z, x, args = self._mixer_inputs(u, mask)
-        y = quasiseparable(x, chunk_size=self.chunk_size, **args)
+        y = quasiseparable(x, chunk_size=self.chunk_size, implementation=self.implementation,
+                           **args)
         return self._output(y, z)
 
     def mixing_matrix(self, u: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -193,7 +207,9 @@ class Mamba2(_SSDMixerBase):
     ngroups)``); output projection. Decode cache: ``{"conv": [batch, d_conv-1, channels],
     "state": [batch, heads, head_dim, d_state]}`` (fixed size: ``max_length`` is not needed).
     Heads: ``n_heads = expand * d_model / head_dim``; give ``head_dim`` (default 64) or
-    ``n_heads``, not two that disagree.
+    ``n_heads``, not two that disagree. ``implementation="pallas"`` runs the SSD passes over
+    chunks as Pallas kernels (``seqlab.ops.ssd.ssd``; d_state a power of two >= 16, head_dim a
+    multiple of 16).
     """
 
     @reject_renamed
@@ -215,9 +231,11 @@ class Mamba2(_SSDMixerBase):
         dt_init_floor: float = 1e-4,
         chunk_size: int = 64,
         use_bias: bool = False,
+        implementation: str = "xla",
     ):
         self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_heads=n_heads,
-                    n_groups=n_groups, chunk_size=chunk_size, dtype=dtype, name="Mamba2")
+                    n_groups=n_groups, chunk_size=chunk_size, dtype=dtype, name="Mamba2",
+                    implementation=implementation)
         self.causal = True
         if d_conv < 1:
             raise ValueError(f"Mamba2: d_conv must be >= 1, got {d_conv}")
@@ -246,7 +264,7 @@ class Mamba2(_SSDMixerBase):
         x = self._heads(apply_mask(x, mask), self.head_dim)
         y, state = ssd(x, self._dt(dt, mask), self._A(), self._heads(B, self.d_state),
                        self._heads(C, self.d_state), chunk_size=self.chunk_size,
-                       initial_state=initial_state)
+                       initial_state=initial_state, implementation=self.implementation)
         y = y + (self.D[...][:, None] * x).astype(y.dtype)
         return y, state
 

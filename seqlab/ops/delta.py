@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqlab.ops import delta_pallas
+from seqlab.ops import state_passes
 
 
 def _check(q, k, v, beta, g, num_householder, initial_state, chunk_size=None):
@@ -207,7 +207,7 @@ def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
 
     q_c: [z, c, K] (scaled); k_c: [z, cn, K]; v_c: [z, cn, V]; b_c, g_c: [z, cn];
     s0: [nb, K, V], with z = (chunk, nb) flattened. ``pallas``: run the two passes over the
-    chunks as the kernels of ``ops.delta_pallas`` instead of ``lax.scan``.
+    chunks as the kernels of ``ops.state_passes`` instead of ``lax.scan``.
     """
     return _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas)[0]
 
@@ -228,7 +228,7 @@ def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
 
     xs = [x.reshape(-1, nb, *x.shape[1:]) for x in (u, w, k_dec, jnp.exp(g_last[:, 0]))]
     if pallas:
-        s_in, s = delta_pallas.state_pass(*xs, s0)
+        s_in, s = state_passes.state_pass(*xs, s0)
     else:
         s, s_in = lax.scan(step, s0, xs, unroll=4)
     s_in = s_in.reshape(-1, dk, dv)
@@ -333,7 +333,7 @@ def _chunked_bwd(n, pallas, res, cts):
 
     xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (loc["w"], loc["kd"], e_last, loc["r"])]
     if pallas:
-        ds_out, ds0 = delta_pallas.state_pass_bwd(*xs, ds_last)
+        ds_out, ds0 = state_passes.state_pass_bwd(*xs, ds_last)
     else:
         ds0, ds_out = lax.scan(step, ds_last, xs, reverse=True, unroll=2)
     ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
@@ -394,7 +394,7 @@ def delta_product(
     algorithm (``jax.custom_vjp``): it keeps only the inputs and the state entering each chunk
     and recomputes the intra-chunk terms. ``implementation="pallas"`` runs the two passes over
     the chunks (forward state, backward state gradient) as the Pallas kernels of
-    ``ops.delta_pallas`` (Triton on a GPU, interpret mode elsewhere) instead of ``lax.scan``;
+    ``ops.state_passes`` (Triton on a GPU, interpret mode elsewhere) instead of ``lax.scan``;
     it needs float32 accumulation and chunk micro-steps, K and V that are powers of two >= 16
     (``chunk_size=None`` then means 32 micro-steps at every length; shorter inputs are padded).
     """
@@ -409,7 +409,7 @@ def delta_product(
         c = min(auto_chunk_size(t, n) if chunk_size is None else chunk_size, t)
     else:  # the kernels' chunk sizes are fixed powers of two; a short sequence is padded
         c = max(1, AUTO_CHUNK_STEPS // n) if chunk_size is None else chunk_size
-        if why := delta_pallas.unsupported(c * n, dk, dv, acc):
+        if why := state_passes.unsupported(acc, **{"chunk steps": c * n, "K": dk, "V": dv}):
             raise ValueError(f"implementation='pallas': {why}; use implementation='xla'")
     nc = -(-t // c)
     pad = nc * c - t

@@ -23,8 +23,12 @@ diagonal, ``C_bw[i+1] . B_bw[j] dt_bw[j] exp(A sum_{i<k<j} dt_bw[k])`` above it,
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from seqlab.ops import state_passes
 
 
 def segsum(a: jax.Array) -> jax.Array:
@@ -68,15 +72,30 @@ def _check_ssd_args(x, dt, A, B, C, chunk_size, initial_state) -> None:
                          f"{(b, h, p, B.shape[3])}, got {initial_state.shape}")
 
 
-@jax.custom_vjp
-def _ssd_chunked(X, a, B, C, h0):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _ssd_chunked(X, a, B, C, h0, pallas):
     """The chunked scan in the flat layout z = (chunk, batch, group), r = head in its group.
 
     X: [z, r, l, p] (dt-scaled input); a: [z, r, l] (dt A); B, C: [z, l, n];
     h0: [b*g, n, r*p] (the states of a group's heads side by side, transposed).
-    Returns y: [z, r, l, p] and the final state [b*g, n, r*p].
+    Returns y: [z, r, l, p] and the final state [b*g, n, r*p]. ``pallas``: the passes over the
+    chunks run as ``ops.state_passes.decay_pass`` instead of ``lax.scan``.
     """
-    return _ssd_fwd(X, a, B, C, h0)[0]
+    return _ssd_fwd(X, a, B, C, h0, pallas)[0]
+
+
+def _decay_pass(e, x, s0, pallas, reverse=False):
+    """``s_{j+1} = e_j * s_j + x_j`` over chunks: e: [nc, nb, Q]; x: [nc, nb, N, Q] ->
+    (states entering (leaving, if reverse) each chunk [nc, nb, N, Q], final state [nb, N, Q])."""
+    if pallas:
+        return state_passes.decay_pass(e, x, s0, reverse=reverse)
+
+    def step(s, xs):
+        e_j, x_j = xs
+        return e_j[:, None, :] * s + x_j, s
+
+    final, s_in = jax.lax.scan(step, s0, (e, x), reverse=reverse)
+    return s_in, final
 
 
 def _heads_last(t: jax.Array) -> jax.Array:
@@ -91,7 +110,7 @@ def _heads_first(t: jax.Array, r: int) -> jax.Array:
     return jnp.swapaxes(t.reshape(z, l, r, rp // r), 1, 2)
 
 
-def _ssd_fwd(X, a, B, C, h0):
+def _ssd_fwd(X, a, B, C, h0, pallas):
     r = X.shape[1]
     cum = jnp.cumsum(a, axis=-1)
     decay = jnp.exp(segsum(a))  # [z, r, l, s]
@@ -100,20 +119,15 @@ def _ssd_fwd(X, a, B, C, h0):
     xe = _heads_last(X * decay[..., -1, :, None])  # X_s exp(a_{s+1} + ... + a_last)
     states = jnp.einsum("zsn,zsq->znq", B, xe)  # 2. chunk states (transposed): [z, n, r*p]
     e_last = jnp.repeat(jnp.exp(cum[..., -1]), X.shape[-1], axis=-1)  # [z, r*p]
-
-    def step(s, xs):  # 3. S_j = exp(sum of a over chunk j) S_{j-1} + states_j
-        e_j, st_j = xs
-        return e_j[:, None, :] * s + st_j, s
-
     nb = h0.shape[0]
     xs = [t.reshape(-1, nb, *t.shape[1:]) for t in (e_last, states)]
-    final, s_in = jax.lax.scan(step, h0, xs)
+    s_in, final = _decay_pass(*xs, h0, pallas)  # 3. S_j = exp(sum of a over j) S_{j-1} + states_j
     s_in = s_in.reshape(states.shape)
     y = y + jnp.exp(cum)[..., None] * _heads_first(C @ s_in, r)  # 4. state -> output
     return (y, final), (X, a, B, C, s_in)
 
 
-def _ssd_bwd(res, cts):
+def _ssd_bwd(pallas, res, cts):
     """Recomputes the decay masks and C B^T per chunk from the inputs and the saved states
     entering each chunk; one reverse scan (elementwise) carries dS between chunks.
     With y = (CB * L) X + e^{cum} C S_in^T and S_j = e^{cum_last} S_{j-1} + (X e_end)^T B:
@@ -130,15 +144,10 @@ def _ssd_bwd(res, cts):
     e_last = jnp.exp(cum[..., -1])
     dy_e = _heads_last(jnp.exp(cum)[..., None] * dy)  # cotangent of C S_in: [z, l, r*p]
     from_out = jnp.einsum("zln,zlq->znq", C, dy_e)
-
-    def step(ds, xs):  # ds: cotangent of the state leaving chunk j
-        e_j, f_j = xs
-        return e_j[:, None, :] * ds + f_j, ds
-
     nb = d_final.shape[0]
     xs = [t.reshape(-1, nb, *t.shape[1:]) for t in (jnp.repeat(e_last, p, axis=-1), from_out)]
-    dh0, ds_out = jax.lax.scan(step, d_final, xs, reverse=True)
-    ds_out = ds_out.reshape(s_in.shape)  # [z, n, r*p]
+    ds_out, dh0 = _decay_pass(*xs, d_final, pallas, reverse=True)  # dS carried back
+    ds_out = ds_out.reshape(s_in.shape)  # [z, n, r*p]: cotangent of the state leaving chunk j
 
     dm = jnp.where(jnp.tri(X.shape[2], dtype=bool), dy @ jnp.swapaxes(X, -1, -2), 0.0)
     e = dm * m  # [z, r, l, s]
@@ -170,6 +179,7 @@ def ssd(
     *,
     chunk_size: int = 64,
     initial_state: jax.Array | None = None,
+    implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
     """Chunked SSD scan (Mamba-2 eq. (1), algorithm of Sec. 6).
 
@@ -183,6 +193,10 @@ def ssd(
     Chunks are batched along one flat axis (chunk, batch, group) and C B^T is computed once per
     group; the backward pass is written for the algorithm (``jax.custom_vjp``): it keeps the
     inputs and the state entering each chunk and recomputes the decay masks and C B^T.
+    ``implementation="pallas"``: the passes over the chunks (forward states, backward state
+    gradients) run as the Pallas kernel ``ops.state_passes.decay_pass`` (Triton on a GPU,
+    interpret mode elsewhere) instead of ``lax.scan``; it needs float32, d_state a power of
+    two >= 16 and headdim a multiple of 16.
     """
     _check_ssd_args(x, dt, A, B, C, chunk_size, initial_state)
     out_dtype = x.dtype
@@ -190,6 +204,13 @@ def ssd(
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     reps = h // g
+    if implementation not in ("xla", "pallas"):
+        raise ValueError(f"ssd: implementation must be 'xla' or 'pallas', got {implementation!r}")
+    if implementation == "pallas":
+        why = state_passes.unsupported(f, d_state=n) or (
+            f"headdim must be a multiple of 16, got {p}" if p % 16 else None)
+        if why:
+            raise ValueError(f"ssd: implementation='pallas': {why}; use implementation='xla'")
     B, C, dt = B.astype(f), C.astype(f), dt.astype(f)
     X = x.astype(f) * dt[..., None]  # discretised input dt_t x_t
     a = dt * A.astype(f)  # log of the discretised decay exp(dt_t A)
@@ -209,7 +230,8 @@ def ssd(
 
     h0 = jnp.zeros((b, h, p, n), f) if initial_state is None else initial_state.astype(f)
     h0 = jnp.moveaxis(h0.reshape(b * g, reps * p, n), -1, -2)  # [b*g, n, r*p]
-    y, final = _ssd_chunked(chunk(X, True), chunk(a, True), chunk(B, False), chunk(C, False), h0)
+    y, final = _ssd_chunked(chunk(X, True), chunk(a, True), chunk(B, False), chunk(C, False), h0,
+                            implementation == "pallas")
     y = jnp.moveaxis(y.reshape(nc, b, g, reps, l, p), (0, 4), (1, 2))  # [b, nc, l, g, r, p]
     y = y.reshape(b, nc * l, h, p)[:, :length]
     return y.astype(out_dtype), jnp.moveaxis(final, -1, -2).reshape(b, h, p, n)
@@ -227,13 +249,15 @@ def quasiseparable(
     diag: jax.Array,
     *,
     chunk_size: int = 64,
+    implementation: str = "xla",
 ) -> jax.Array:
     """Hydra's quasiseparable mixer QS(X) = shift(SS(X)) + flip(shift(SS(flip(X)))) + D X.
 
     x: [batch, length, heads, headdim]; dt_fw, dt_bw, diag: [batch, length, heads];
     A: [heads]; B_*, C_*: [batch, length, groups, d_state]. All arguments in original time
     order (the backward ones are flipped here). Both directions run as one SSD call with the
-    flipped sequence stacked along the batch axis. Returns y: [batch, length, heads, headdim].
+    flipped sequence stacked along the batch axis (``implementation`` as in ``ssd``).
+    Returns y: [batch, length, heads, headdim].
     """
     if diag.shape != dt_fw.shape or dt_bw.shape != dt_fw.shape:
         raise ValueError(f"quasiseparable expects dt_fw, dt_bw and diag of one shape "
@@ -244,7 +268,7 @@ def quasiseparable(
         return jnp.concatenate([fw, jnp.flip(bw, axis=1)], axis=0)
 
     y, _ = ssd(both(x, x), both(dt_fw, dt_bw), A, both(B_fw, B_bw), both(C_fw, C_bw),
-               chunk_size=chunk_size)
+               chunk_size=chunk_size, implementation=implementation)
     no_pad = [(0, 0), (0, 0)]
     y_fw = jnp.pad(y[:b, :-1], [(0, 0), (1, 0)] + no_pad)  # shift: row t reads t-1, row 0 = 0
     y_bw = jnp.pad(jnp.flip(y[b:, :-1], axis=1), [(0, 0), (0, 1)] + no_pad)  # flip(shift(.))

@@ -61,6 +61,25 @@ def test_bad_options_raise():
         m.init_cache(1, 8)
     with pytest.raises(ValueError, match="d_model=32"):
         m(jnp.zeros((1, 5, 16)))
+    with pytest.raises(ValueError, match="'xla' or 'pallas'"):
+        Mamba2(32, implementation="triton", rngs=nnx.Rngs(0), **SMALL)
+    with pytest.raises(ValueError, match="d_state=8"):
+        Hydra(32, implementation="pallas", rngs=nnx.Rngs(0), **SMALL)
+
+
+@pytest.mark.parametrize("cls", [Hydra, Mamba2])
+def test_pallas_implementation_equals_xla(cls):
+    """Same parameters, the SSD passes as Pallas kernels (interpret mode here) vs lax.scan:
+    forward with padding, and Mamba2's prefill + decode step."""
+    opts = dict(d_state=16, head_dim=16, chunk_size=8, n_groups=2)
+    xla, pallas = (cls(32, rngs=nnx.Rngs(1), implementation=i, **opts) for i in ("xla", "pallas"))
+    u, mask = _x(2, 2, 19), jnp.arange(19)[None, :] < jnp.array([[19], [11]])
+    assert_close(_jit_apply(pallas)(u, mask), _jit_apply(xla)(u, mask), rtol=1e-5, atol=1e-6)
+    if cls is Mamba2:
+        cx, cp = xla.init_cache(2, 19), pallas.init_cache(2, 19)
+        for part in (u[:, :17], u[:, 17:]):
+            (yx, cx), (yp, cp) = xla.decode(part, cx), pallas.decode(part, cp)
+            assert_close(yp, yx, rtol=1e-5, atol=1e-6)
 
 
 def test_hydra_equals_its_quasiseparable_matrix():

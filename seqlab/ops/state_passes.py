@@ -1,29 +1,37 @@
-"""Pallas kernels for the two sequential passes of the chunked delta rule (``ops.delta``).
+"""Pallas kernels for the sequential passes over chunks of the chunked ops (delta rule, SSD).
 
-In the chunkwise-parallel delta rule (Yang et al. 2024a, sec. 3.2; gates as in Yang et al.
-2024b, sec. 3.3) everything is a batched matmul over chunks except two passes that walk the
-chunks in order. With ``S_j`` the state entering chunk j (``[K, V]``), ``Kd_j = exp(G_c - G) * K``
-(``[c, K]``), ``U_j, W_j`` the chunk's UT-transformed values and keys and ``e_j = exp(G_c)``:
+A chunked scan does its work as batched matmuls over all chunks, except one pass that walks the
+chunks in order, carrying the state (and, in the backward pass, one that carries its gradient
+back). Under XLA each chunk is one ``lax.scan`` step, i.e. a few kernel launches of tiny
+products on a GPU. Here one program per (sequence x head or group, block of state columns) keeps
+its slice of the state on chip and walks every chunk in one launch; the columns of the state
+evolve independently (every product below mixes rows only), so the blocks never communicate.
 
-    forward:   S_{j+1} = e_j S_j + Kd_j^T (U_j - W_j S_j)
-    backward:  dS_j    = e_j dS_{j+1} + R_j - W_j^T (Kd_j dS_{j+1})
+Delta rule (``ops.delta``; Yang et al. 2024a, sec. 3.2, gates of Yang et al. 2024b, sec. 3.3).
+With ``S_j`` the state entering chunk j (``[K, V]``), ``Kd_j = exp(G_c - G) * K`` (``[c, K]``),
+``U_j, W_j`` the chunk's UT-transformed values and keys and ``e_j = exp(G_c)``:
 
-(``R_j`` is the part of ``dS_j`` that comes from chunk j's outputs). Under XLA each chunk is
-one ``lax.scan`` step, i.e. a few kernel launches of tiny matmuls on a GPU. Here one program per
-(sequence x head, block of ``block_v`` value columns) keeps its ``[K, block_v]`` slice of the
-state on chip and walks every chunk in one launch. The value columns of the state evolve
-independently (every product above mixes key rows only), so the blocks need no communication;
-this is the layout of flash-linear-attention's ``chunk_gated_delta_rule_fwd_h`` and
-``chunk_gated_delta_rule_bwd_dhu`` kernels (read for the layout; written here from the equations).
+    forward:   S_{j+1} = e_j S_j + Kd_j^T (U_j - W_j S_j)               (``state_pass``)
+    backward:  dS_j    = e_j dS_{j+1} + R_j - W_j^T (Kd_j dS_{j+1})      (``state_pass_bwd``)
 
-The kernels target Triton (``jax.experimental.pallas.triton``); on any other backend they run in
-Pallas interpret mode (exact, slow: for tests). Shapes: ``nc`` chunks, ``nb`` = batch x heads,
-``c`` steps per chunk, ``K`` key and ``V`` value dims. Everything is float32.
+(``R_j`` is the part of ``dS_j`` that comes from chunk j's outputs). This is the layout of
+flash-linear-attention's ``chunk_gated_delta_rule_fwd_h`` / ``_bwd_dhu`` kernels.
+
+SSD (``ops.ssd``; Mamba-2, Dao & Gu 2024, sec. 6, step 3 "state passing"): the state of a chunk
+decays by one scalar per head, ``s_{j+1} = e_j * s_j + x_j`` (``decay_pass``; forward with the
+chunk states as ``x``, backward in reverse with the output cotangents), the layout of Mamba-2's
+``_state_passing_fwd_kernel``. (Both references were read for the layout; these kernels are
+written from the equations.)
+
+The kernels target Triton (``jax.experimental.pallas.triton``); on any other platform they run
+in Pallas interpret mode (exact, slow: for tests). Shapes: ``nc`` chunks, ``nb`` independent
+states, ``c`` steps per chunk. Everything is float32.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -31,27 +39,28 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
-__all__ = ["unsupported", "state_pass", "state_pass_bwd"]
+__all__ = ["unsupported", "state_pass", "state_pass_bwd", "decay_pass"]
 
 
 def _pow2(x: int) -> bool:
     return x >= 16 and x & (x - 1) == 0
 
 
-def unsupported(c: int, dk: int, dv: int, dtype) -> str | None:
-    """Why the kernels cannot run these sizes (None if they can): Triton's ``dot`` needs every
-    matrix dimension a power of two >= 16, and the kernels are written for float32."""
+def unsupported(dtype, **sizes: int) -> str | None:
+    """Why the kernels cannot run these sizes (None if they can): Triton's blocks and ``dot``
+    need every matrix dimension a power of two >= 16, and the kernels compute in float32.
+    ``sizes`` names each dimension for the message, e.g. ``unsupported(f32, K=64, V=64)``."""
     if jnp.dtype(dtype) != jnp.float32:
-        return f"the Pallas state pass computes in float32, got {jnp.dtype(dtype).name}"
-    bad = [f"{name}={x}" for name, x in (("chunk steps", c), ("K", dk), ("V", dv)) if not _pow2(x)]
+        return f"the Pallas state passes compute in float32, got {jnp.dtype(dtype).name}"
+    bad = [f"{name}={x}" for name, x in sizes.items() if not _pow2(x)]
     if bad:
-        return ("the Pallas state pass needs the chunk's micro-steps, K and V to be powers of two "
+        return ("the Pallas state passes need " + ", ".join(sizes) + " to be powers of two "
                 ">= 16, got " + ", ".join(bad))
     return None
 
 
 def _call(kernel, ins, out_shapes, in_blocks, out_blocks, nb, dv, block_v, interpret):
-    """The pallas_call over the grid (nb, V / block_v); ``interpret=None`` picks Triton when
+    """The pallas_call over the grid (nb, dv / block_v); ``interpret=None`` picks Triton when
     lowering for CUDA and interpret mode for every other platform (decided at lowering, so an
     export for CUDA from a CPU-only host gets the kernel)."""
     def run(*xs, interpret):
@@ -155,4 +164,43 @@ def state_pass_bwd(
          ((nc, None), lambda i, j: (0, i)), ((nc, None, dk, block_v), cols), state],
         [((nc, None, dk, block_v), cols), state],
         nb, dv, block_v, interpret,
+    )
+
+
+def _decay_kernel(e_ref, x_ref, s0_ref, s_in_ref, s_last_ref, *, nc, reverse):
+    def chunk(i, s):  # s: [N, bq], the state entering chunk j (leaving it, if reverse)
+        j = nc - 1 - i if reverse else i
+        s_in_ref[j] = s
+        return e_ref[j][None, :] * s + x_ref[j]
+
+    s_last_ref[...] = lax.fori_loop(0, nc, chunk, s0_ref[...])
+
+
+def decay_pass(
+    e: jax.Array,
+    x: jax.Array,
+    s0: jax.Array,
+    *,
+    reverse: bool = False,
+    block: int = 32,
+    interpret: bool | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``s_{j+1} = e_j * s_j + x_j`` over the chunks j (last chunk first if ``reverse``), with
+    the decay ``e_j`` broadcast over the rows of the state.
+
+    e: [nc, nb, Q]; x: [nc, nb, N, Q]; s0: [nb, N, Q]; ``block`` (a power of two) columns per
+    program, fewer where it does not divide Q. Returns (the state entering each chunk
+    [nc, nb, N, Q] (leaving it, if ``reverse``), the final state [nb, N, Q]).
+    """
+    nc, nb, n, q = x.shape
+    block = math.gcd(q, block)  # a power of two dividing Q
+    cols = lambda i, j: (0, i, 0, j)  # noqa: E731
+    state = ((None, n, block), lambda i, j: (i, 0, j))
+    return _call(
+        functools.partial(_decay_kernel, nc=nc, reverse=reverse),
+        (e, x, s0),
+        [(nc, nb, n, q), (nb, n, q)],
+        [((nc, None, block), lambda i, j: (0, i, j)), ((nc, None, n, block), cols), state],
+        [((nc, None, n, block), cols), state],
+        nb, q, block, interpret,
     )
