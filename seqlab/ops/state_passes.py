@@ -59,17 +59,39 @@ def unsupported(dtype, **sizes: int) -> str | None:
     return None
 
 
-def _call(kernel, ins, out_shapes, in_blocks, out_blocks, nb, dv, block_v, interpret):
-    """The pallas_call over the grid (nb, dv / block_v); ``interpret=None`` picks Triton when
-    lowering for CUDA and interpret mode for every other platform (decided at lowering, so an
-    export for CUDA from a CPU-only host gets the kernel)."""
+def _every(i, j):  # index maps of the grid (sequence i, column block j): all columns
+    return 0, i, 0, 0
+
+
+def _cols(i, j):  # [nc, nb, rows, cols] arrays: column block j
+    return 0, i, 0, j
+
+
+def _state(i, j):  # [nb, rows, cols] states: column block j
+    return i, 0, j
+
+
+def _per_chunk(i, j):  # [nc, nb] scalars
+    return 0, i
+
+
+def _call(kernel, ins, in_blocks, block, interpret):
+    """One pass over the chunks: ``ins`` ends with the initial state ``[nb, R, Q]``; the grid is
+    (nb, Q / block); the outputs are the state at every chunk ``[nc, nb, R, Q]`` and the final
+    state ``[nb, R, Q]``. ``interpret=None`` picks Triton when lowering for CUDA and interpret
+    mode for every other platform (decided at lowering, so an export for CUDA from a CPU-only
+    host gets the kernel)."""
+    nc, (nb, rows, q) = ins[0].shape[0], ins[-1].shape
+    state = pl.BlockSpec((None, rows, block), _state)
+
     def run(*xs, interpret):
         return pl.pallas_call(
-            kernel,
-            grid=(nb, dv // block_v),
-            in_specs=[pl.BlockSpec(*x) for x in in_blocks],
-            out_specs=[pl.BlockSpec(*x) for x in out_blocks],
-            out_shape=[jax.ShapeDtypeStruct(s, jnp.float32) for s in out_shapes],
+            functools.partial(kernel, nc=nc),
+            grid=(nb, q // block),
+            in_specs=[pl.BlockSpec(*x) for x in in_blocks] + [state],
+            out_specs=[pl.BlockSpec((nc, None, rows, block), _cols), state],
+            out_shape=[jax.ShapeDtypeStruct(x, jnp.float32) for x in ((nc, nb, rows, q),
+                                                                      (nb, rows, q))],
             interpret=interpret,
             compiler_params=pltr.CompilerParams(num_warps=4, num_stages=2),
         )(*xs)
@@ -106,20 +128,10 @@ def state_pass(
     [nb, K, V]). ``interpret=None``: Triton when lowered for CUDA, interpret mode elsewhere.
     """
     nc, nb, c, dv = u.shape
-    dk = w.shape[-1]
-    block_v = min(block_v, dv)
-    every = lambda i, j: (0, i, 0, 0)  # noqa: E731
-    cols = lambda i, j: (0, i, 0, j)  # noqa: E731
-    state = ((None, dk, block_v), lambda i, j: (i, 0, j))
-    return _call(
-        functools.partial(_fwd_kernel, nc=nc),
-        (u, w, k_dec_t, e_last, s0),
-        [(nc, nb, dk, dv), (nb, dk, dv)],
-        [((nc, None, c, block_v), cols), ((nc, None, c, dk), every),
-         ((nc, None, dk, c), every), ((nc, None), lambda i, j: (0, i)), state],
-        [((nc, None, dk, block_v), cols), state],
-        nb, dv, block_v, interpret,
-    )
+    dk, block_v = w.shape[-1], min(block_v, dv)
+    return _call(_fwd_kernel, (u, w, k_dec_t, e_last, s0),
+                 [((nc, None, c, block_v), _cols), ((nc, None, c, dk), _every),
+                  ((nc, None, dk, c), _every), ((nc, None), _per_chunk)], block_v, interpret)
 
 
 def _bwd_kernel(w_ref, kd_ref, e_ref, r_ref, ds_last_ref, ds_out_ref, ds0_ref, *, nc):
@@ -151,20 +163,11 @@ def state_pass_bwd(
     [nc, nb, K, V], the gradient of the initial state [nb, K, V]).
     """
     nc, nb, c, dk = w.shape
-    dv = r.shape[-1]
-    block_v = min(block_v, dv)
-    every = lambda i, j: (0, i, 0, 0)  # noqa: E731
-    cols = lambda i, j: (0, i, 0, j)  # noqa: E731
-    state = ((None, dk, block_v), lambda i, j: (i, 0, j))
-    return _call(
-        functools.partial(_bwd_kernel, nc=nc),
-        (w, kd, e_last, r, ds_last),
-        [(nc, nb, dk, dv), (nb, dk, dv)],
-        [((nc, None, c, dk), every), ((nc, None, c, dk), every),
-         ((nc, None), lambda i, j: (0, i)), ((nc, None, dk, block_v), cols), state],
-        [((nc, None, dk, block_v), cols), state],
-        nb, dv, block_v, interpret,
-    )
+    block_v = min(block_v, r.shape[-1])
+    return _call(_bwd_kernel, (w, kd, e_last, r, ds_last),
+                 [((nc, None, c, dk), _every), ((nc, None, c, dk), _every),
+                  ((nc, None), _per_chunk), ((nc, None, dk, block_v), _cols)], block_v,
+                 interpret)
 
 
 def _decay_kernel(e_ref, x_ref, s0_ref, s_in_ref, s_last_ref, *, nc, reverse):
@@ -194,13 +197,6 @@ def decay_pass(
     """
     nc, nb, n, q = x.shape
     block = math.gcd(q, block)  # a power of two dividing Q
-    cols = lambda i, j: (0, i, 0, j)  # noqa: E731
-    state = ((None, n, block), lambda i, j: (i, 0, j))
-    return _call(
-        functools.partial(_decay_kernel, nc=nc, reverse=reverse),
-        (e, x, s0),
-        [(nc, nb, n, q), (nb, n, q)],
-        [((nc, None, block), lambda i, j: (0, i, j)), ((nc, None, n, block), cols), state],
-        [((nc, None, n, block), cols), state],
-        nb, q, block, interpret,
-    )
+    return _call(functools.partial(_decay_kernel, reverse=reverse), (e, x, s0),
+                 [((nc, None, block), lambda i, j: (0, i, j)), ((nc, None, n, block), _cols)],
+                 block, interpret)
