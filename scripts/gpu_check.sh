@@ -50,10 +50,16 @@ cat "$OUT/imports.txt"
 # 2. every registered mixer, forward and forward+backward, bf16, against the probe's bound
 MIXERS=$($PY -c "import seqlab.layers as l; print(' '.join(sorted(l.MIXERS)))")
 START=$SECONDS
-for m in $MIXERS; do
+# then the chunked mixers again with their passes over chunks as Pallas kernels (rows named
+# e.g. "mamba2[implementation=pallas]"), while time is left
+for m in $MIXERS deltanet+pallas gated-deltanet+pallas deltaproduct+pallas mamba2+pallas \
+         hydra+pallas; do
   if (( SECONDS - START > T_BENCH )); then echo "$m: not started (over ${T_BENCH}s)"; continue; fi
-  timeout "$T_MIXER" $PY -m seqlab.bench "$m" "${BENCH[@]}" --json "$OUT/bench_$m.json" \
-    > "$OUT/bench_$m.log" 2>&1 || echo "$m: stopped (exit $?), see $OUT/bench_$m.log"
+  EXTRA=()
+  if [[ $m == *+pallas ]]; then EXTRA=(--mixer-args implementation=pallas); fi
+  timeout "$T_MIXER" $PY -m seqlab.bench "${m%+pallas}" "${BENCH[@]}" ${EXTRA[@]+"${EXTRA[@]}"} \
+    --json "$OUT/bench_$m.json" > "$OUT/bench_$m.log" 2>&1 \
+    || echo "$m: stopped (exit $?), see $OUT/bench_$m.log"
 done
 
 # 3. the peers: fla's Triton kernels, cuDNN attention, on the same inputs

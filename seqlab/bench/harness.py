@@ -66,6 +66,18 @@ def _parse_size(text: str) -> int:
     return value
 
 
+def _parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value read as YAML: ``128`` an int, ``true`` a bool, ``pallas`` a
+    string)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"not a mixer option: {text!r} (use KEY=VALUE, e.g. implementation=pallas)")
+    return key, yaml.safe_load(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seqlab bench",
@@ -86,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--budget", type=float, default=30.0,
                    help="seconds allowed per timed case (predicted from the previous length)")
+    p.add_argument("--mixer-args", nargs="+", type=_parse_option, default=[],
+                   metavar="KEY=VALUE", help="constructor options for every mixer of the run, "
+                   "e.g. implementation=pallas chunk_size=128 (values read as YAML); the rows' "
+                   "mixer names carry them")
     p.add_argument("--no-backward", action="store_true", help="skip forward+backward timing")
     p.add_argument("--no-ops", action="store_true", help="skip op/reference/peer comparisons")
     p.add_argument("--decode", action="store_true", help="also benchmark decode steps")
@@ -219,8 +235,10 @@ def _param_bytes(state: Any) -> int:
 
 def _empty_row(name: str, length: int, args: argparse.Namespace, spec: MixerSpec) -> dict:
     row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
-    row.update(mixer=name, length=length, batch=args.batch, d_model=args.d_model, status="ok",
-               note="", complexity=spec.complexity, peers=[])
+    options = ",".join(f"{k}={v}" for k, v in args.mixer_args)
+    row.update(mixer=f"{name}[{options}]" if options else name, length=length,
+               batch=args.batch, d_model=args.d_model, status="ok", note="",
+               complexity=spec.complexity, peers=[])
     return row
 
 
@@ -230,7 +248,8 @@ def _build(name: str, args: argparse.Namespace) -> Any:
     from seqlab.layers import MIXERS
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    mixer = MIXERS[name](d_model=args.d_model, rngs=nnx.Rngs(0), dtype=dtype)
+    mixer = MIXERS[name](d_model=args.d_model, rngs=nnx.Rngs(0), dtype=dtype,
+                         **dict(args.mixer_args))
     if hasattr(mixer, "eval"):
         mixer.eval()
     return mixer, dtype

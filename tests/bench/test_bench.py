@@ -202,3 +202,21 @@ def test_cli_rejects_unknown_mixer_and_stops_at_oom(monkeypatch, capsys):
     rows = harness.bench_mixer("toy", args, None, 64)
     assert [r["status"] for r in rows] == ["oom", "skipped"]
     assert "GiB" in rows[0]["note"] and rows[1]["note"] == "after out of memory"
+
+
+def test_cli_mixer_args_reach_the_constructor(capsys):
+    """--mixer-args KEY=VALUE (YAML values) go to every mixer's constructor and into the rows'
+    mixer names; a malformed option exits 2 and one a mixer rejects becomes an error row."""
+    args = harness.build_parser().parse_args(
+        ["mamba2", "--lengths", "16", "--d-model", "32", "--no-ops", "--no-backward",
+         "--repeats", "1", "--mixer-args", "implementation=pallas", "chunk_size=8"])
+    assert args.mixer_args == [("implementation", "pallas"), ("chunk_size", 8)]
+    rows = harness.bench_mixer("mamba2", args, None, None)
+    assert rows[0]["mixer"] == "mamba2[implementation=pallas,chunk_size=8]"
+    assert rows[0]["status"] == "ok" and rows[0]["fwd_s"] > 0
+    args.mixer_args = [("implementation", "cuda")]
+    row, = harness.bench_mixer("mamba2", args, None, None)
+    assert row["status"] == "error" and "'xla' or 'pallas'" in row["note"]
+    with pytest.raises(SystemExit) as exit_:
+        harness.build_parser().parse_args(["mamba2", "--mixer-args", "pallas"])
+    assert exit_.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
