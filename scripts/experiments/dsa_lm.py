@@ -299,7 +299,8 @@ def one_seed(seed: int, arch: Arch, setup: LMSetup, a, corpus: Corpus) -> dict:
     xv = jnp.asarray(corpus.val[0][: a.recall_windows])
     probe = nnx.clone(sparse)
     probe.train()  # warm-up stage: dense output; must equal the dense model's logits
-    r["warmup_match"] = float(jnp.max(jnp.abs(probe(xv) - dense(xv))))
+    logits, _ = forward_with_aux(probe, {"inputs": xv, "mask": None})  # collects the sown KL
+    r["warmup_match"] = float(jnp.max(jnp.abs(logits - dense(xv))))
     r["dsa_untrained_indexer"] = evaluate(sparse, corpus)  # sparse inference, random indexer
     nan = (float("nan"), float("nan"))  # --smoke: recall measured at the end only
     r["recall_init"] = nan if a.smoke else recall(sparse, xv, arch.topk)

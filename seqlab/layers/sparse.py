@@ -94,7 +94,10 @@ class DSA(nnx.Module):
     DeepSeek-V3.2 section 2.1. Each training-mode call advances ``indexer_step`` (an int32
     ``nnx.Variable``, checkpointed with the model) and sows
     ``indexer_loss_weight * KL`` as ``aux_loss`` (``nnx.Intermediate``), which the train step adds
-    to the task loss. One compiled step covers both stages (``lax.cond`` on the counter):
+    to the task loss (outside the trainer, call a training-mode model through
+    ``seqlab.train.steps.forward_with_aux``, which collects it under ``nnx.capture``: flax
+    deprecates sowing outside a capture). One compiled step covers both stages (``lax.cond`` on
+    the counter):
 
     1. Dense warm-up, the first ``indexer_warmup_steps`` calls: the layer's output is dense
        causal attention, and the KL is eq. 3, ``KL(p_t || softmax(I_t))`` over all causal keys,
