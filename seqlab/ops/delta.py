@@ -30,17 +30,21 @@ so ``D = U - W S_0`` with ``U = T diag(beta) V``, ``W = T diag(beta exp(G)) K`` 
     O = diag(exp(G_q)) Q S_0 + (M * Q K^T) D,       M_qs = exp(G_q - G_s) (s <= q)
     S_c = exp(G_c) S_0 + (exp(G_c - G) * K)^T D.
 
-Only ``S_c`` needs a sequential ``lax.scan`` over chunks (two ``[c, K] x [K, V]`` products per
-step); everything else, including ``O = (diag(exp(G_q)) Q - P W) S_0 + P U`` once the entering
-states are known, is one batched matmul over all chunks. The UT inverse ``T`` is computed by
-recursive 2x2 blocking (``unit_lower_inverse``, with its own VJP): on CPU that is much faster
-than a batched triangular solve.
+Only ``S_c`` needs a sequential pass over chunks (two ``[c, K] x [K, V]`` products per
+chunk, and ``O = (diag(exp(G_q)) Q - P W) S_0 + P U`` once the entering state is known);
+everything else is batched matmuls over chunks. The UT inverse ``T`` is ``ops.triangular``'s
+batched blocked inverse (with its own VJP). The XLA form walks the chunks in groups small
+enough to stay in cache: one ``lax.scan`` over groups, each step batching its group's local
+terms and then scanning its chunks (on the CPU this is 1.3-1.5x faster than batching the local
+terms over all chunks first, docs/performance.md). The Pallas form
+(``implementation="pallas"``) batches the local terms over all chunks and walks the chunks in
+one kernel (``ops.state_passes``).
 
 The backward pass is written for the algorithm (``jax.custom_vjp``), after the backward of
 flash-linear-attention's ``chunk_gated_delta_rule``: the forward keeps only its inputs, the
 UT inverses ``T`` and the state entering each chunk; the backward recomputes the decay masks,
-``A``, ``U``, ``W``, ``P`` and ``D`` chunk by chunk, carries ``dS`` between chunks with one
-reverse ``lax.scan`` and does everything else as batched matmuls over all chunks. Plain
+``A``, ``U``, ``W``, ``P`` and ``D`` chunk by chunk, carries ``dS`` between chunks in one
+reverse pass (grouped the same way) and forms the gradients with batched matmuls. Plain
 reverse-mode autodiff would store (and re-read) every ``[c, c]`` intermediate instead.
 """
 
@@ -53,6 +57,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqlab.ops import state_passes
+from seqlab.ops.triangular import unit_lower_inverse
 
 
 def _check(q, k, v, beta, g, num_householder, initial_state, chunk_size=None):
@@ -82,48 +87,6 @@ def _check(q, k, v, beta, g, num_householder, initial_state, chunk_size=None):
 def _acc_dtype(*xs) -> jnp.dtype:
     """float32 accumulation, or float64 when the inputs are float64."""
     return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
-
-
-@jax.custom_vjp
-def unit_lower_inverse(lower: jax.Array) -> jax.Array:
-    """Inverse of unit lower-triangular matrices ``[..., c, c]``.
-
-    Recursive 2x2 blocking, all diagonal blocks of one size at once:
-    ``[[L11, 0], [L21, L22]]^-1 = [[T11, 0], [-T22 L21 T11, T22]]`` with ``Tii = Lii^-1``.
-    On CPU this batched-matmul form is far faster than a batched triangular solve.
-    """
-    n = lower.shape[-1]
-    c = 1 << (n - 1).bit_length()  # pad to a power of two with an identity block
-    if c != n:
-        lower = jnp.pad(lower, [(0, 0)] * (lower.ndim - 2) + [(0, c - n), (0, c - n)])
-        lower = lower + jnp.diag((jnp.arange(c) >= n).astype(lower.dtype))
-    inv = jnp.ones(lower.shape[:-2] + (c, 1, 1), lower.dtype)  # the 1x1 diagonal blocks
-    size = 1
-    while size < c:
-        m = c // (2 * size)
-        blocks = lower.reshape(lower.shape[:-2] + (m, 2 * size, m, 2 * size))
-        blocks = jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)  # [.., m, 2s, 2s]
-        t11, t22 = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
-        t21 = -(t22 @ blocks[..., size:, :size] @ t11)
-        top = jnp.concatenate([t11, jnp.zeros_like(t11)], -1)
-        inv = jnp.concatenate([top, jnp.concatenate([t21, t22], -1)], -2)
-        size *= 2
-    return inv[..., 0, :n, :n]
-
-
-def _inverse_fwd(lower):
-    inv = unit_lower_inverse(lower)
-    return inv, inv
-
-
-def _inverse_bwd(inv, ct):
-    """d(L^-1) = -L^-1 dL L^-1, so dL_bar = -T^T T_bar T^T on the strictly lower part."""
-    n = inv.shape[-1]
-    grad = -(jnp.swapaxes(inv, -1, -2) @ ct @ jnp.swapaxes(inv, -1, -2))
-    return (jnp.where(jnp.tri(n, k=-1, dtype=bool), grad, 0.0),)
-
-
-unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
 def delta_product_recurrent(
@@ -209,28 +172,62 @@ def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
     s0: [nb, K, V], with z = (chunk, nb) flattened. ``pallas``: run the two passes over the
     chunks as the kernels of ``ops.state_passes`` instead of ``lax.scan``.
     """
-    return _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas)[0]
+    if pallas:
+        return _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas)[0]
+    return _grouped_forward(q_c, k_c, v_c, b_c, g_c, s0, n, residuals=False)
 
 
-def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
-    nb, dk, dv = s0.shape
+def _forward_terms(q_c, k_c, v_c, b_c, g_c, n):
+    """The chunk-local terms of the forward pass: T, U, W, q_eff = diag(exp(G_q)) Q - P W,
+    P U, Kd^T and exp(G_last) for every chunk."""
     gam, decay = _decay(g_c)
     _, t_inv, u, w = _intra(k_c, v_c, b_c, decay, gam)
     p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # M * Q K^T: [z, c, cn]
     q_eff = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c - p @ w  # O = q_eff S_in + P U
-    o_intra = p @ u
     g_last = gam[..., -1:]
     k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # Kd^T: [z, K, cn]
+    return t_inv, u, w, q_eff, p @ u, k_dec, jnp.exp(g_last[:, 0])
 
-    def step(s, xs):  # one chunk: S' = exp(G_last) S + Kd^T (U - W S)
-        u_j, w_j, k_j, e_j = xs
-        return e_j[:, None, None] * s + k_j @ (u_j - w_j @ s), s
 
-    xs = [x.reshape(-1, nb, *x.shape[1:]) for x in (u, w, k_dec, jnp.exp(g_last[:, 0]))]
-    if pallas:
-        s_in, s = state_passes.state_pass(*xs, s0)
-    else:
-        s, s_in = lax.scan(step, s0, xs, unroll=4)
+def _grouped_forward(q_c, k_c, v_c, b_c, g_c, s0, n, residuals):
+    """The XLA forward: one scan over groups of chunks small enough to stay in cache
+    (``_CACHE_ELEMENTS``); each step forms its group's chunk-local terms (batched), then walks
+    the group's chunks with ``O = q_eff S + P U`` and ``S' = exp(G_last) S + Kd^T (U - W S)``.
+    On the CPU this is faster than batching the local terms over all chunks first, whose
+    arrays leave the cache from T ~ 4k on. Returns (o, final state) and, with ``residuals``,
+    the UT inverses T and the state entering each chunk for the backward pass."""
+    (nb, dk, dv), cn = s0.shape, k_c.shape[1]
+    nc = k_c.shape[0] // nb
+    gc = _chunks_per_group(nc, nb, cn, max(dk, dv), _CACHE_ELEMENTS)
+
+    def step(s, xs):  # one chunk
+        u_j, w_j, k_j, e_j, q_j, o_j = xs
+        out = (q_j @ s + o_j, s) if residuals else q_j @ s + o_j
+        return e_j[:, None, None] * s + k_j @ (u_j - w_j @ s), out
+
+    def group(s, xs):  # gc chunks x nb sequences
+        t_inv, u, w, q_eff, o_intra, k_dec, e_last = _forward_terms(*xs, n)
+        xs = [x.reshape(gc, nb, *x.shape[1:]) for x in (u, w, k_dec, e_last, q_eff, o_intra)]
+        s, out = lax.scan(step, s, xs, unroll=4)
+        return s, (*out, t_inv) if residuals else out
+
+    groups = [x.reshape(nc // gc, gc * nb, *x.shape[1:]) for x in (q_c, k_c, v_c, b_c, g_c)]
+    s, out = lax.scan(group, s0, groups)
+    if not residuals:
+        return out.reshape(-1, out.shape[-2], dv), s
+    o, s_in, t_inv = out
+    return (o.reshape(-1, o.shape[-2], dv), s), (t_inv.reshape(-1, cn, cn),
+                                                 s_in.reshape(-1, dk, dv))
+
+
+def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
+    if not pallas:
+        out, (t_inv, s_in) = _grouped_forward(q_c, k_c, v_c, b_c, g_c, s0, n, residuals=True)
+        return out, (q_c, k_c, v_c, b_c, g_c, t_inv, s_in)
+    dk, dv = s0.shape[1:]
+    t_inv, u, w, q_eff, o_intra, k_dec, e_last = _forward_terms(q_c, k_c, v_c, b_c, g_c, n)
+    xs = [x.reshape(-1, s0.shape[0], *x.shape[1:]) for x in (u, w, k_dec, e_last)]
+    s_in, s = state_passes.state_pass(*xs, s0)
     s_in = s_in.reshape(-1, dk, dv)
     o = q_eff @ s_in + o_intra
     return (o, s), (q_c, k_c, v_c, b_c, g_c, t_inv, s_in)
@@ -293,49 +290,72 @@ def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out):
     return dq, dk, dv, db, dg
 
 
-_GROUP_ELEMENTS = 2**20  # size of one [chunks, cn, max(cn, K, V)] intermediate in the backward
+_GROUP_ELEMENTS = 2**20  # one [chunks, cn, max(cn, K, V)] intermediate when batched (4 MiB)
+_CACHE_ELEMENTS = 2**15  # the same, for the groups walked by one scan step (128 KiB: in L2)
 
 
-def _chunks_per_group(nc: int, nb: int, cn: int, width: int) -> int:
-    """Chunks per group of the backward's batched work: the largest divisor of nc keeping each
-    [group, cn, max(cn, K, V)] intermediate within _GROUP_ELEMENTS (4 MiB in float32)."""
-    target = max(1, _GROUP_ELEMENTS // (nb * cn * max(cn, width)))
-    return max(d for d in range(1, nc + 1) if nc % d == 0 and d <= target)
+def _chunks_per_group(nc: int, nb: int, cn: int, width: int, elements: int) -> int:
+    """Chunks per group: as many as keep each [group, cn, max(cn, K, V)] intermediate within
+    ``elements``, spread evenly over the groups. ``delta_product`` pads the chunks to a
+    multiple of it (less than one chunk per group); on a padded count it returns the same."""
+    groups = -(-nc // max(1, elements // (nb * cn * max(cn, width))))
+    return -(-nc // groups)
+
+
+def _state_grad_step(ds, xs):
+    """One chunk of the backward state pass, last chunk first: ds is the gradient of the state
+    leaving chunk j; dS_in = e^{G_l} dS' + R - W^T (Kd dS')."""
+    w_j, kd_j, e_j, r_j = xs
+    ds_in = e_j[:, None, None] * ds + r_j - jnp.einsum("zsk,zsv->zkv", w_j, kd_j @ ds)
+    return ds_in, ds
 
 
 def _chunked_bwd(n, pallas, res, cts):
     """Backward pass from the saved chunk-entering states S_in and UT inverses T (as fla's
     chunk_gated_delta_rule keeps T): the decay masks, A, U, W, P and D are recomputed chunk by
-    chunk, one reverse scan carries dS between chunks, the rest is batched over groups of
-    chunks (``lax.map`` over groups when the sequence is long, so the [c, c] intermediates of
-    only one group are alive at a time). With O = Q_g S + P D, S' = e^{G_l} S + Kd^T D,
-    D = U - W S: dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO - W^T dD, and
-    T = (I + diag(b) A)^-1 gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the UT VJP)."""
+    chunk and one reverse pass carries dS between chunks. With O = Q_g S + P D,
+    S' = e^{G_l} S + Kd^T D, D = U - W S: dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO -
+    W^T dD, and T = (I + diag(b) A)^-1 gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the
+    UT VJP).
+
+    XLA form: one reverse scan over groups of chunks small enough to stay in cache; each step
+    recomputes its group's local terms, runs the state pass over the group's chunks and forms
+    the group's input gradients. Pallas form: the state pass is one kernel over all chunks, so
+    the local terms are batched over all chunks before it (over groups with ``lax.map`` when
+    the sequence is long) and the gradients after it."""
     q_c, k_c, v_c, b_c, g_c, t_inv, s_in = res
     do, ds_last = cts
     nb, cn = ds_last.shape[0], k_c.shape[1]
     nc = k_c.shape[0] // nb
-    gc = _chunks_per_group(nc, nb, cn, max(k_c.shape[-1], v_c.shape[-1]))
+    width = max(k_c.shape[-1], v_c.shape[-1])
     local_in = (q_c, k_c, v_c, b_c, g_c, t_inv, do)
+    if not pallas:
+        gc = _chunks_per_group(nc, nb, cn, width, _CACHE_ELEMENTS)
+
+        def group(ds, xs):  # gc chunks x nb sequences, last group first
+            local, s_j = xs
+            loc = _bwd_local(n, *local)
+            steps = [x.reshape(gc, nb, *x.shape[1:])
+                     for x in (loc["w"], loc["kd"], jnp.exp(jnp.sum(local[4], -1)), loc["r"])]
+            ds, ds_out = lax.scan(_state_grad_step, ds, steps, reverse=True, unroll=2)
+            ds_out = ds_out.reshape(-1, *ds_out.shape[2:])
+            return ds, _bwd_grads(n, loc, *local[:4], local[5], s_j, local[6], ds_out)
+
+        grouped = [x.reshape(nc // gc, gc * nb, *x.shape[1:]) for x in (*local_in, s_in)]
+        ds0, grads = lax.scan(group, ds_last, (grouped[:-1], grouped[-1]), reverse=True)
+        return (*(x.reshape(-1, *x.shape[2:]) for x in grads), ds0)
+
+    gc = _chunks_per_group(nc, nb, cn, width, _GROUP_ELEMENTS)
     if gc == nc:
         loc = _bwd_local(n, *local_in)
-    else:  # keep only what the scan and the gradients cannot cheaply recompute
+    else:  # keep only what the state pass and the gradients cannot cheaply recompute
         keep = ("w", "kd", "r")
         groups = [x.reshape(nc // gc, gc * nb, *x.shape[1:]) for x in local_in]
         kept = lax.map(lambda xs: {x: _bwd_local(n, *xs)[x] for x in keep}, groups)
         loc = {x: y.reshape(-1, *y.shape[2:]) for x, y in kept.items()}
     e_last = jnp.exp(jnp.sum(g_c, -1))
-
-    def step(ds, xs):  # ds: gradient of the state leaving chunk j
-        w_j, kd_j, e_j, r_j = xs
-        ds_in = e_j[:, None, None] * ds + r_j - jnp.einsum("zsk,zsv->zkv", w_j, kd_j @ ds)
-        return ds_in, ds
-
     xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (loc["w"], loc["kd"], e_last, loc["r"])]
-    if pallas:
-        ds_out, ds0 = state_passes.state_pass_bwd(*xs, ds_last)
-    else:
-        ds0, ds_out = lax.scan(step, ds_last, xs, reverse=True, unroll=2)
+    ds_out, ds0 = state_passes.state_pass_bwd(*xs, ds_last)
     ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
     if gc == nc:
         grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out)
@@ -411,9 +431,11 @@ def delta_product(
         c = max(1, AUTO_CHUNK_STEPS // n) if chunk_size is None else chunk_size
         if why := state_passes.unsupported(acc, **{"chunk steps": c * n, "K": dk, "V": dv}):
             raise ValueError(f"implementation='pallas': {why}; use implementation='xla'")
-    nc = -(-t // c)
-    pad = nc * c - t
     cn = c * n  # micro-steps per chunk
+    nc = -(-t // c)
+    budget = _GROUP_ELEMENTS if implementation == "pallas" else _CACHE_ELEMENTS
+    nc = -(-nc // (gc := _chunks_per_group(nc, b * h, cn, max(dk, dv), budget))) * gc
+    pad = nc * c - t
 
     # Chunks are batched along one flat axis z = (chunk, batch, head): XLA's CPU matmuls (and
     # their transposes in the backward pass) are several times faster with one batch dimension.

@@ -19,7 +19,8 @@ import pytest
 from _assert import assert_close
 
 from seqlab.ops import delta as delta_module
-from seqlab.ops.delta import delta_product, delta_product_recurrent, unit_lower_inverse
+from seqlab.ops.delta import delta_product, delta_product_recurrent
+from seqlab.ops.triangular import unit_lower_inverse
 
 
 def reference(q, k, v, beta, g, n, scale=None, s0=None):
@@ -131,11 +132,12 @@ def test_float32_gradients_equal_grad_of_recurrent():
             assert_close(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
 
-def test_backward_in_groups_of_chunks_is_exact(monkeypatch):
-    """Long sequences run the backward's batched work over groups of chunks (lax.map):
-    forced here with a tiny group size (4 chunks of 2 tokens in groups of 2), float64."""
-    monkeypatch.setattr(delta_module, "_GROUP_ELEMENTS", 2 * 2 * 2 * 4 * 4)
-    assert delta_module._chunks_per_group(4, 4, 4, 3) == 2
+def test_groups_of_chunks_are_exact(monkeypatch):
+    """The forward and backward walk the chunks in groups that fit in cache (a scan over
+    groups, a scan over each group's chunks): forced here with a tiny group size (4 chunks of 2
+    tokens in groups of 2), values of the forward and gradients, float64."""
+    monkeypatch.setattr(delta_module, "_CACHE_ELEMENTS", 2 * 2 * 2 * 4 * 4)
+    assert delta_module._chunks_per_group(4, 4, 4, 3, delta_module._CACHE_ELEMENTS) == 2
     q, k, v, beta, g, s0 = make_inputs(4, 2, 7, 2, 3, 3, 2, True, True)
 
     def loss(fn):
@@ -148,6 +150,10 @@ def test_backward_in_groups_of_chunks_is_exact(monkeypatch):
         args = (q, k, v, beta, g, s0)
         for a, b in zip(loss(delta_product)(*args), loss(delta_product_recurrent)(*args),
                         strict=True):
+            assert_close(a, b, rtol=1e-9, atol=1e-10)
+        kw = dict(num_householder=2, initial_state=s0, chunk_size=2)
+        for a, b in zip(delta_product(*args[:5], **kw),
+                        delta_product_recurrent(*args[:5], **kw), strict=True):
             assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 

@@ -16,6 +16,7 @@ import pytest
 from _assert import assert_close
 from test_delta import make_inputs
 
+from seqlab.ops import delta as delta_module
 from seqlab.ops import state_passes
 from seqlab.ops.delta import delta_product
 from seqlab.ops.ssd import quasiseparable, ssd
@@ -58,10 +59,16 @@ def test_state_pass_bwd_matches_loop():
     assert_close(got0, ds, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n,chunk,t", [(1, 16, 37), (2, 8, 21)])
-def test_delta_product_pallas_equals_xla(n, chunk, t):
+@pytest.mark.parametrize("n,chunk,t,grouped", [(1, 16, 37, False), (2, 8, 21, False),
+                                               (1, 16, 70, True)])
+def test_delta_product_pallas_equals_xla(n, chunk, t, grouped, monkeypatch):
     """Values and gradients (q, k, v, beta, g, initial state) of the two implementations, with
-    gates, n_h = 1 and 2, an initial state and a padded last chunk."""
+    gates, n_h = 1 and 2, an initial state and a padded last chunk; ``grouped``: both forms
+    work on groups of 2 chunks (the XLA form's cache-sized groups, the Pallas form's lax.map
+    over groups in the backward, forced by small group budgets)."""
+    if grouped:
+        monkeypatch.setattr(delta_module, "_CACHE_ELEMENTS", 2 * 4 * 16 * 16)
+        monkeypatch.setattr(delta_module, "_GROUP_ELEMENTS", 2 * 4 * 16 * 16)
     q, k, v, beta, g, s0 = make_inputs(3, 2, t, 2, 16, 16, n, gate=True, init=True)
     xs = [jnp.asarray(x, jnp.float32) for x in (q, k, v, beta, g, s0)]
     weight = jnp.asarray(np.random.default_rng(4).normal(size=(2, t, 2, 16)), jnp.float32)
