@@ -246,8 +246,7 @@ def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
     kd = jnp.exp(gam[..., -1:] - gam)[..., None] * k_c
     q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
     dd0 = jnp.einsum("zis,ziv->zsv", p, do)  # P^T dO
-    r = jnp.einsum("zik,ziv->zkv", jnp.concatenate([q_g, -w], -2),
-                   jnp.concatenate([do, dd0], -2))  # Q_g^T dO - W^T P^T dO
+    r = jnp.einsum("zik,ziv->zkv", q_g - p @ w, do)  # Q_g^T dO - W^T P^T dO = (Q_g - P W)^T dO
     return dict(gam=gam, decay=decay, a=a, x_w=x_w, u=u, w=w, p=p, kd=kd, q_g=q_g, dd0=dd0, r=r)
 
 
