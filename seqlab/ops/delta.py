@@ -253,7 +253,7 @@ def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
 def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out):
     """All input cotangents of a set of chunks, given dS' (``ds_out``) of each."""
     gam, decay, a, x_w, u, w, p, kd, q_g = (loc[x] for x in "gam decay a x_w u w p kd q_g".split())
-    dk_dim, cn = k_c.shape[-1], k_c.shape[1]
+    cn = k_c.shape[1]
     d = u - w @ s_in
     dd = loc["dd0"] + kd @ ds_out
     dq_g = jnp.einsum("ziv,zkv->zik", do, s_in)
@@ -263,13 +263,13 @@ def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out):
     dkd = jnp.einsum("zsv,zkv->zsk", d, ds_out)
     g_kd = jnp.sum(dkd * kd, -1)  # [z, cn]
     dw = -jnp.einsum("zsv,zkv->zsk", dd, s_in)
-    dx = jnp.swapaxes(t_inv, -1, -2) @ jnp.concatenate([dw, dd], -1)  # T^T [dW dU]
-    dl = -jnp.where(jnp.tri(cn, k=-1, dtype=bool),
-                    jnp.einsum("zrj,zsj->zrs", dx, jnp.concatenate([w, u], -1)), 0.0)
+    dx_w = jnp.einsum("zsr,zsk->zrk", t_inv, dw)  # T^T dW
+    dx_u = jnp.einsum("zsr,zsv->zrv", t_inv, dd)  # T^T dU
+    dl = -jnp.where(jnp.tri(cn, k=-1, dtype=bool), jnp.einsum("zrk,zsk->zrs", dx_w, w)
+                    + jnp.einsum("zrv,zsv->zrs", dx_u, u), 0.0)
     da = b_c[..., :, None] * dl
     e_a = da * a
     dkk = da * decay  # strictly lower, like dl
-    dx_w, dx_u = dx[..., :dk_dim], dx[..., dk_dim:]
 
     e_q = jnp.exp(gam[:, n - 1 :: n])
     dq = e_q[..., None] * dq_g + dqk @ k_c
