@@ -81,7 +81,40 @@ def _ssd_chunked(X, a, B, C, h0, pallas):
     Returns y: [z, r, l, p] and the final state [b*g, n, r*p]. ``pallas``: the passes over the
     chunks run as ``ops.state_passes.decay_pass`` instead of ``lax.scan``.
     """
-    return _ssd_fwd(X, a, B, C, h0, pallas)[0]
+    if pallas:
+        return _ssd_fwd(X, a, B, C, h0, pallas)[0]
+    return _ssd_grouped(X, a, B, C, h0)
+
+
+_CACHE_ELEMENTS = 2**17  # one [chunks x heads, l, max(l, p)] intermediate of a group (512 KiB)
+
+
+def _ssd_grouped(X, a, B, C, h0):
+    """The forward when no gradient is taken, walking the chunks in groups small enough to
+    stay in cache: one scan over groups, each step forming its group's diagonal blocks and
+    chunk states (batched), passing the state through its chunks and adding the state's
+    contribution to its outputs. On the CPU this beats batching each step over all chunks,
+    whose [z, r, l, l] arrays leave the cache (docs/performance.md)."""
+    nb, r, l, p = h0.shape[0], *X.shape[1:]  # noqa: E741
+    nc = X.shape[0] // nb
+    target = max(1, _CACHE_ELEMENTS // (nb * r * l * max(l, p)))
+    gc = max(d for d in range(1, nc + 1) if nc % d == 0 and d <= target)
+
+    def group(s, xs):  # gc chunks x nb
+        X, a, B, C = xs
+        cum = jnp.cumsum(a, axis=-1)
+        decay = jnp.exp(segsum(a))
+        y = (jnp.einsum("zln,zsn->zls", C, B)[:, None] * decay) @ X
+        states = jnp.einsum("zsn,zsq->znq", B, _heads_last(X * decay[..., -1, :, None]))
+        e_last = jnp.repeat(jnp.exp(cum[..., -1]), p, axis=-1)
+        xs = [t.reshape(gc, nb, *t.shape[1:]) for t in (e_last, states)]
+        s_in, s = _decay_pass(*xs, s, False)
+        s_in = s_in.reshape(states.shape)
+        return s, y + jnp.exp(cum)[..., None] * _heads_first(C @ s_in, r)
+
+    final, y = jax.lax.scan(group, h0, [t.reshape(nc // gc, gc * nb, *t.shape[1:])
+                                        for t in (X, a, B, C)])
+    return y.reshape(X.shape), final
 
 
 def _decay_pass(e, x, s0, pallas, reverse=False):

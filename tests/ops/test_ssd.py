@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from _assert import assert_close
 
+from seqlab.ops import ssd as ssd_module
 from seqlab.ops.reference.ssd import ssd_sequential
 from seqlab.ops.ssd import materialize, quasiseparable, segsum, ssd
 
@@ -37,14 +38,22 @@ ssd_sequential_jit = jax.jit(ssd_sequential, compiler_options=FAST)
 
 
 @pytest.mark.parametrize(
-    "length,chunk,groups",
-    [(13, 4, 1), (13, 5, 2), (7, 16, 4), (1, 3, 2)],
+    "length,chunk,groups,cache",
+    [(13, 4, 1, None), (13, 5, 2, None), (7, 16, 4, None), (1, 3, 2, None), (23, 4, 1, 100),
+     (23, 4, 2, 300)],
 )
-def test_ssd_matches_sequential(length, chunk, groups):
+def test_ssd_matches_sequential(length, chunk, groups, cache, monkeypatch):
+    """``cache``: a group budget small enough that the forward walks the 6 chunks in groups of
+    1 (one chunk: 2 sequences x 4 heads x 4 x 4 steps = 128 > 100) or of 2 (2 groups of B/C:
+    4 x 2 heads x 4 x 4 = 128 per chunk, 2 chunks <= 300)."""
+    run = ssd_jit
+    if cache is not None:  # a fresh jit: the budget is read when tracing
+        monkeypatch.setattr(ssd_module, "_CACHE_ELEMENTS", cache)
+        run = jax.jit(ssd, static_argnames="chunk_size")
     with jax.enable_x64(True):
         a = {k: jnp.asarray(v) for k, v in _inputs(0, 2, length, 4, 3, groups, 5).items()}
         h0 = jnp.asarray(np.random.default_rng(1).standard_normal((2, 4, 3, 5)))
-        y, final = ssd_jit(**a, chunk_size=chunk, initial_state=h0)
+        y, final = run(**a, chunk_size=chunk, initial_state=h0)
         y_ref, final_ref = ssd_sequential_jit(**a, initial_state=h0)
         assert y.dtype == jnp.float64
         assert_close(y, y_ref, rtol=1e-10, atol=1e-11)
