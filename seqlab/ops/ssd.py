@@ -89,32 +89,48 @@ def _ssd_chunked(X, a, B, C, h0, pallas):
 _CACHE_ELEMENTS = 2**17  # one [chunks x heads, l, max(l, p)] intermediate of a group (512 KiB)
 
 
-def _ssd_grouped(X, a, B, C, h0):
-    """The forward when no gradient is taken, walking the chunks in groups small enough to
-    stay in cache: one scan over groups, each step forming its group's diagonal blocks and
-    chunk states (batched), passing the state through its chunks and adding the state's
-    contribution to its outputs. On the CPU this beats batching each step over all chunks,
-    whose [z, r, l, l] arrays leave the cache (docs/performance.md)."""
-    nb, r, l, p = h0.shape[0], *X.shape[1:]  # noqa: E741
+def _group_size(nb: int, X: jax.Array) -> int:
+    """Chunks per group: the largest divisor of the chunk count whose [group x heads, l,
+    max(l, p)] intermediates stay within ``_CACHE_ELEMENTS``."""
+    r, l, p = X.shape[1:]  # noqa: E741
     nc = X.shape[0] // nb
     target = max(1, _CACHE_ELEMENTS // (nb * r * l * max(l, p)))
-    gc = max(d for d in range(1, nc + 1) if nc % d == 0 and d <= target)
+    return max(d for d in range(1, nc + 1) if nc % d == 0 and d <= target)
+
+
+def _grouped(nb: int, gc: int, *ts):
+    """[z, ...] -> [groups, gc * nb, ...] for a scan over groups of gc chunks."""
+    return [t.reshape(-1, gc * nb, *t.shape[1:]) for t in ts]
+
+
+def _ssd_grouped(X, a, B, C, h0, residuals=False):
+    """The XLA forward, walking the chunks in groups small enough to stay in cache: one scan
+    over groups, each step forming its group's diagonal blocks and chunk states (batched),
+    passing the state through its chunks and adding the state's contribution to its outputs.
+    On the CPU this beats batching each step over all chunks, whose [z, r, l, l] arrays leave
+    the cache (docs/performance.md). With ``residuals`` it also returns the state entering
+    each chunk, for the backward pass."""
+    nb, r, p = h0.shape[0], X.shape[1], X.shape[-1]
+    gc = _group_size(nb, X)
 
     def group(s, xs):  # gc chunks x nb
         X, a, B, C = xs
         cum = jnp.cumsum(a, axis=-1)
         decay = jnp.exp(segsum(a))
-        y = (jnp.einsum("zln,zsn->zls", C, B)[:, None] * decay) @ X
-        states = jnp.einsum("zsn,zsq->znq", B, _heads_last(X * decay[..., -1, :, None]))
+        y = (jnp.einsum("zln,zsn->zls", C, B)[:, None] * decay) @ X  # 1. diagonal blocks
+        states = jnp.einsum("zsn,zsq->znq", B, _heads_last(X * decay[..., -1, :, None]))  # 2.
         e_last = jnp.repeat(jnp.exp(cum[..., -1]), p, axis=-1)
         xs = [t.reshape(gc, nb, *t.shape[1:]) for t in (e_last, states)]
-        s_in, s = _decay_pass(*xs, s, False)
+        s_in, s = _decay_pass(*xs, s, False)  # 3. state passing
         s_in = s_in.reshape(states.shape)
-        return s, y + jnp.exp(cum)[..., None] * _heads_first(C @ s_in, r)
+        y = y + jnp.exp(cum)[..., None] * _heads_first(C @ s_in, r)  # 4. state -> output
+        return s, (y, s_in) if residuals else y
 
-    final, y = jax.lax.scan(group, h0, [t.reshape(nc // gc, gc * nb, *t.shape[1:])
-                                        for t in (X, a, B, C)])
-    return y.reshape(X.shape), final
+    final, out = jax.lax.scan(group, h0, _grouped(nb, gc, X, a, B, C))
+    if not residuals:
+        return out.reshape(X.shape), final
+    y, s_in = out
+    return (y.reshape(X.shape), final), s_in.reshape(-1, *s_in.shape[2:])
 
 
 def _decay_pass(e, x, s0, pallas, reverse=False):
@@ -144,6 +160,9 @@ def _heads_first(t: jax.Array, r: int) -> jax.Array:
 
 
 def _ssd_fwd(X, a, B, C, h0, pallas):
+    if not pallas:
+        out, s_in = _ssd_grouped(X, a, B, C, h0, residuals=True)
+        return out, (X, a, B, C, s_in)
     r = X.shape[1]
     cum = jnp.cumsum(a, axis=-1)
     decay = jnp.exp(segsum(a))  # [z, r, l, s]
@@ -160,28 +179,23 @@ def _ssd_fwd(X, a, B, C, h0, pallas):
     return (y, final), (X, a, B, C, s_in)
 
 
-def _ssd_bwd(pallas, res, cts):
-    """Recomputes the decay masks and C B^T per chunk from the inputs and the saved states
-    entering each chunk; one reverse scan (elementwise) carries dS between chunks.
-    With y = (CB * L) X + e^{cum} C S_in^T and S_j = e^{cum_last} S_{j-1} + (X e_end)^T B:
-    dS_in = e^{cum_last} dS_out + (e^{cum} dy)^T C, and every decay exp(cum_l - cum_s) passes
-    +E to cum_l and -E to cum_s (E = its cotangent times itself)."""
-    X, a, B, C, s_in = res
-    dy, d_final = cts
-    r, p = X.shape[1], X.shape[-1]
+def _bwd_local(X, a, B, C, dy):
+    """The chunk-local terms of the backward pass (no state needed), and the inputs of the
+    reverse state pass: exp(cum_last) per state column and (e^{cum} dy)^T C per chunk."""
+    p = X.shape[-1]
     cum = jnp.cumsum(a, axis=-1)
     decay = jnp.exp(segsum(a))
-    cb = jnp.einsum("zln,zsn->zls", C, B)
-    m = cb[:, None] * decay  # [z, r, l, s]
-    e_end = decay[..., -1, :]
-    e_last = jnp.exp(cum[..., -1])
     dy_e = _heads_last(jnp.exp(cum)[..., None] * dy)  # cotangent of C S_in: [z, l, r*p]
-    from_out = jnp.einsum("zln,zlq->znq", C, dy_e)
-    nb = d_final.shape[0]
-    xs = [t.reshape(-1, nb, *t.shape[1:]) for t in (jnp.repeat(e_last, p, axis=-1), from_out)]
-    ds_out, dh0 = _decay_pass(*xs, d_final, pallas, reverse=True)  # dS carried back
-    ds_out = ds_out.reshape(s_in.shape)  # [z, n, r*p]: cotangent of the state leaving chunk j
+    loc = dict(decay=decay, m=jnp.einsum("zln,zsn->zls", C, B)[:, None] * decay,
+               e_last=jnp.exp(cum[..., -1]), dy_e=dy_e)
+    return loc, jnp.repeat(loc["e_last"], p, axis=-1), jnp.einsum("zln,zlq->znq", C, dy_e)
 
+
+def _bwd_grads(loc, X, B, C, s_in, dy, ds_out):
+    """dX, da, dB, dC of a set of chunks, given the cotangent of the state leaving each."""
+    r, p = X.shape[1], X.shape[-1]
+    decay, m, e_last, dy_e = loc["decay"], loc["m"], loc["e_last"], loc["dy_e"]
+    e_end = decay[..., -1, :]
     dm = jnp.where(jnp.tri(X.shape[2], dtype=bool), dy @ jnp.swapaxes(X, -1, -2), 0.0)
     e = dm * m  # [z, r, l, s]
     dcb = jnp.sum(dm * decay, axis=1)  # [z, l, s]
@@ -197,7 +211,38 @@ def _ssd_bwd(pallas, res, cts):
         *ds_out.shape[:2], r, p), (1, 3))
     dcum = dcum.at[..., -1].add(last)
     da = jnp.flip(jnp.cumsum(jnp.flip(dcum, -1), -1), -1)
-    return dX, da, dB, dC, dh0
+    return dX, da, dB, dC
+
+
+def _ssd_bwd(pallas, res, cts):
+    """Recomputes the decay masks and C B^T per chunk from the inputs and the saved states
+    entering each chunk; one reverse pass (elementwise) carries dS between chunks.
+    With y = (CB * L) X + e^{cum} C S_in^T and S_j = e^{cum_last} S_{j-1} + (X e_end)^T B:
+    dS_in = e^{cum_last} dS_out + (e^{cum} dy)^T C, and every decay exp(cum_l - cum_s) passes
+    +E to cum_l and -E to cum_s (E = its cotangent times itself). XLA form: one reverse scan
+    over the cache-sized groups of the forward (local terms, state pass and gradients per
+    group); Pallas form: batched over all chunks around one kernel for the pass."""
+    X, a, B, C, s_in = res
+    dy, d_final = cts
+    nb = d_final.shape[0]
+    if not pallas:
+        gc = _group_size(nb, X)
+
+        def group(ds, xs):  # gc chunks x nb, last group first
+            X, a, B, C, s_j, dy = xs
+            loc, e_rep, from_out = _bwd_local(X, a, B, C, dy)
+            xs = [t.reshape(gc, nb, *t.shape[1:]) for t in (e_rep, from_out)]
+            ds_out, ds = _decay_pass(*xs, ds, False, reverse=True)
+            return ds, _bwd_grads(loc, X, B, C, s_j, dy, ds_out.reshape(s_j.shape))
+
+        dh0, grads = jax.lax.scan(group, d_final, _grouped(nb, gc, X, a, B, C, s_in, dy),
+                                  reverse=True)
+        return (*(g.reshape(-1, *g.shape[2:]) for g in grads), dh0)
+    loc, e_rep, from_out = _bwd_local(X, a, B, C, dy)
+    xs = [t.reshape(-1, nb, *t.shape[1:]) for t in (e_rep, from_out)]
+    ds_out, dh0 = _decay_pass(*xs, d_final, pallas, reverse=True)  # dS carried back
+    ds_out = ds_out.reshape(s_in.shape)  # [z, n, r*p]: cotangent of the state leaving chunk j
+    return (*_bwd_grads(loc, X, B, C, s_in, dy, ds_out), dh0)
 
 
 _ssd_chunked.defvjp(_ssd_fwd, _ssd_bwd)

@@ -60,7 +60,12 @@ def test_ssd_matches_sequential(length, chunk, groups, cache, monkeypatch):
         assert_close(final, final_ref, rtol=1e-10, atol=1e-11)
 
 
-def test_ssd_gradients_match_sequential():
+@pytest.mark.parametrize("cache", [None, 100])
+def test_ssd_gradients_match_sequential(cache, monkeypatch):
+    """``cache=100``: forward and backward walk the 3 chunks in groups of one (2 x 2 sequences x
+    2 heads x 4 x 4 steps = 128 elements per chunk > 100)."""
+    if cache is not None:
+        monkeypatch.setattr(ssd_module, "_CACHE_ELEMENTS", cache)
     with jax.enable_x64(True):
         a = {k: jnp.asarray(v) for k, v in _inputs(2, 2, 11, 4, 3, 2, 5).items()}
         h0 = jnp.asarray(np.random.default_rng(3).standard_normal((2, 4, 3, 5)))
