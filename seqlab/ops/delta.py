@@ -35,8 +35,8 @@ chunk, and ``O = (diag(exp(G_q)) Q - P W) S_0 + P U`` once the entering state is
 everything else is batched matmuls over chunks. The UT inverse ``T`` is ``ops.triangular``'s
 batched blocked inverse (with its own VJP). The XLA form walks the chunks in groups small
 enough to stay in cache: one ``lax.scan`` over groups, each step batching its group's local
-terms and then scanning its chunks (on the CPU this is 1.3-1.5x faster than batching the local
-terms over all chunks first, docs/performance.md). The Pallas form
+terms and then scanning its chunks (on the CPU the forward runs 1.4-1.8x faster this way than
+batching the local terms over all chunks first, docs/performance.md). The Pallas form
 (``implementation="pallas"``) batches the local terms over all chunks and walks the chunks in
 one kernel (``ops.state_passes``).
 
