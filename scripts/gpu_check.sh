@@ -18,7 +18,7 @@ export PYTHONPATH=.
 # runs in its own process with its own time limit and JSON file, so a slow compile or a crash
 # loses one row, not the table; no mixer starts after T_BENCH seconds.
 if [ "$SMOKE" = 1 ]; then
-  BENCH=(--lengths 64 128 --d-model 32 --dtype bfloat16 --device cpu --repeats 1 --budget 5
+  BENCH=(--lengths 64 128 --d-model 64 --dtype bfloat16 --device cpu --repeats 1 --budget 5
          --probe quick --no-ops)
   PEERS=(--smoke)
   T_BENCH=600; T_MIXER=150; T_PEERS=300

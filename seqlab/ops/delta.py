@@ -57,6 +57,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqlab.ops import state_passes
+from seqlab.ops.scan import on_cpu
 from seqlab.ops.triangular import unit_lower_inverse
 
 
@@ -172,9 +173,11 @@ def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
     s0: [nb, K, V], with z = (chunk, nb) flattened. ``pallas``: run the two passes over the
     chunks as the kernels of ``ops.state_passes`` instead of ``lax.scan``.
     """
+    args = (q_c, k_c, v_c, b_c, g_c, s0)
     if pallas:
-        return _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas)[0]
-    return _grouped_forward(q_c, k_c, v_c, b_c, g_c, s0, n, residuals=False)
+        return _batched_forward(*args, n, pallas)[0]
+    return on_cpu(lambda *a: _grouped_forward(*a, n, residuals=False),
+                   lambda *a: _batched_forward(*a, n, False)[0], *args)
 
 
 def _forward_terms(q_c, k_c, v_c, b_c, g_c, n):
@@ -220,17 +223,33 @@ def _grouped_forward(q_c, k_c, v_c, b_c, g_c, s0, n, residuals):
                                                  s_in.reshape(-1, dk, dv))
 
 
-def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
-    if not pallas:
-        out, (t_inv, s_in) = _grouped_forward(q_c, k_c, v_c, b_c, g_c, s0, n, residuals=True)
-        return out, (q_c, k_c, v_c, b_c, g_c, t_inv, s_in)
+def _batched_forward(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
+    """The forward for GPUs and TPUs: the chunk-local terms batched over all chunks, one pass
+    over the chunks (the Pallas kernel ``state_passes.state_pass``, or ``lax.scan``), the
+    outputs batched. Returns ((o, final state), (T, state entering each chunk))."""
     dk, dv = s0.shape[1:]
     t_inv, u, w, q_eff, o_intra, k_dec, e_last = _forward_terms(q_c, k_c, v_c, b_c, g_c, n)
     xs = [x.reshape(-1, s0.shape[0], *x.shape[1:]) for x in (u, w, k_dec, e_last)]
-    s_in, s = state_passes.state_pass(*xs, s0)
+    if pallas:
+        s_in, s = state_passes.state_pass(*xs, s0)
+    else:
+        def step(s, xs):  # one chunk: S' = exp(G_last) S + Kd^T (U - W S)
+            u_j, w_j, k_j, e_j = xs
+            return e_j[:, None, None] * s + k_j @ (u_j - w_j @ s), s
+
+        s, s_in = lax.scan(step, s0, xs, unroll=4)
     s_in = s_in.reshape(-1, dk, dv)
-    o = q_eff @ s_in + o_intra
-    return (o, s), (q_c, k_c, v_c, b_c, g_c, t_inv, s_in)
+    return (q_eff @ s_in + o_intra, s), (t_inv, s_in)
+
+
+def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
+    args = (q_c, k_c, v_c, b_c, g_c, s0)
+    if pallas:
+        out, saved = _batched_forward(*args, n, pallas)
+    else:
+        out, saved = on_cpu(lambda *a: _grouped_forward(*a, n, residuals=True),
+                             lambda *a: _batched_forward(*a, n, False), *args)
+    return out, (q_c, k_c, v_c, b_c, g_c, *saved)
 
 
 def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
@@ -315,36 +334,48 @@ def _chunked_bwd(n, pallas, res, cts):
     chunk and one reverse pass carries dS between chunks. With O = Q_g S + P D,
     S' = e^{G_l} S + Kd^T D, D = U - W S: dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO -
     W^T dD, and T = (I + diag(b) A)^-1 gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the
-    UT VJP).
+    UT VJP). Grouped on the CPU, batched elsewhere, as the forward (``ops.scan.on_cpu``)."""
+    if pallas:
+        return _batched_backward(n, True, res, *cts)
+    return on_cpu(lambda *a: _grouped_backward(n, *a),
+                   lambda *a: _batched_backward(n, False, *a), res, *cts)
 
-    XLA form: one reverse scan over groups of chunks small enough to stay in cache; each step
-    recomputes its group's local terms, runs the state pass over the group's chunks and forms
-    the group's input gradients. Pallas form: the state pass is one kernel over all chunks, so
-    the local terms are batched over all chunks before it (over groups with ``lax.map`` when
-    the sequence is long) and the gradients after it."""
+
+def _grouped_backward(n, res, do, ds_last):
+    """One reverse scan over the forward's cache-sized groups of chunks; each step recomputes
+    its group's local terms, runs the state pass over the group's chunks and forms the group's
+    input gradients."""
     q_c, k_c, v_c, b_c, g_c, t_inv, s_in = res
-    do, ds_last = cts
     nb, cn = ds_last.shape[0], k_c.shape[1]
     nc = k_c.shape[0] // nb
-    width = max(k_c.shape[-1], v_c.shape[-1])
+    gc = _chunks_per_group(nc, nb, cn, max(k_c.shape[-1], v_c.shape[-1]), _CACHE_ELEMENTS)
+
+    def group(ds, xs):  # gc chunks x nb sequences, last group first
+        local, s_j = xs
+        loc = _bwd_local(n, *local)
+        steps = [x.reshape(gc, nb, *x.shape[1:])
+                 for x in (loc["w"], loc["kd"], jnp.exp(jnp.sum(local[4], -1)), loc["r"])]
+        ds, ds_out = lax.scan(_state_grad_step, ds, steps, reverse=True, unroll=2)
+        ds_out = ds_out.reshape(-1, *ds_out.shape[2:])
+        return ds, _bwd_grads(n, loc, *local[:4], local[5], s_j, local[6], ds_out)
+
+    grouped = [x.reshape(nc // gc, gc * nb, *x.shape[1:])
+               for x in (q_c, k_c, v_c, b_c, g_c, t_inv, do, s_in)]
+    ds0, grads = lax.scan(group, ds_last, (grouped[:-1], grouped[-1]), reverse=True)
+    return (*(x.reshape(-1, *x.shape[2:]) for x in grads), ds0)
+
+
+def _batched_backward(n, pallas, res, do, ds_last):
+    """The local terms batched over all chunks (over groups with ``lax.map`` when the sequence
+    is long, so the [c, c] intermediates of one group are alive at a time), one reverse pass
+    over the chunks (the Pallas kernel ``state_passes.state_pass_bwd``, or ``lax.scan``), the
+    gradients batched."""
+    q_c, k_c, v_c, b_c, g_c, t_inv, s_in = res
+    nb, cn = ds_last.shape[0], k_c.shape[1]
+    nc = k_c.shape[0] // nb
+    gc = _chunks_per_group(nc, nb, cn, max(k_c.shape[-1], v_c.shape[-1]), _GROUP_ELEMENTS)
+    gc = max(d for d in range(1, gc + 1) if nc % d == 0)  # (nc was padded for the CPU's groups)
     local_in = (q_c, k_c, v_c, b_c, g_c, t_inv, do)
-    if not pallas:
-        gc = _chunks_per_group(nc, nb, cn, width, _CACHE_ELEMENTS)
-
-        def group(ds, xs):  # gc chunks x nb sequences, last group first
-            local, s_j = xs
-            loc = _bwd_local(n, *local)
-            steps = [x.reshape(gc, nb, *x.shape[1:])
-                     for x in (loc["w"], loc["kd"], jnp.exp(jnp.sum(local[4], -1)), loc["r"])]
-            ds, ds_out = lax.scan(_state_grad_step, ds, steps, reverse=True, unroll=2)
-            ds_out = ds_out.reshape(-1, *ds_out.shape[2:])
-            return ds, _bwd_grads(n, loc, *local[:4], local[5], s_j, local[6], ds_out)
-
-        grouped = [x.reshape(nc // gc, gc * nb, *x.shape[1:]) for x in (*local_in, s_in)]
-        ds0, grads = lax.scan(group, ds_last, (grouped[:-1], grouped[-1]), reverse=True)
-        return (*(x.reshape(-1, *x.shape[2:]) for x in grads), ds0)
-
-    gc = _chunks_per_group(nc, nb, cn, width, _GROUP_ELEMENTS)
     if gc == nc:
         loc = _bwd_local(n, *local_in)
     else:  # keep only what the state pass and the gradients cannot cheaply recompute
@@ -354,7 +385,10 @@ def _chunked_bwd(n, pallas, res, cts):
         loc = {x: y.reshape(-1, *y.shape[2:]) for x, y in kept.items()}
     e_last = jnp.exp(jnp.sum(g_c, -1))
     xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (loc["w"], loc["kd"], e_last, loc["r"])]
-    ds_out, ds0 = state_passes.state_pass_bwd(*xs, ds_last)
+    if pallas:
+        ds_out, ds0 = state_passes.state_pass_bwd(*xs, ds_last)
+    else:
+        ds0, ds_out = lax.scan(_state_grad_step, ds_last, xs, reverse=True, unroll=2)
     ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
     if gc == nc:
         grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out)

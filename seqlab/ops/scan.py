@@ -1,4 +1,5 @@
-"""Linear recurrences ``h_t = a_t * h_{t-1} + b_t`` via ``lax.associative_scan`` (S5, Sec. 3.3).
+"""Linear recurrences ``h_t = a_t * h_{t-1} + b_t`` via ``lax.associative_scan`` (S5, Sec. 3.3),
+and ``on_cpu``, the platform choice of the chunked scans' XLA forms.
 
 The pairs ``(a, b)`` compose associatively, ``(a1, b1) then (a2, b2) = (a2 a1, a2 b1 + b2)``, so
 all prefix states are computed in O(log length) parallel depth (Blelloch 1990; Smith et al. 2023).
@@ -33,3 +34,12 @@ def linear_scan(
         b = b.at[:, edge].add(a[:, edge] * h0)
     _, h = jax.lax.associative_scan(_compose, (a, b), reverse=reverse, axis=1)
     return h
+
+
+def on_cpu(cpu_fn, other_fn, *args):
+    """``cpu_fn(*args)`` when lowered for the CPU, ``other_fn(*args)`` for any other platform
+    (``lax.platform_dependent``: decided at lowering, so an export for CUDA from a CPU host gets
+    ``other_fn``). The chunked delta rule and SSD walk cache-sized groups of chunks on the CPU,
+    where that is fastest; a GPU would pay kernel launches per group, so there they batch the
+    chunk-local work over all chunks around one pass."""
+    return jax.lax.platform_dependent(*args, cpu=cpu_fn, default=other_fn)

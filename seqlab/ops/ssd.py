@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from seqlab.ops import state_passes
+from seqlab.ops.scan import on_cpu
 
 
 def segsum(a: jax.Array) -> jax.Array:
@@ -82,8 +83,8 @@ def _ssd_chunked(X, a, B, C, h0, pallas):
     chunks run as ``ops.state_passes.decay_pass`` instead of ``lax.scan``.
     """
     if pallas:
-        return _ssd_fwd(X, a, B, C, h0, pallas)[0]
-    return _ssd_grouped(X, a, B, C, h0)
+        return _ssd_batched(X, a, B, C, h0, pallas)[0]
+    return on_cpu(_ssd_grouped, lambda *xs: _ssd_batched(*xs, False)[0], X, a, B, C, h0)
 
 
 _CACHE_ELEMENTS = 2**17  # one [chunks x heads, l, max(l, p)] intermediate of a group (512 KiB)
@@ -160,9 +161,18 @@ def _heads_first(t: jax.Array, r: int) -> jax.Array:
 
 
 def _ssd_fwd(X, a, B, C, h0, pallas):
-    if not pallas:
-        out, s_in = _ssd_grouped(X, a, B, C, h0, residuals=True)
-        return out, (X, a, B, C, s_in)
+    if pallas:
+        out, s_in = _ssd_batched(X, a, B, C, h0, pallas)
+    else:
+        out, s_in = on_cpu(lambda *xs: _ssd_grouped(*xs, residuals=True),
+                           lambda *xs: _ssd_batched(*xs, False), X, a, B, C, h0)
+    return out, (X, a, B, C, s_in)
+
+
+def _ssd_batched(X, a, B, C, h0, pallas):
+    """The forward for GPUs and TPUs: each step batched over all chunks, one pass over the
+    chunks (``_decay_pass``: the Pallas kernel or ``lax.scan``). Returns ((y, final state),
+    the state entering each chunk)."""
     r = X.shape[1]
     cum = jnp.cumsum(a, axis=-1)
     decay = jnp.exp(segsum(a))  # [z, r, l, s]
@@ -176,7 +186,7 @@ def _ssd_fwd(X, a, B, C, h0, pallas):
     s_in, final = _decay_pass(*xs, h0, pallas)  # 3. S_j = exp(sum of a over j) S_{j-1} + states_j
     s_in = s_in.reshape(states.shape)
     y = y + jnp.exp(cum)[..., None] * _heads_first(C @ s_in, r)  # 4. state -> output
-    return (y, final), (X, a, B, C, s_in)
+    return (y, final), s_in
 
 
 def _bwd_local(X, a, B, C, dy):
@@ -219,25 +229,32 @@ def _ssd_bwd(pallas, res, cts):
     entering each chunk; one reverse pass (elementwise) carries dS between chunks.
     With y = (CB * L) X + e^{cum} C S_in^T and S_j = e^{cum_last} S_{j-1} + (X e_end)^T B:
     dS_in = e^{cum_last} dS_out + (e^{cum} dy)^T C, and every decay exp(cum_l - cum_s) passes
-    +E to cum_l and -E to cum_s (E = its cotangent times itself). XLA form: one reverse scan
-    over the cache-sized groups of the forward (local terms, state pass and gradients per
-    group); Pallas form: batched over all chunks around one kernel for the pass."""
-    X, a, B, C, s_in = res
-    dy, d_final = cts
+    +E to cum_l and -E to cum_s (E = its cotangent times itself). On the CPU one reverse scan
+    over the forward's cache-sized groups (local terms, state pass and gradients per group);
+    elsewhere, and with Pallas, batched over all chunks around one pass."""
+    if pallas:
+        return _ssd_batched_bwd(True, *res, *cts)
+    return on_cpu(_ssd_grouped_bwd, lambda *xs: _ssd_batched_bwd(False, *xs), *res, *cts)
+
+
+def _ssd_grouped_bwd(X, a, B, C, s_in, dy, d_final):
     nb = d_final.shape[0]
-    if not pallas:
-        gc = _group_size(nb, X)
+    gc = _group_size(nb, X)
 
-        def group(ds, xs):  # gc chunks x nb, last group first
-            X, a, B, C, s_j, dy = xs
-            loc, e_rep, from_out = _bwd_local(X, a, B, C, dy)
-            xs = [t.reshape(gc, nb, *t.shape[1:]) for t in (e_rep, from_out)]
-            ds_out, ds = _decay_pass(*xs, ds, False, reverse=True)
-            return ds, _bwd_grads(loc, X, B, C, s_j, dy, ds_out.reshape(s_j.shape))
+    def group(ds, xs):  # gc chunks x nb, last group first
+        X, a, B, C, s_j, dy = xs
+        loc, e_rep, from_out = _bwd_local(X, a, B, C, dy)
+        xs = [t.reshape(gc, nb, *t.shape[1:]) for t in (e_rep, from_out)]
+        ds_out, ds = _decay_pass(*xs, ds, False, reverse=True)
+        return ds, _bwd_grads(loc, X, B, C, s_j, dy, ds_out.reshape(s_j.shape))
 
-        dh0, grads = jax.lax.scan(group, d_final, _grouped(nb, gc, X, a, B, C, s_in, dy),
-                                  reverse=True)
-        return (*(g.reshape(-1, *g.shape[2:]) for g in grads), dh0)
+    dh0, grads = jax.lax.scan(group, d_final, _grouped(nb, gc, X, a, B, C, s_in, dy),
+                              reverse=True)
+    return (*(g.reshape(-1, *g.shape[2:]) for g in grads), dh0)
+
+
+def _ssd_batched_bwd(pallas, X, a, B, C, s_in, dy, d_final):
+    nb = d_final.shape[0]
     loc, e_rep, from_out = _bwd_local(X, a, B, C, dy)
     xs = [t.reshape(-1, nb, *t.shape[1:]) for t in (e_rep, from_out)]
     ds_out, dh0 = _decay_pass(*xs, d_final, pallas, reverse=True)  # dS carried back

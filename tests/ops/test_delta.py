@@ -157,6 +157,32 @@ def test_groups_of_chunks_are_exact(monkeypatch):
             assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("lax_map_groups", [False, True])
+def test_form_for_other_platforms_is_exact(lax_map_groups, monkeypatch):
+    """On a GPU or TPU the XLA form batches the chunk-local work over all chunks around one
+    lax.scan (``ops.scan.on_cpu`` picks it when lowering for them); forced here on the CPU,
+    with the backward's lax.map over groups of chunks (``lax_map_groups``): values and
+    gradients against the recurrent form, float64."""
+    monkeypatch.setattr(delta_module, "on_cpu", lambda cpu_fn, other_fn, *a: other_fn(*a))
+    if lax_map_groups:
+        monkeypatch.setattr(delta_module, "_GROUP_ELEMENTS", 2 * 2 * 2 * 4 * 4)
+    q, k, v, beta, g, s0 = make_inputs(5, 2, 7, 2, 3, 3, 2, True, True)
+    kw = dict(num_householder=2, chunk_size=2)
+
+    def loss(fn):
+        def f(*a):
+            o, s = fn(*a[:5], initial_state=a[5], **kw)
+            return jnp.sum(o * jnp.arange(o.size).reshape(o.shape)) + jnp.sum(s)
+        return jax.jit(jax.value_and_grad(f, tuple(range(6))))
+
+    with jax.enable_x64(True):
+        args = (q, k, v, beta, g, s0)
+        (v_c, g_c), (v_r, g_r) = loss(delta_product)(*args), loss(delta_product_recurrent)(*args)
+        assert_close(v_c, v_r, rtol=1e-10)
+        for a, b in zip(g_c, g_r, strict=True):
+            assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 def test_float32_and_bfloat16_accumulate_in_float32():
     q, k, v, beta, g, s0 = make_inputs(3, 2, 45, 2, 16, 16, 2, True, True)
     o_ref, s_ref = reference(q, k, v, beta, g, 2, s0=s0)

@@ -60,11 +60,14 @@ def test_ssd_matches_sequential(length, chunk, groups, cache, monkeypatch):
         assert_close(final, final_ref, rtol=1e-10, atol=1e-11)
 
 
-@pytest.mark.parametrize("cache", [None, 100])
+@pytest.mark.parametrize("cache", [None, 100, "other platforms"])
 def test_ssd_gradients_match_sequential(cache, monkeypatch):
     """``cache=100``: forward and backward walk the 3 chunks in groups of one (2 x 2 sequences x
-    2 heads x 4 x 4 steps = 128 elements per chunk > 100)."""
-    if cache is not None:
+    2 heads x 4 x 4 steps = 128 elements per chunk > 100). ``"other platforms"``: the form a
+    GPU or TPU gets (every step batched over all chunks around one lax.scan), forced here."""
+    if cache == "other platforms":
+        monkeypatch.setattr(ssd_module, "on_cpu", lambda cpu_fn, other_fn, *a: other_fn(*a))
+    elif cache is not None:
         monkeypatch.setattr(ssd_module, "_CACHE_ELEMENTS", cache)
     with jax.enable_x64(True):
         a = {k: jnp.asarray(v) for k, v in _inputs(2, 2, 11, 4, 3, 2, 5).items()}
