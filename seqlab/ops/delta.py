@@ -33,10 +33,11 @@ so ``D = U - W S_0`` with ``U = T diag(beta) V``, ``W = T diag(beta exp(G)) K`` 
 Only ``S_c`` needs a sequential pass over chunks (two ``[c, K] x [K, V]`` products per
 chunk, and ``O = (diag(exp(G_q)) Q - P W) S_0 + P U`` once the entering state is known);
 everything else is batched matmuls over chunks. The UT inverse ``T`` is ``ops.triangular``'s
-batched blocked inverse (with its own VJP). The XLA form walks the chunks in groups small
-enough to stay in cache: one ``lax.scan`` over groups, each step batching its group's local
+batched blocked inverse (with its own VJP). On the CPU the XLA form walks the chunks in groups
+small enough to stay in cache: one ``lax.scan`` over groups, each step batching its group's local
 terms and then scanning its chunks (on the CPU the forward runs 1.4-1.8x faster this way than
-batching the local terms over all chunks first, docs/performance.md). The Pallas form
+batching the local terms over all chunks first, docs/performance.md); lowered for a GPU or TPU
+it batches over all chunks around one ``lax.scan`` (``ops.scan.on_cpu``). The Pallas form
 (``implementation="pallas"``) batches the local terms over all chunks and walks the chunks in
 one kernel (``ops.state_passes``).
 
