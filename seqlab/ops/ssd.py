@@ -105,29 +105,17 @@ def _grouped(nb: int, gc: int, *ts):
 
 
 def _ssd_grouped(X, a, B, C, h0, residuals=False):
-    """The XLA forward, walking the chunks in groups small enough to stay in cache: one scan
-    over groups, each step forming its group's diagonal blocks and chunk states (batched),
-    passing the state through its chunks and adding the state's contribution to its outputs.
-    On the CPU this beats batching each step over all chunks, whose [z, r, l, l] arrays leave
-    the cache (docs/performance.md). With ``residuals`` it also returns the state entering
-    each chunk, for the backward pass."""
-    nb, r, p = h0.shape[0], X.shape[1], X.shape[-1]
-    gc = _group_size(nb, X)
+    """The CPU's forward: one scan over groups of chunks small enough to stay in cache, each
+    step the batched forward (``_ssd_batched``) of its group. On the CPU this beats batching
+    over all chunks, whose [z, r, l, l] arrays leave the cache (docs/performance.md). With
+    ``residuals`` it also returns the state entering each chunk, for the backward pass."""
+    nb = h0.shape[0]
 
     def group(s, xs):  # gc chunks x nb
-        X, a, B, C = xs
-        cum = jnp.cumsum(a, axis=-1)
-        decay = jnp.exp(segsum(a))
-        y = (jnp.einsum("zln,zsn->zls", C, B)[:, None] * decay) @ X  # 1. diagonal blocks
-        states = jnp.einsum("zsn,zsq->znq", B, _heads_last(X * decay[..., -1, :, None]))  # 2.
-        e_last = jnp.repeat(jnp.exp(cum[..., -1]), p, axis=-1)
-        xs = [t.reshape(gc, nb, *t.shape[1:]) for t in (e_last, states)]
-        s_in, s = _decay_pass(*xs, s, False)  # 3. state passing
-        s_in = s_in.reshape(states.shape)
-        y = y + jnp.exp(cum)[..., None] * _heads_first(C @ s_in, r)  # 4. state -> output
+        (y, s), s_in = _ssd_batched(*xs, s, False)
         return s, (y, s_in) if residuals else y
 
-    final, out = jax.lax.scan(group, h0, _grouped(nb, gc, X, a, B, C))
+    final, out = jax.lax.scan(group, h0, _grouped(nb, _group_size(nb, X), X, a, B, C))
     if not residuals:
         return out.reshape(X.shape), final
     y, s_in = out
@@ -238,17 +226,15 @@ def _ssd_bwd(pallas, res, cts):
 
 
 def _ssd_grouped_bwd(X, a, B, C, s_in, dy, d_final):
+    """One reverse scan over the forward's groups, each step the batched backward of its group."""
     nb = d_final.shape[0]
-    gc = _group_size(nb, X)
 
-    def group(ds, xs):  # gc chunks x nb, last group first
-        X, a, B, C, s_j, dy = xs
-        loc, e_rep, from_out = _bwd_local(X, a, B, C, dy)
-        xs = [t.reshape(gc, nb, *t.shape[1:]) for t in (e_rep, from_out)]
-        ds_out, ds = _decay_pass(*xs, ds, False, reverse=True)
-        return ds, _bwd_grads(loc, X, B, C, s_j, dy, ds_out.reshape(s_j.shape))
+    def group(ds, xs):  # last group first
+        *grads, ds = _ssd_batched_bwd(False, *xs, ds)
+        return ds, grads
 
-    dh0, grads = jax.lax.scan(group, d_final, _grouped(nb, gc, X, a, B, C, s_in, dy),
+    dh0, grads = jax.lax.scan(group, d_final,
+                              _grouped(nb, _group_size(nb, X), X, a, B, C, s_in, dy),
                               reverse=True)
     return (*(g.reshape(-1, *g.shape[2:]) for g in grads), dh0)
 
