@@ -58,7 +58,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqlab.ops import state_passes
-from seqlab.ops.scan import on_cpu
+from seqlab.ops.scan import chunks_per_group, on_cpu
 from seqlab.ops.triangular import unit_lower_inverse
 
 
@@ -153,13 +153,17 @@ def _decay(g_c):
     return gam, jnp.where(lower, jnp.exp(jnp.where(lower, diff, 0.0)), 0.0)
 
 
+def _gram(k_c, decay):
+    """A = strict_lower(decay) * K K^T: [z, cn, cn]."""
+    strict = jnp.tri(k_c.shape[1], k=-1, dtype=bool)
+    return jnp.where(strict, decay, 0.0) * jnp.einsum("zrk,zsk->zrs", k_c, k_c)
+
+
 def _intra(k_c, v_c, b_c, decay, gam):
     """A = strict_lower(decay) * K K^T, T = (I + diag(b) A)^-1, U = T diag(b) V and
     W = T diag(b exp(G)) K for every chunk: [z, cn, cn], [z, cn, cn], [z, cn, V], [z, cn, K]."""
     cn = k_c.shape[1]
-    a = jnp.where(jnp.tri(cn, k=-1, dtype=bool), decay, 0.0) * jnp.einsum(
-        "zrk,zsk->zrs", k_c, k_c
-    )
+    a = _gram(k_c, decay)
     t_inv = unit_lower_inverse(jnp.eye(cn, dtype=a.dtype) + b_c[..., :, None] * a)
     u = t_inv @ (b_c[..., None] * v_c)
     w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)
@@ -256,9 +260,7 @@ def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
     """The backward pass's chunk-local terms (no state needed): recomputed decay, A, U, W, P, Kd,
     and dD0 = P^T dO, r = Q_g^T dO - W^T dD0 (the part of dS_in that comes from the outputs)."""
     gam, decay = _decay(g_c)
-    a = jnp.where(jnp.tri(k_c.shape[1], k=-1, dtype=bool), decay, 0.0) * jnp.einsum(
-        "zrk,zsk->zrs", k_c, k_c
-    )
+    a = _gram(k_c, decay)
     x_w = (b_c * jnp.exp(gam))[..., None] * k_c
     u, w = t_inv @ (b_c[..., None] * v_c), t_inv @ x_w
     p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)
@@ -313,11 +315,8 @@ _CACHE_ELEMENTS = 2**15  # the same, for the groups walked by one scan step (128
 
 
 def _chunks_per_group(nc: int, nb: int, cn: int, width: int, elements: int) -> int:
-    """Chunks per group: as many as keep each [group, cn, max(cn, K, V)] intermediate within
-    ``elements``, spread evenly over the groups. ``delta_product`` pads the chunks to a
-    multiple of it (less than one chunk per group); on a padded count it returns the same."""
-    groups = -(-nc // max(1, elements // (nb * cn * max(cn, width))))
-    return -(-nc // groups)
+    """``ops.scan.chunks_per_group`` for [group, cn, max(cn, K, V)] intermediates."""
+    return chunks_per_group(nc, nb * cn * max(cn, width), elements)
 
 
 def _state_grad_step(ds, xs):

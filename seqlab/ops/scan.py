@@ -1,5 +1,5 @@
 """Linear recurrences ``h_t = a_t * h_{t-1} + b_t`` via ``lax.associative_scan`` (S5, Sec. 3.3),
-and ``on_cpu``, the platform choice of the chunked scans' XLA forms.
+and ``on_cpu`` / ``chunks_per_group``, how the chunked scans' XLA forms walk their chunks.
 
 The pairs ``(a, b)`` compose associatively, ``(a1, b1) then (a2, b2) = (a2 a1, a2 b1 + b2)``, so
 all prefix states are computed in O(log length) parallel depth (Blelloch 1990; Smith et al. 2023).
@@ -43,3 +43,12 @@ def on_cpu(cpu_fn, other_fn, *args):
     where that is fastest; a GPU would pay kernel launches per group, so there they batch the
     chunk-local work over all chunks around one pass."""
     return jax.lax.platform_dependent(*args, cpu=cpu_fn, default=other_fn)
+
+
+def chunks_per_group(nc: int, per_chunk: int, elements: int) -> int:
+    """Chunks per group of a chunked scan's CPU form: as many as keep a group's intermediate
+    (``per_chunk`` elements per chunk) within ``elements``, spread evenly over the groups. The
+    caller pads the chunks to a multiple of it (less than one chunk per group); on the padded
+    count it returns the same number."""
+    groups = -(-nc // max(1, elements // per_chunk))
+    return -(-nc // groups)

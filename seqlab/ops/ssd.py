@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from seqlab.ops import state_passes
-from seqlab.ops.scan import on_cpu
+from seqlab.ops.scan import chunks_per_group, on_cpu
 
 
 def segsum(a: jax.Array) -> jax.Array:
@@ -91,12 +91,10 @@ _CACHE_ELEMENTS = 2**17  # one [chunks x heads, l, max(l, p)] intermediate of a 
 
 
 def _group_size(nb: int, X: jax.Array) -> int:
-    """Chunks per group: the largest divisor of the chunk count whose [group x heads, l,
-    max(l, p)] intermediates stay within ``_CACHE_ELEMENTS``."""
+    """``ops.scan.chunks_per_group`` for [group x heads, l, max(l, p)] intermediates (``ssd``
+    pads the chunks to a multiple of it)."""
     r, l, p = X.shape[1:]  # noqa: E741
-    nc = X.shape[0] // nb
-    target = max(1, _CACHE_ELEMENTS // (nb * r * l * max(l, p)))
-    return max(d for d in range(1, nc + 1) if nc % d == 0 and d <= target)
+    return chunks_per_group(X.shape[0] // nb, nb * r * l * max(l, p), _CACHE_ELEMENTS)
 
 
 def _grouped(nb: int, gc: int, *ts):
@@ -297,8 +295,9 @@ def ssd(
     a = dt * A.astype(f)  # log of the discretised decay exp(dt_t A)
 
     l = min(chunk_size, length)  # noqa: E741  (the paper's chunk length)
-    pad = -length % l
-    nc = (length + pad) // l
+    nc = -(-length // l)  # padded to whole groups of the CPU form (less than one per group)
+    nc = -(-nc // (gc := chunks_per_group(nc, b * h * l * max(l, p), _CACHE_ELEMENTS))) * gc
+    pad = nc * l - length
 
     def chunk(t: jax.Array, heads: bool) -> jax.Array:  # [b, L, ...] -> [z, (r,) l, ...]
         t = jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))

@@ -40,12 +40,13 @@ ssd_sequential_jit = jax.jit(ssd_sequential, compiler_options=FAST)
 @pytest.mark.parametrize(
     "length,chunk,groups,cache",
     [(13, 4, 1, None), (13, 5, 2, None), (7, 16, 4, None), (1, 3, 2, None), (23, 4, 1, 100),
-     (23, 4, 2, 300)],
+     (23, 4, 2, 300), (19, 4, 1, 300)],
 )
 def test_ssd_matches_sequential(length, chunk, groups, cache, monkeypatch):
     """``cache``: a group budget small enough that the forward walks the 6 chunks in groups of
     1 (one chunk: 2 sequences x 4 heads x 4 x 4 steps = 128 > 100) or of 2 (2 groups of B/C:
-    4 x 2 heads x 4 x 4 = 128 per chunk, 2 chunks <= 300)."""
+    4 x 2 heads x 4 x 4 = 128 per chunk, 2 chunks <= 300); the last case has 5 chunks, padded to
+    3 groups of 2."""
     run = ssd_jit
     if cache is not None:  # a fresh jit: the budget is read when tracing
         monkeypatch.setattr(ssd_module, "_CACHE_ELEMENTS", cache)
