@@ -258,7 +258,7 @@ def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
 
 def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
     """The backward pass's chunk-local terms (no state needed): recomputed decay, A, U, W, P, Kd,
-    and dD0 = P^T dO, r = Q_g^T dO - W^T dD0 (the part of dS_in that comes from the outputs)."""
+    Q_g, and the outputs' parts of the gradients, dD0 = P^T dO and R0 = Q_g^T dO."""
     gam, decay = _decay(g_c)
     a = _gram(k_c, decay)
     x_w = (b_c * jnp.exp(gam))[..., None] * k_c
@@ -267,27 +267,29 @@ def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
     kd = jnp.exp(gam[..., -1:] - gam)[..., None] * k_c
     q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
     dd0 = jnp.einsum("zis,ziv->zsv", p, do)  # P^T dO
-    r = jnp.einsum("zik,ziv->zkv", q_g - p @ w, do)  # Q_g^T dO - W^T P^T dO = (Q_g - P W)^T dO
-    return dict(gam=gam, decay=decay, a=a, x_w=x_w, u=u, w=w, p=p, kd=kd, q_g=q_g, dd0=dd0, r=r)
+    r0 = jnp.einsum("zik,ziv->zkv", q_g, do)  # Q_g^T dO
+    return dict(gam=gam, decay=decay, a=a, x_w=x_w, u=u, w=w, p=p, kd=kd, q_g=q_g, dd0=dd0, r0=r0)
 
 
-def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out):
-    """All input cotangents of a set of chunks, given dS' (``ds_out``) of each."""
+def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dd):
+    """All input cotangents of a set of chunks, given dS' (``ds_out``) and dD (``dd``) of each.
+
+    Only D = U - W S carries U and W to the outputs, so dU = dD, dW = -dD S^T, and with
+    T = (I + diag(b) A)^-1 the UT VJP needs no dW: dX_u = T^T dD, dX_w = T^T dW = -dX_u S^T
+    and dL = -strict_lower(dX_u U^T + dX_w W^T) = -strict_lower(dX_u D^T).
+    """
     gam, decay, a, x_w, u, w, p, kd, q_g = (loc[x] for x in "gam decay a x_w u w p kd q_g".split())
     cn = k_c.shape[1]
     d = u - w @ s_in
-    dd = loc["dd0"] + kd @ ds_out
     dq_g = jnp.einsum("ziv,zkv->zik", do, s_in)
     dp = jnp.einsum("ziv,zsv->zis", do, d)
     dqk = dp * decay[:, n - 1 :: n]  # gradient of Q K^T
     e_p = dp * p  # gradient of the log-decay differences G_i - G_s in P
     dkd = jnp.einsum("zsv,zkv->zsk", d, ds_out)
     g_kd = jnp.sum(dkd * kd, -1)  # [z, cn]
-    dw = -jnp.einsum("zsv,zkv->zsk", dd, s_in)
-    dx_w = jnp.einsum("zsr,zsk->zrk", t_inv, dw)  # T^T dW
     dx_u = jnp.einsum("zsr,zsv->zrv", t_inv, dd)  # T^T dU
-    dl = -jnp.where(jnp.tri(cn, k=-1, dtype=bool), jnp.einsum("zrk,zsk->zrs", dx_w, w)
-                    + jnp.einsum("zrv,zsv->zrs", dx_u, u), 0.0)
+    dx_w = -jnp.einsum("zrv,zkv->zrk", dx_u, s_in)  # T^T dW
+    dl = -jnp.where(jnp.tri(cn, k=-1, dtype=bool), jnp.einsum("zrv,zsv->zrs", dx_u, d), 0.0)
     da = b_c[..., :, None] * dl
     e_a = da * a
     dkk = da * decay  # strictly lower, like dl
@@ -321,10 +323,10 @@ def _chunks_per_group(nc: int, nb: int, cn: int, width: int, elements: int) -> i
 
 def _state_grad_step(ds, xs):
     """One chunk of the backward state pass, last chunk first: ds is the gradient of the state
-    leaving chunk j; dS_in = e^{G_l} dS' + R - W^T (Kd dS')."""
-    w_j, kd_j, e_j, r_j = xs
-    ds_in = e_j[:, None, None] * ds + r_j - jnp.einsum("zsk,zsv->zkv", w_j, kd_j @ ds)
-    return ds_in, ds
+    leaving chunk j; dD = dD0 + Kd dS', dS_in = e^{G_l} dS' + R0 - W^T dD. Emits dS' and dD."""
+    w_j, kd_j, e_j, r0_j, dd0_j = xs
+    dd = dd0_j + kd_j @ ds
+    return e_j[:, None, None] * ds + r0_j - jnp.einsum("zsk,zsv->zkv", w_j, dd), (ds, dd)
 
 
 def _chunked_bwd(n, pallas, res, cts):
@@ -333,7 +335,9 @@ def _chunked_bwd(n, pallas, res, cts):
     chunk and one reverse pass carries dS between chunks. With O = Q_g S + P D,
     S' = e^{G_l} S + Kd^T D, D = U - W S: dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO -
     W^T dD, and T = (I + diag(b) A)^-1 gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the
-    UT VJP). Grouped on the CPU, batched elsewhere, as the forward (``ops.scan.on_cpu``)."""
+    UT VJP), which is -strict_lower(T^T dD D^T) since dU = dD and dW = -dD S^T (``_bwd_grads``).
+    The reverse pass forms dD (the gradients reuse it). Grouped on the CPU, batched elsewhere, as
+    the forward (``ops.scan.on_cpu``)."""
     if pallas:
         return _batched_backward(n, True, res, *cts)
     return on_cpu(lambda *a: _grouped_backward(n, *a),
@@ -370,30 +374,37 @@ def _batched_backward(n, pallas, res, do, ds_last):
     if gc == nc:
         loc = _bwd_local(n, *local_in)
     else:  # keep only what the state pass and the gradients cannot cheaply recompute
-        keep = ("w", "kd", "r")
+        keep = ("w", "kd", "r0", "dd0")
         groups = [x.reshape(nc // gc, gc * nb, *x.shape[1:]) for x in local_in]
         kept = lax.map(lambda xs: {x: _bwd_local(n, *xs)[x] for x in keep}, groups)
         loc = {x: y.reshape(-1, *y.shape[2:]) for x, y in kept.items()}
     e_last = jnp.exp(jnp.sum(g_c, -1))
-    xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (loc["w"], loc["kd"], e_last, loc["r"])]
-    if pallas:
+    w, kd, r0, dd0 = (loc[x] for x in ("w", "kd", "r0", "dd0"))
+    if pallas:  # the kernel's R is R0 - W^T dD0, and dD is formed after it
+        r = r0 - jnp.einsum("zsk,zsv->zkv", w, dd0)
+        xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (w, kd, e_last, r)]
         ds_out, ds0 = state_passes.state_pass_bwd(*xs, ds_last)
+        ds_out = ds_out.reshape(-1, *ds_out.shape[2:])
+        dd = dd0 + kd @ ds_out
     else:
-        ds0, ds_out = lax.scan(_state_grad_step, ds_last, xs, reverse=True, unroll=2)
-    ds_out = ds_out.reshape(-1, *ds_out.shape[2:])  # [z, K, V]: gradient of each chunk's S'
+        xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (w, kd, e_last, r0, dd0)]
+        ds0, (ds_out, dd) = lax.scan(_state_grad_step, ds_last, xs, reverse=True, unroll=2)
+        ds_out, dd = (x.reshape(-1, *x.shape[2:]) for x in (ds_out, dd))
+    # ds_out: [z, K, V], the gradient of each chunk's S'; dd: [z, cn, V], that of its D
     if gc == nc:
-        grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out)
+        grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dd)
     else:
         def post(xs):
-            local, saved, s_j, ds_j = xs
-            fresh = _bwd_local(n, *local)  # its W, Kd, r are unused: XLA drops them
-            return _bwd_grads(n, {**fresh, **saved}, *local[:4], local[5], s_j, local[6], ds_j)
+            local, saved, s_j, ds_j, dd_j = xs
+            fresh = _bwd_local(n, *local)  # its W, Kd, R0, dD0 are unused: XLA drops them
+            return _bwd_grads(n, {**fresh, **saved}, *local[:4], local[5], s_j, local[6], ds_j,
+                              dd_j)
 
         def grp(x):
             return x.reshape(nc // gc, gc * nb, *x.shape[1:])
 
         grads = lax.map(post, ([grp(x) for x in local_in], {x: grp(y) for x, y in loc.items()},
-                               grp(s_in), grp(ds_out)))
+                               grp(s_in), grp(ds_out), grp(dd)))
         grads = [x.reshape(-1, *x.shape[2:]) for x in grads]
     return (*grads, ds0)
 
