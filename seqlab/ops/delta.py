@@ -31,7 +31,7 @@ so ``D = U - W S_0`` with ``U = T diag(beta) V``, ``W = T diag(beta exp(G)) K`` 
     S_c = exp(G_c) S_0 + (exp(G_c - G) * K)^T D.
 
 Only ``S_c`` needs a sequential pass over chunks (two ``[c, K] x [K, V]`` products per
-chunk, and ``O = (diag(exp(G_q)) Q - P W) S_0 + P U`` once the entering state is known);
+chunk, which also give ``D``, and ``O = diag(exp(G_q)) Q S_0 + P D`` with ``P = M * Q K^T``);
 everything else is batched matmuls over chunks. The UT inverse ``T`` is ``ops.triangular``'s
 batched blocked inverse (with its own VJP). On the CPU the XLA form walks the chunks in groups
 small enough to stay in cache: one ``lax.scan`` over groups, each step batching its group's local
@@ -186,15 +186,15 @@ def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
 
 
 def _forward_terms(q_c, k_c, v_c, b_c, g_c, n):
-    """The chunk-local terms of the forward pass: T, U, W, q_eff = diag(exp(G_q)) Q - P W,
-    P U, Kd^T and exp(G_last) for every chunk."""
+    """The chunk-local terms of the forward pass: T, U, W, Q_g = diag(exp(G_q)) Q,
+    P = M * Q K^T, Kd^T and exp(G_last) for every chunk (then O = Q_g S_in + P D)."""
     gam, decay = _decay(g_c)
     _, t_inv, u, w = _intra(k_c, v_c, b_c, decay, gam)
     p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # M * Q K^T: [z, c, cn]
-    q_eff = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c - p @ w  # O = q_eff S_in + P U
+    q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
     g_last = gam[..., -1:]
     k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # Kd^T: [z, K, cn]
-    return t_inv, u, w, q_eff, p @ u, k_dec, jnp.exp(g_last[:, 0])
+    return t_inv, u, w, q_g, p, k_dec, jnp.exp(g_last[:, 0])
 
 
 def _grouped_forward(q_c, k_c, v_c, b_c, g_c, s0, n, residuals):
@@ -207,16 +207,17 @@ def _grouped_forward(q_c, k_c, v_c, b_c, g_c, s0, n, residuals):
     (nb, dk, dv), cn = s0.shape, k_c.shape[1]
     gc = _chunks_per_group(k_c.shape[0] // nb, nb, cn, max(dk, dv), _CACHE_ELEMENTS)
 
-    def step(s, xs):  # one chunk: O = q_eff S + P U, S' = exp(G_last) S + Kd^T (U - W S)
-        u_j, w_j, k_j, e_j, q_j, o_j = xs
-        return e_j[:, None, None] * s + k_j @ (u_j - w_j @ s), q_j @ s + o_j
+    def step(s, xs):  # one chunk: D = U - W S, O = Q_g S + P D, S' = exp(G_last) S + Kd^T D
+        u_j, w_j, k_j, e_j, q_j, p_j = xs
+        d = u_j - w_j @ s
+        return e_j[:, None, None] * s + k_j @ d, q_j @ s + p_j @ d
 
     def group(s, xs):  # gc chunks x nb sequences
         if residuals:
             (o, s), saved = _batched_forward(*xs, s, n, False)
             return s, (o, *saved)
-        _, u, w, q_eff, o_intra, k_dec, e_last = _forward_terms(*xs, n)
-        xs = [x.reshape(gc, nb, *x.shape[1:]) for x in (u, w, k_dec, e_last, q_eff, o_intra)]
+        _, u, w, q_g, p, k_dec, e_last = _forward_terms(*xs, n)
+        xs = [x.reshape(gc, nb, *x.shape[1:]) for x in (u, w, k_dec, e_last, q_g, p)]
         return lax.scan(step, s, xs, unroll=4)
 
     s, out = lax.scan(group, s0, [x.reshape(-1, gc * nb, *x.shape[1:])
@@ -232,18 +233,21 @@ def _batched_forward(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
     over the chunks (the Pallas kernel ``state_passes.state_pass``, or ``lax.scan``), the
     outputs batched. Returns ((o, final state), (T, state entering each chunk))."""
     dk, dv = s0.shape[1:]
-    t_inv, u, w, q_eff, o_intra, k_dec, e_last = _forward_terms(q_c, k_c, v_c, b_c, g_c, n)
+    t_inv, u, w, q_g, p, k_dec, e_last = _forward_terms(q_c, k_c, v_c, b_c, g_c, n)
     xs = [x.reshape(-1, s0.shape[0], *x.shape[1:]) for x in (u, w, k_dec, e_last)]
     if pallas:
         s_in, s = state_passes.state_pass(*xs, s0)
+        s_in = s_in.reshape(-1, dk, dv)
+        d = u - w @ s_in
     else:
-        def step(s, xs):  # one chunk: S' = exp(G_last) S + Kd^T (U - W S)
+        def step(s, xs):  # one chunk: D = U - W S, S' = exp(G_last) S + Kd^T D
             u_j, w_j, k_j, e_j = xs
-            return e_j[:, None, None] * s + k_j @ (u_j - w_j @ s), s
+            d = u_j - w_j @ s
+            return e_j[:, None, None] * s + k_j @ d, (s, d)
 
-        s, s_in = lax.scan(step, s0, xs, unroll=4)
-    s_in = s_in.reshape(-1, dk, dv)
-    return (q_eff @ s_in + o_intra, s), (t_inv, s_in)
+        s, (s_in, d) = lax.scan(step, s0, xs, unroll=4)
+        s_in, d = s_in.reshape(-1, dk, dv), d.reshape(u.shape)
+    return (q_g @ s_in + p @ d, s), (t_inv, s_in)
 
 
 def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
