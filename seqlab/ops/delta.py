@@ -159,17 +159,6 @@ def _gram(k_c, decay):
     return jnp.where(strict, decay, 0.0) * jnp.einsum("zrk,zsk->zrs", k_c, k_c)
 
 
-def _intra(k_c, v_c, b_c, decay, gam):
-    """A = strict_lower(decay) * K K^T, T = (I + diag(b) A)^-1, U = T diag(b) V and
-    W = T diag(b exp(G)) K for every chunk: [z, cn, cn], [z, cn, cn], [z, cn, V], [z, cn, K]."""
-    cn = k_c.shape[1]
-    a = _gram(k_c, decay)
-    t_inv = unit_lower_inverse(jnp.eye(cn, dtype=a.dtype) + b_c[..., :, None] * a)
-    u = t_inv @ (b_c[..., None] * v_c)
-    w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)
-    return a, t_inv, u, w
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _chunked(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
     """(o_c [z, c, V], final state [nb, K, V]) of the chunked layout; see ``delta_product``.
@@ -189,7 +178,10 @@ def _forward_terms(q_c, k_c, v_c, b_c, g_c, n):
     """The chunk-local terms of the forward pass: T, U, W, Q_g = diag(exp(G_q)) Q,
     P = M * Q K^T, Kd^T and exp(G_last) for every chunk (then O = Q_g S_in + P D)."""
     gam, decay = _decay(g_c)
-    _, t_inv, u, w = _intra(k_c, v_c, b_c, decay, gam)
+    eye = jnp.eye(k_c.shape[1], dtype=k_c.dtype)
+    t_inv = unit_lower_inverse(eye + b_c[..., :, None] * _gram(k_c, decay))  # T: [z, cn, cn]
+    u = t_inv @ (b_c[..., None] * v_c)
+    w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)
     p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # M * Q K^T: [z, c, cn]
     q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
     g_last = gam[..., -1:]
@@ -261,37 +253,38 @@ def _chunked_fwd(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
 
 
 def _bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
-    """The backward pass's chunk-local terms (no state needed): recomputed decay, A, U, W, P, Kd,
-    Q_g, and the outputs' parts of the gradients, dD0 = P^T dO and R0 = Q_g^T dO."""
+    """The backward pass's chunk-local terms (no state needed): recomputed decay, A,
+    X_w = diag(b exp(G)) K, P, Kd, Q_g, and the outputs' parts of the gradients, dD0 = P^T dO
+    and R0 = Q_g^T dO."""
     gam, decay = _decay(g_c)
     a = _gram(k_c, decay)
     x_w = (b_c * jnp.exp(gam))[..., None] * k_c
-    u, w = t_inv @ (b_c[..., None] * v_c), t_inv @ x_w
     p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)
     kd = jnp.exp(gam[..., -1:] - gam)[..., None] * k_c
     q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
     dd0 = jnp.einsum("zis,ziv->zsv", p, do)  # P^T dO
     r0 = jnp.einsum("zik,ziv->zkv", q_g, do)  # Q_g^T dO
-    return dict(gam=gam, decay=decay, a=a, x_w=x_w, u=u, w=w, p=p, kd=kd, q_g=q_g, dd0=dd0, r0=r0)
+    return dict(gam=gam, decay=decay, a=a, x_w=x_w, p=p, kd=kd, q_g=q_g, dd0=dd0, r0=r0)
 
 
-def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dd):
-    """All input cotangents of a set of chunks, given dS' (``ds_out``) and dD (``dd``) of each.
+def _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dx_u):
+    """All input cotangents of a set of chunks, given dS' (``ds_out``) and dX_u = T^T dD
+    (``dx_u``) of each.
 
-    Only D = U - W S carries U and W to the outputs, so dU = dD, dW = -dD S^T, and with
-    T = (I + diag(b) A)^-1 the UT VJP needs no dW: dX_u = T^T dD, dX_w = T^T dW = -dX_u S^T
-    and dL = -strict_lower(dX_u U^T + dX_w W^T) = -strict_lower(dX_u D^T).
+    Only D = U - W S = T (X_u - X_w S) carries U and W to the outputs, so dU = dD,
+    dW = -dD S^T, and with T = (I + diag(b) A)^-1 the UT VJP needs neither U, W nor dW:
+    dX_w = T^T dW = -dX_u S^T and dL = -strict_lower(dX_u U^T + dX_w W^T) =
+    -strict_lower(dX_u D^T).
     """
-    gam, decay, a, x_w, u, w, p, kd, q_g = (loc[x] for x in "gam decay a x_w u w p kd q_g".split())
+    gam, decay, a, x_w, p, kd, q_g = (loc[x] for x in "gam decay a x_w p kd q_g".split())
     cn = k_c.shape[1]
-    d = u - w @ s_in
+    d = t_inv @ (b_c[..., None] * v_c - x_w @ s_in)  # U - W S
     dq_g = jnp.einsum("ziv,zkv->zik", do, s_in)
     dp = jnp.einsum("ziv,zsv->zis", do, d)
     dqk = dp * decay[:, n - 1 :: n]  # gradient of Q K^T
     e_p = dp * p  # gradient of the log-decay differences G_i - G_s in P
     dkd = jnp.einsum("zsv,zkv->zsk", d, ds_out)
     g_kd = jnp.sum(dkd * kd, -1)  # [z, cn]
-    dx_u = jnp.einsum("zsr,zsv->zrv", t_inv, dd)  # T^T dU
     dx_w = -jnp.einsum("zrv,zkv->zrk", dx_u, s_in)  # T^T dW
     dl = -jnp.where(jnp.tri(cn, k=-1, dtype=bool), jnp.einsum("zrv,zsv->zrs", dx_u, d), 0.0)
     da = b_c[..., :, None] * dl
@@ -327,21 +320,23 @@ def _chunks_per_group(nc: int, nb: int, cn: int, width: int, elements: int) -> i
 
 def _state_grad_step(ds, xs):
     """One chunk of the backward state pass, last chunk first: ds is the gradient of the state
-    leaving chunk j; dD = dD0 + Kd dS', dS_in = e^{G_l} dS' + R0 - W^T dD. Emits dS' and dD."""
-    w_j, kd_j, e_j, r0_j, dd0_j = xs
-    dd = dd0_j + kd_j @ ds
-    return e_j[:, None, None] * ds + r0_j - jnp.einsum("zsk,zsv->zkv", w_j, dd), (ds, dd)
+    leaving chunk j; dD = dD0 + Kd dS', dS_in = e^{G_l} dS' + R0 - W^T dD, with
+    W^T dD = X_w^T (T^T dD). Emits dS' and dX_u = T^T dD (which the gradients need)."""
+    t_j, x_j, kd_j, e_j, r0_j, dd0_j = xs
+    dx_u = jnp.einsum("zsr,zsv->zrv", t_j, dd0_j + kd_j @ ds)  # T^T dD
+    return e_j[:, None, None] * ds + r0_j - jnp.einsum("zsk,zsv->zkv", x_j, dx_u), (ds, dx_u)
 
 
 def _chunked_bwd(n, pallas, res, cts):
     """Backward pass from the saved chunk-entering states S_in and UT inverses T (as fla's
-    chunk_gated_delta_rule keeps T): the decay masks, A, U, W, P and D are recomputed chunk by
+    chunk_gated_delta_rule keeps T): the decay masks, A, P and D are recomputed chunk by
     chunk and one reverse pass carries dS between chunks. With O = Q_g S + P D,
     S' = e^{G_l} S + Kd^T D, D = U - W S: dD = P^T dO + Kd dS', dS = e^{G_l} dS' + Q_g^T dO -
     W^T dD, and T = (I + diag(b) A)^-1 gives dL = -strict_lower(T^T dU U^T + T^T dW W^T) (the
     UT VJP), which is -strict_lower(T^T dD D^T) since dU = dD and dW = -dD S^T (``_bwd_grads``).
-    The reverse pass forms dD (the gradients reuse it). Grouped on the CPU, batched elsewhere, as
-    the forward (``ops.scan.on_cpu``)."""
+    The reverse pass forms dX_u = T^T dD (the gradients reuse it), so neither U nor W is
+    recomputed on the CPU. Grouped on the CPU, batched elsewhere, as the forward
+    (``ops.scan.on_cpu``)."""
     if pallas:
         return _batched_backward(n, True, res, *cts)
     return on_cpu(lambda *a: _grouped_backward(n, *a),
@@ -378,25 +373,26 @@ def _batched_backward(n, pallas, res, do, ds_last):
     if gc == nc:
         loc = _bwd_local(n, *local_in)
     else:  # keep only what the state pass and the gradients cannot cheaply recompute
-        keep = ("w", "kd", "r0", "dd0")
+        keep = ("x_w", "kd", "r0", "dd0")
         groups = [x.reshape(nc // gc, gc * nb, *x.shape[1:]) for x in local_in]
         kept = lax.map(lambda xs: {x: _bwd_local(n, *xs)[x] for x in keep}, groups)
         loc = {x: y.reshape(-1, *y.shape[2:]) for x, y in kept.items()}
     e_last = jnp.exp(jnp.sum(g_c, -1))
-    w, kd, r0, dd0 = (loc[x] for x in ("w", "kd", "r0", "dd0"))
+    x_w, kd, r0, dd0 = (loc[x] for x in ("x_w", "kd", "r0", "dd0"))
     if pallas:  # the kernel's R is R0 - W^T dD0, and dD is formed after it
+        w = t_inv @ x_w
         r = r0 - jnp.einsum("zsk,zsv->zkv", w, dd0)
         xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (w, kd, e_last, r)]
         ds_out, ds0 = state_passes.state_pass_bwd(*xs, ds_last)
         ds_out = ds_out.reshape(-1, *ds_out.shape[2:])
-        dd = dd0 + kd @ ds_out
+        dx_u = jnp.einsum("zsr,zsv->zrv", t_inv, dd0 + kd @ ds_out)
     else:
-        xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (w, kd, e_last, r0, dd0)]
-        ds0, (ds_out, dd) = lax.scan(_state_grad_step, ds_last, xs, reverse=True, unroll=2)
-        ds_out, dd = (x.reshape(-1, *x.shape[2:]) for x in (ds_out, dd))
+        xs = [x.reshape(nc, nb, *x.shape[1:]) for x in (t_inv, x_w, kd, e_last, r0, dd0)]
+        ds0, (ds_out, dx_u) = lax.scan(_state_grad_step, ds_last, xs, reverse=True, unroll=2)
+        ds_out, dx_u = (x.reshape(-1, *x.shape[2:]) for x in (ds_out, dx_u))
     # ds_out: [z, K, V], the gradient of each chunk's S'; dd: [z, cn, V], that of its D
     if gc == nc:
-        grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dd)
+        grads = _bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dx_u)
     else:
         def post(xs):
             local, saved, s_j, ds_j, dd_j = xs
@@ -408,7 +404,7 @@ def _batched_backward(n, pallas, res, do, ds_last):
             return x.reshape(nc // gc, gc * nb, *x.shape[1:])
 
         grads = lax.map(post, ([grp(x) for x in local_in], {x: grp(y) for x, y in loc.items()},
-                               grp(s_in), grp(ds_out), grp(dd)))
+                               grp(s_in), grp(ds_out), grp(dx_u)))
         grads = [x.reshape(-1, *x.shape[2:]) for x in grads]
     return (*grads, ds0)
 
