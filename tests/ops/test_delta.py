@@ -19,6 +19,7 @@ import pytest
 from _assert import assert_close
 
 from seqlab.ops import delta as delta_module
+from seqlab.ops import delta_chunks
 from seqlab.ops.delta import delta_product, delta_product_recurrent
 from seqlab.ops.triangular import unit_lower_inverse
 
@@ -137,7 +138,7 @@ def test_groups_of_chunks_are_exact(monkeypatch):
     groups, a scan over each group's chunks): forced here with a tiny group size (4 chunks of 2
     tokens in groups of 2), values of the forward and gradients, float64."""
     monkeypatch.setattr(delta_module, "_CACHE_ELEMENTS", 2 * 2 * 2 * 4 * 4)
-    assert delta_module._chunks_per_group(4, 4, 4, 3, delta_module._CACHE_ELEMENTS) == 2
+    assert delta_chunks.group_size(4, 4, 4, 3, delta_module._CACHE_ELEMENTS) == 2
     q, k, v, beta, g, s0 = make_inputs(4, 2, 7, 2, 3, 3, 2, True, True)
 
     def loss(fn):
@@ -165,7 +166,7 @@ def test_form_for_other_platforms_is_exact(lax_map_groups, monkeypatch):
     gradients against the recurrent form, float64."""
     monkeypatch.setattr(delta_module, "on_cpu", lambda cpu_fn, other_fn, *a: other_fn(*a))
     if lax_map_groups:
-        monkeypatch.setattr(delta_module, "_GROUP_ELEMENTS", 2 * 2 * 2 * 4 * 4)
+        monkeypatch.setattr(delta_chunks, "_GROUP_ELEMENTS", 2 * 2 * 2 * 4 * 4)
     q, k, v, beta, g, s0 = make_inputs(5, 2, 7, 2, 3, 3, 2, True, True)
     kw = dict(num_householder=2, chunk_size=2)
 

@@ -17,7 +17,7 @@ from _assert import assert_close
 from test_delta import make_inputs
 
 from seqlab.ops import delta as delta_module
-from seqlab.ops import state_passes
+from seqlab.ops import delta_chunks, state_passes
 from seqlab.ops.delta import delta_product
 from seqlab.ops.ssd import quasiseparable, ssd
 
@@ -68,7 +68,7 @@ def test_delta_product_pallas_equals_xla(n, chunk, t, grouped, monkeypatch):
     over groups in the backward, forced by small group budgets)."""
     if grouped:
         monkeypatch.setattr(delta_module, "_CACHE_ELEMENTS", 2 * 4 * 16 * 16)
-        monkeypatch.setattr(delta_module, "_GROUP_ELEMENTS", 2 * 4 * 16 * 16)
+        monkeypatch.setattr(delta_chunks, "_GROUP_ELEMENTS", 2 * 4 * 16 * 16)
     q, k, v, beta, g, s0 = make_inputs(3, 2, t, 2, 16, 16, n, gate=True, init=True)
     xs = [jnp.asarray(x, jnp.float32) for x in (q, k, v, beta, g, s0)]
     weight = jnp.asarray(np.random.default_rng(4).normal(size=(2, t, 2, 16)), jnp.float32)
