@@ -56,7 +56,7 @@ def fla_gpu(args, shapes) -> None:
     for t in args.lengths:
         xs = inputs(b, t, h, dk, dv, n)
         ours = time_fn(fwd_bwd(op(delta_product, n, args.chunk_size), argnums=(0, 1, 2, 3, 4)),
-                       *xs, repeats=args.repeats)
+                       *xs, repeats=args.repeats, warmup=args.warmup)
         tq = [torch.tensor(jax.device_get(x), device="cuda", requires_grad=True) for x in xs]
 
         def step(tq=tq):
@@ -87,6 +87,9 @@ def main() -> None:
     p.add_argument("--speedup-length", type=int, default=2048)
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls before the timed ones (the first calls after another "
+                        "op's large arrays were freed pay for mapping memory again)")
     args = p.parse_args()
     b, h, d, n = args.batch, args.heads, args.dim, args.num_householder
     grads = dict(argnums=(0, 1, 2, 3, 4))
@@ -95,16 +98,17 @@ def main() -> None:
           f"chunk={args.chunk_size}")
     xs = inputs(b, args.speedup_length, h, d, d, n)
     rec = time_fn(fwd_bwd(op(delta_product_recurrent, n, args.chunk_size), **grads), *xs,
-                  repeats=args.repeats)
+                  repeats=args.repeats, warmup=args.warmup)
     chk = time_fn(fwd_bwd(op(delta_product, n, args.chunk_size), **grads), *xs,
-                  repeats=args.repeats)
+                  repeats=args.repeats, warmup=args.warmup)
     print(f"fwd+bwd at T={args.speedup_length}: recurrent {rec.median_s * 1e3:.1f} ms "
           f"(min {rec.min_s * 1e3:.1f}), chunked {chk.median_s * 1e3:.1f} ms "
           f"(min {chk.min_s * 1e3:.1f})")
     print(f"speedup chunked / recurrent: {rec.median_s / chk.median_s:.1f}x (median), "
           f"{rec.min_s / chk.min_s:.1f}x (min)")
-    rec_f = time_fn(op(delta_product_recurrent, n, args.chunk_size), *xs, repeats=args.repeats)
-    chk_f = time_fn(op(delta_product, n, args.chunk_size), *xs, repeats=args.repeats)
+    timing = dict(repeats=args.repeats, warmup=args.warmup)
+    rec_f = time_fn(op(delta_product_recurrent, n, args.chunk_size), *xs, **timing)
+    chk_f = time_fn(op(delta_product, n, args.chunk_size), *xs, **timing)
     print(f"fwd at T={args.speedup_length}: recurrent {rec_f.median_s * 1e3:.1f} ms "
           f"(min {rec_f.min_s * 1e3:.1f}), chunked {chk_f.median_s * 1e3:.1f} ms "
           f"(min {chk_f.min_s * 1e3:.1f}): chunked / recurrent speed "
@@ -119,7 +123,7 @@ def main() -> None:
     print(f"\n{'T':>6} {'fwd+bwd ms (median)':>20} {'min ms':>9} {'tokens/s (min)':>15}")
     for t in args.lengths:
         res = time_fn(fwd_bwd(op(delta_product, n, args.chunk_size), **grads),
-                      *inputs(b, t, h, d, d, n), repeats=args.repeats)
+                      *inputs(b, t, h, d, d, n), repeats=args.repeats, warmup=args.warmup)
         print(f"{t:6d} {res.median_s * 1e3:20.1f} {res.min_s * 1e3:9.1f} "
               f"{b * t / res.min_s:15.0f}")
     fla_gpu(args, (b, h, d, d, n))
