@@ -164,7 +164,7 @@ def _chunked(q, k, v, beta, g, s0, n, c, scale, pallas):
 
     Without a gradient the CPU form takes each group's slice of the inputs into the chunked
     layout inside its step and writes its outputs back in place (the rearranging stays in
-    cache: 9-20% faster at T = 2k-16k than rearranging whole arrays); with one, the inputs are
+    cache: 5-24% faster at T = 2k-16k than rearranging whole arrays); with one, the inputs are
     rearranged once, since the backward pass reads them again (``_chunked_fwd``).
     """
     (b, t, h, _), nc = q.shape, q.shape[1] // c
@@ -194,11 +194,13 @@ def _chunked(q, k, v, beta, g, s0, n, c, scale, pallas):
 
 
 def _to_chunks(q, k, v, beta, g, c, scale):
+    """The inputs in the chunked layout (``_layout``), q scaled."""
     nc = q.shape[1] // c
     return (_layout(q, nc) * scale, *(_layout(x, nc) for x in (k, v, beta, g)))
 
 
 def _group_size(nc, state_shape, cn):
+    """Chunks per CPU group (``_CACHE_ELEMENTS``); ``delta_product`` pads to whole groups."""
     nb, dk, dv = state_shape
     return delta_chunks.group_size(nc, nb, cn, max(dk, dv), _CACHE_ELEMENTS)
 
@@ -223,6 +225,7 @@ def _group_forward(s, q_c, k_c, v_c, b_c, g_c, n, residuals):
 
 
 def _batched_forward(q_c, k_c, v_c, b_c, g_c, s0, n, pallas, b, h):
+    """``delta_chunks.batched_forward`` with its output back in the [B, T, H, V] layout."""
     (o, s), saved = delta_chunks.batched_forward(q_c, k_c, v_c, b_c, g_c, s0, n, pallas)
     return (_unlayout(o, b, h), s), saved
 
