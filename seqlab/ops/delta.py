@@ -31,7 +31,8 @@ so ``D = U - W S_0`` with ``U = T diag(beta) V``, ``W = T diag(beta exp(G)) K`` 
     S_c = exp(G_c) S_0 + (exp(G_c - G) * K)^T D.
 
 Only ``S_c`` needs a sequential pass over chunks (two ``[c, K] x [K, V]`` products per
-chunk, which also give ``D``, and ``O = diag(exp(G_q)) Q S_0 + P D`` with ``P = M * Q K^T``);
+chunk, which in the XLA form also give ``D``, and ``O = diag(exp(G_q)) Q S_0 + P D`` with
+``P = M * Q K^T``);
 everything else is batched matmuls over chunks. The UT inverse ``T`` is ``ops.triangular``'s
 batched blocked inverse (with its own VJP). On the CPU the XLA form walks the chunks in groups
 small enough to stay in cache: one ``lax.scan`` over groups, each step batching its group's local
@@ -324,12 +325,13 @@ def delta_product(
     ``chunk_size`` counts tokens, so a chunk holds ``chunk_size * n`` Householder steps; None
     picks it from the length (``auto_chunk_size``). Any T: the tail is padded with
     beta = g = 0 steps, which leave the state unchanged. The backward pass is written for the
-    algorithm (``jax.custom_vjp``): it keeps only the inputs and the state entering each chunk
-    and recomputes the intra-chunk terms. ``implementation="pallas"`` runs the two passes over
-    the chunks (forward state, backward state gradient) as the Pallas kernels of
-    ``ops.state_passes`` (Triton on a GPU, interpret mode elsewhere) instead of ``lax.scan``;
-    it needs float32 accumulation and chunk micro-steps, K and V that are powers of two >= 16
-    (``chunk_size=None`` then means 32 micro-steps at every length; shorter inputs are padded).
+    algorithm (``jax.custom_vjp``): it keeps only the inputs, the UT inverses and the state
+    entering each chunk and recomputes the other intra-chunk terms. ``implementation="pallas"``
+    runs the two passes over the chunks (forward state, backward state gradient) as the Pallas
+    kernels of ``ops.state_passes`` (Triton on a GPU, interpret mode elsewhere) instead of
+    ``lax.scan``; it needs float32 accumulation and chunk micro-steps, K and V that are powers
+    of two >= 16 (``chunk_size=None`` then means 32 micro-steps at every length; shorter inputs
+    are padded). ``scale`` may be a traced value (then applied to q outside the custom VJP).
     """
     _check(q, k, v, beta, g, num_householder, initial_state, chunk_size)
     b, t, h, dk = q.shape
@@ -346,7 +348,7 @@ def delta_product(
             raise ValueError(f"implementation='pallas': {why}; use implementation='xla'")
     cn = c * n  # micro-steps per chunk
     nc = -(-t // c)
-    budget = delta_chunks._GROUP_ELEMENTS if implementation == "pallas" else _CACHE_ELEMENTS
+    budget = delta_chunks.GROUP_ELEMENTS if implementation == "pallas" else _CACHE_ELEMENTS
     nc = -(-nc // (gc := delta_chunks.group_size(nc, b * h, cn, max(dk, dv), budget))) * gc
     pad = nc * c - t
 
@@ -361,6 +363,9 @@ def delta_product(
     s0 = jnp.zeros((b * h, dk, dv), acc)
     if initial_state is not None:
         s0 = initial_state.astype(acc).reshape(b * h, dk, dv)
+    out_dtype = q.dtype
+    if not isinstance(scale, (int, float)):  # a traced scale: applied (and differentiated) here
+        q, scale = q * scale, 1.0
     o, s = _chunked(padded(q, 1), padded(k, n), padded(v, n), padded(beta, n), g_steps, s0,
-                    n, c, scale, implementation == "pallas")
-    return o[:, :t].astype(q.dtype), s.reshape(b, h, dk, dv)
+                    n, c, float(scale), implementation == "pallas")
+    return o[:, :t].astype(out_dtype), s.reshape(b, h, dk, dv)

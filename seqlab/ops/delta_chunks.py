@@ -12,13 +12,13 @@ walks the groups of chunks on the CPU.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
+from jax import Array, lax
 
 from seqlab.ops import state_passes
 from seqlab.ops.scan import chunks_per_group
 from seqlab.ops.triangular import unit_lower_inverse
 
-_GROUP_ELEMENTS = 2**20  # one [chunks, cn, max(cn, K, V)] intermediate when batched (4 MiB)
+GROUP_ELEMENTS = 2**20  # one [chunks, cn, max(cn, K, V)] intermediate when batched (4 MiB)
 
 
 def group_size(nc: int, nb: int, cn: int, width: int, elements: int) -> int:
@@ -26,7 +26,7 @@ def group_size(nc: int, nb: int, cn: int, width: int, elements: int) -> int:
     return chunks_per_group(nc, nb * cn * max(cn, width), elements)
 
 
-def decay_masks(g_c):
+def decay_masks(g_c: Array) -> tuple[Array, Array]:
     """G = cumsum(g) and the masked decay exp(G_r - G_s) for s <= r (0 above): [z, cn, cn].
 
     The differences G_r - G_s come from a product with inner dimension 2 ([G, 1] . [1, -G],
@@ -41,13 +41,15 @@ def decay_masks(g_c):
     return gam, jnp.where(lower, jnp.exp(jnp.where(lower, diff, 0.0)), 0.0)
 
 
-def gram(k_c, decay):
+def gram(k_c: Array, decay: Array) -> Array:
     """A = strict_lower(decay) * K K^T: [z, cn, cn]."""
     strict = jnp.tri(k_c.shape[1], k=-1, dtype=bool)
     return jnp.where(strict, decay, 0.0) * jnp.einsum("zrk,zsk->zrs", k_c, k_c)
 
 
-def forward_terms(q_c, k_c, v_c, b_c, g_c, n):
+def forward_terms(
+    q_c: Array, k_c: Array, v_c: Array, b_c: Array, g_c: Array, n: int
+) -> tuple[Array, ...]:
     """The chunk-local terms of the forward pass: T, U, W, Q_g = diag(exp(G_q)) Q,
     P = M * Q K^T, Kd^T and exp(G_last) for every chunk (then O = Q_g S_in + P D)."""
     gam, decay = decay_masks(g_c)
@@ -62,7 +64,10 @@ def forward_terms(q_c, k_c, v_c, b_c, g_c, n):
     return t_inv, u, w, q_g, p, k_dec, jnp.exp(g_last[:, 0])
 
 
-def batched_forward(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
+def batched_forward(
+    q_c: Array, k_c: Array, v_c: Array, b_c: Array, g_c: Array, s0: Array, n: int,
+    pallas: bool,
+) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
     """The forward off the CPU: the chunk-local terms batched over all chunks, one pass
     over the chunks (the Pallas kernel ``state_passes.state_pass``, or ``lax.scan``), the
     outputs batched. Returns ((o, final state), (T, state entering each chunk))."""
@@ -84,7 +89,9 @@ def batched_forward(q_c, k_c, v_c, b_c, g_c, s0, n, pallas):
     return (q_g @ s_in + p @ d, s), (t_inv, s_in)
 
 
-def bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
+def bwd_local(
+    n: int, q_c: Array, k_c: Array, b_c: Array, g_c: Array, do: Array
+) -> dict[str, Array]:
     """The backward pass's chunk-local terms (no state needed): recomputed decay, A,
     X_w = diag(b exp(G)) K, P, Kd, Q_g, and the outputs' parts of the gradients, dD0 = P^T dO
     and R0 = Q_g^T dO."""
@@ -99,14 +106,17 @@ def bwd_local(n, q_c, k_c, v_c, b_c, g_c, t_inv, do):
     return dict(gam=gam, decay=decay, a=a, x_w=x_w, p=p, kd=kd, q_g=q_g, dd0=dd0, r0=r0)
 
 
-def bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dx_u):
+def bwd_grads(
+    n: int, loc: dict[str, Array], q_c: Array, k_c: Array, v_c: Array, b_c: Array,
+    t_inv: Array, s_in: Array, do: Array, ds_out: Array, dx_u: Array,
+) -> tuple[Array, ...]:
     """All input cotangents of a set of chunks, given dS' (``ds_out``) and dX_u = T^T dD
     (``dx_u``) of each.
 
     Only D = U - W S = T (X_u - X_w S) carries U and W to the outputs, so dU = dD,
-    dW = -dD S^T, and with T = (I + diag(b) A)^-1 the UT VJP needs neither U, W nor dW:
-    dX_w = T^T dW = -dX_u S^T and dL = -strict_lower(dX_u U^T + dX_w W^T) =
-    -strict_lower(dX_u D^T).
+    dW = -dD S^T, and with T = (I + L)^-1, L = diag(b) A (strictly lower), U = T X_u and
+    W = T X_w, the UT VJP needs neither U, W nor dW: dX_w = T^T dW = -dX_u S^T and
+    dL = -strict_lower(dX_u U^T + dX_w W^T) = -strict_lower(dX_u D^T); then dA = diag(b) dL.
     """
     gam, decay, a, x_w, p, kd, q_g = (loc[x] for x in "gam decay a x_w p kd q_g".split())
     cn = k_c.shape[1]
@@ -141,7 +151,9 @@ def bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dx_u):
     return dq, dk, dv, db, dg
 
 
-def state_grad_step(ds, xs):
+def state_grad_step(
+    ds: Array, xs: tuple[Array, ...]
+) -> tuple[Array, tuple[Array, Array]]:
     """One chunk of the backward state pass, last chunk first: ds is the gradient of the state
     leaving chunk j; dD = dD0 + Kd dS', dS_in = e^{G_l} dS' + R0 - W^T dD, with
     W^T dD = X_w^T (T^T dD). Emits dS' and dX_u = T^T dD (which the gradients need)."""
@@ -150,7 +162,9 @@ def state_grad_step(ds, xs):
     return e_j[:, None, None] * ds + r0_j - jnp.einsum("zsk,zsv->zkv", x_j, dx_u), (ds, dx_u)
 
 
-def batched_backward(n, pallas, res, do, ds_last):
+def batched_backward(
+    n: int, pallas: bool, res: tuple[Array, ...], do: Array, ds_last: Array
+) -> tuple[Array, ...]:
     """The local terms batched over all chunks (over groups with ``lax.map`` when the sequence
     is long, so the [c, c] intermediates of one group are alive at a time), one reverse pass
     over the chunks (the Pallas kernel ``state_passes.state_pass_bwd``, or ``lax.scan``), the
@@ -158,9 +172,9 @@ def batched_backward(n, pallas, res, do, ds_last):
     q_c, k_c, v_c, b_c, g_c, t_inv, s_in = res
     nb, cn = ds_last.shape[0], k_c.shape[1]
     nc = k_c.shape[0] // nb
-    gc = group_size(nc, nb, cn, max(k_c.shape[-1], v_c.shape[-1]), _GROUP_ELEMENTS)
+    gc = group_size(nc, nb, cn, max(k_c.shape[-1], v_c.shape[-1]), GROUP_ELEMENTS)
     gc = max(d for d in range(1, gc + 1) if nc % d == 0)  # (nc was padded for the CPU's groups)
-    local_in = (q_c, k_c, v_c, b_c, g_c, t_inv, do)
+    local_in = (q_c, k_c, b_c, g_c, do)  # what bwd_local reads
     if gc == nc:
         loc = bwd_local(n, *local_in)
     else:  # keep only what the state pass and the gradients cannot cheaply recompute
@@ -186,15 +200,16 @@ def batched_backward(n, pallas, res, do, ds_last):
         grads = bwd_grads(n, loc, q_c, k_c, v_c, b_c, t_inv, s_in, do, ds_out, dx_u)
     else:
         def post(xs):
-            local, saved, s_j, ds_j, dx_j = xs
-            fresh = bwd_local(n, *local)  # its X_w, Kd, R0, dD0 are unused: XLA drops them
-            return bwd_grads(n, {**fresh, **saved}, *local[:4], local[5], s_j, local[6], ds_j,
+            (q_j, k_j, v_j, b_j, g_j, t_j, do_j), saved, s_j, ds_j, dx_j = xs
+            fresh = bwd_local(n, q_j, k_j, b_j, g_j, do_j)  # its X_w, Kd, R0, dD0: unused
+            return bwd_grads(n, {**fresh, **saved}, q_j, k_j, v_j, b_j, t_j, s_j, do_j, ds_j,
                              dx_j)
 
         def grp(x):
             return x.reshape(nc // gc, gc * nb, *x.shape[1:])
 
-        grads = lax.map(post, ([grp(x) for x in local_in], {x: grp(y) for x, y in loc.items()},
+        grads = lax.map(post, ([grp(x) for x in (q_c, k_c, v_c, b_c, g_c, t_inv, do)],
+                               {x: grp(y) for x, y in loc.items()},
                                grp(s_in), grp(ds_out), grp(dx_u)))
         grads = [x.reshape(-1, *x.shape[2:]) for x in grads]
     return (*grads, ds0)

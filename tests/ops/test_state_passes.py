@@ -68,7 +68,7 @@ def test_delta_product_pallas_equals_xla(n, chunk, t, grouped, monkeypatch):
     over groups in the backward, forced by small group budgets)."""
     if grouped:
         monkeypatch.setattr(delta_module, "_CACHE_ELEMENTS", 2 * 4 * 16 * 16)
-        monkeypatch.setattr(delta_chunks, "_GROUP_ELEMENTS", 2 * 4 * 16 * 16)
+        monkeypatch.setattr(delta_chunks, "GROUP_ELEMENTS", 2 * 4 * 16 * 16)
     q, k, v, beta, g, s0 = make_inputs(3, 2, t, 2, 16, 16, n, gate=True, init=True)
     xs = [jnp.asarray(x, jnp.float32) for x in (q, k, v, beta, g, s0)]
     weight = jnp.asarray(np.random.default_rng(4).normal(size=(2, t, 2, 16)), jnp.float32)
@@ -84,6 +84,11 @@ def test_delta_product_pallas_equals_xla(n, chunk, t, grouped, monkeypatch):
     assert_close(vb, va, rtol=1e-6)
     for name, a, b in zip("q k v beta g s0".split(), ga, gb, strict=True):
         assert_close(b, a, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(a))), err_msg=name)
+    # the forward without a gradient (its own path through the custom VJP)
+    kw = dict(num_householder=n, chunk_size=chunk, initial_state=xs[5])
+    for a, b in zip(delta_product(*xs[:5], **kw),
+                    delta_product(*xs[:5], **kw, implementation="pallas"), strict=True):
+        assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
