@@ -47,6 +47,13 @@ def gram(k_c: Array, decay: Array) -> Array:
     return jnp.where(strict, decay, 0.0) * jnp.einsum("zrk,zsk->zrs", k_c, k_c)
 
 
+def query_terms(q_c: Array, k_c: Array, gam: Array, decay: Array, n: int) -> tuple[Array, Array]:
+    """Q_g = diag(exp(G_q)) Q and P = M * Q K^T ([z, c, K], [z, c, cn]) at the query rows
+    n-1, 2n-1, ... (the last micro-step of each token)."""
+    q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
+    return q_g, decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)
+
+
 def forward_terms(
     q_c: Array, k_c: Array, v_c: Array, b_c: Array, g_c: Array, n: int
 ) -> tuple[Array, ...]:
@@ -57,8 +64,7 @@ def forward_terms(
     t_inv = unit_lower_inverse(eye + b_c[..., :, None] * gram(k_c, decay))  # T: [z, cn, cn]
     u = t_inv @ (b_c[..., None] * v_c)
     w = t_inv @ ((b_c * jnp.exp(gam))[..., None] * k_c)
-    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)  # M * Q K^T: [z, c, cn]
-    q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
+    q_g, p = query_terms(q_c, k_c, gam, decay, n)
     g_last = gam[..., -1:]
     k_dec = jnp.swapaxes(jnp.exp(g_last - gam)[..., None] * k_c, -1, -2)  # Kd^T: [z, K, cn]
     return t_inv, u, w, q_g, p, k_dec, jnp.exp(g_last[:, 0])
@@ -98,9 +104,8 @@ def bwd_local(
     gam, decay = decay_masks(g_c)
     a = gram(k_c, decay)
     x_w = (b_c * jnp.exp(gam))[..., None] * k_c
-    p = decay[:, n - 1 :: n] * jnp.einsum("zik,zsk->zis", q_c, k_c)
+    q_g, p = query_terms(q_c, k_c, gam, decay, n)
     kd = jnp.exp(gam[..., -1:] - gam)[..., None] * k_c
-    q_g = jnp.exp(gam[:, n - 1 :: n])[..., None] * q_c
     dd0 = jnp.einsum("zis,ziv->zsv", p, do)  # P^T dO
     r0 = jnp.einsum("zik,ziv->zkv", q_g, do)  # Q_g^T dO
     return dict(gam=gam, decay=decay, a=a, x_w=x_w, p=p, kd=kd, q_g=q_g, dd0=dd0, r0=r0)
