@@ -32,7 +32,8 @@ class ConfigError(ValueError):
 # (low, high, low_open, high_open); None = unbounded on that side. Optional fields may be None.
 _RANGES: dict[str, dict[str, tuple]] = {
     "model": {"d_model": (1, 2**16, False, False), "n_layers": (1, 4096, False, False),
-              "dropout": (0.0, 1.0, False, True), "ffn_expand": (1, 64, False, False)},
+              "dropout": (0.0, 1.0, False, True), "ffn_expand": (1, 64, False, False),
+              "ffn_hidden": (1, 2**20, False, False), "norm_eps": (0.0, 1.0, True, True)},
     "train": {"steps": (0, None, False, False), "batch_size": (1, None, False, False),
               "eval_batch_size": (1, None, False, False), "lr": (0.0, None, False, False),
               "ssm_lr": (0.0, None, False, False), "weight_decay": (0.0, None, False, False),
@@ -95,8 +96,16 @@ class ModelConfig:
 
     mixer_args: keyword arguments of the mixer class; with ``pattern``, a mapping from each
       mixer name in the pattern to its keyword arguments.
-    norm: "layer" | "rms" | "batch"; prenorm: normalise before (True) or after the residual add.
-    ffn: channel mixer after the sequence mixer in each block: "none" | "mlp" | "glu".
+    norm: "layer" | "rms" | "rms_offset" | "batch" (``rms_offset``: RMSNorm whose scale is
+      stored as w with y = x / rms(x) * (1 + w), w initialised to 0, as Gemma and Qwen3-Next);
+      norm_eps: its epsilon (None: 1e-6 for layer / rms / rms_offset, 1e-5 for batch).
+      prenorm: normalise before (True) or after the residual add.
+    ffn: channel mixer after the sequence mixer in each block: "none" | "mlp" | "glu";
+      ffn_hidden: its hidden width (None: ffn_expand * d_model).
+    bias: biases in the blocks' FFN linear maps and the language-model / classifier head
+      (pretrained transformers checkpoints have none).
+    tie_embeddings: a language model's head is the token embedding transposed (no head
+      parameters); token tasks only.
     pool: how classification heads reduce the sequence: "mean" | "last" | "cls".
     dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
     """
@@ -106,11 +115,15 @@ class ModelConfig:
     n_layers: int = 4
     mixer_args: dict = dataclasses.field(default_factory=dict)
     pattern: tuple[str, ...] | None = None
-    norm: Literal["layer", "rms", "batch"] = "layer"
+    norm: Literal["layer", "rms", "rms_offset", "batch"] = "layer"
+    norm_eps: float | None = None
     prenorm: bool = True
     dropout: float = 0.0
     ffn: Literal["none", "mlp", "glu"] = "none"
     ffn_expand: int = 2
+    ffn_hidden: int | None = None
+    bias: bool = True
+    tie_embeddings: bool = False
     pool: Literal["mean", "last", "cls"] = "mean"
     dtype: Literal["float32", "bfloat16"] = "float32"
 

@@ -110,16 +110,33 @@ def _load_workdir(path: epath.Path, checkpoint: str, model: nnx.Module | None) -
 
 
 def load(path: str | epath.PathLike, checkpoint: str = "best", *,
-         model: nnx.Module | None = None) -> tuple[nnx.Module, Config | None]:
-    """The trained model of a workdir (its ``best`` or ``latest`` checkpoint) or of an export,
-    in eval mode, ready for ``model(inputs, mask)`` and ``seqlab.generate``; and its config.
+         model: nnx.Module | None = None, dtype: str | None = None
+         ) -> tuple[nnx.Module, Config | None]:
+    """The trained model of a workdir (its ``best`` or ``latest`` checkpoint), of an export or
+    of a Hugging Face transformers folder (``config.json`` + safetensors, as ``save_pretrained``
+    writes; docs/interop.md), in eval mode, ready for ``model(inputs, mask)`` and
+    ``seqlab.generate``; and its config.
 
     model: a freshly built model of the same structure, for workdirs and exports written
     without a config (models trained or exported from Python); its variables are replaced.
+    dtype: transformers folders only: None / "float32" (weights cast to float32) or
+    "bfloat16" (weights and compute in bfloat16).
     """
     path = epath.Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist; give a workdir or an export directory.")
+        raise FileNotFoundError(f"{path} does not exist; give a workdir, an export or a "
+                                "transformers model directory.")
+    from seqlab.interop import is_transformers_folder, load_transformers
+
+    if is_transformers_folder(path):
+        if model is not None or checkpoint != "best":
+            raise ValueError(f"{path} is a transformers folder: it holds one set of weights "
+                             "and its config builds the model; pass neither model= nor "
+                             "checkpoint=.")
+        return load_transformers(path, dtype=dtype)
+    if dtype is not None:
+        raise ValueError("dtype= applies to transformers folders only; a seqlab model keeps "
+                         "the compute dtype of its config (model.dtype).")
     if _is_export(path):
         from seqlab.train.workdir import load_workdir_config, read_task_info
 

@@ -10,12 +10,13 @@ from jax import lax
 from seqlab.layers.common import apply_mask, check_input, choice, linear, reject_renamed
 from seqlab.layers.protocol import register_mixer
 from seqlab.ops.attention import apply_rope, attention
+from seqlab.ops.rope import frozen_scaling
 
 ROPE_LAYOUTS = ("rotate_half", "interleaved")
 
 
-def rope(x: jax.Array, positions: jax.Array, base: float, layout: str = "rotate_half"
-         ) -> jax.Array:
+def rope(x: jax.Array, positions: jax.Array, base: float, layout: str = "rotate_half",
+         scaling=None) -> jax.Array:
     """RoPE of x [b, t, heads, D] at positions [t] (RoFormer eq. 34), in either pair layout.
 
     ``rotate_half`` pairs dimension i with i + D/2 (GPT-NeoX, Hugging Face Llama);
@@ -23,11 +24,13 @@ def rope(x: jax.Array, positions: jax.Array, base: float, layout: str = "rotate_
     complex multiplication of ``(x_2i + i x_2i+1)`` by ``e^{i pos theta_i}``). Pair i turns by
     ``pos * base^(-2i/D)`` in both; the layouts differ by a fixed permutation of the dimensions,
     so a model trained from scratch is the same either way, but converted weights need theirs.
+    ``scaling``: the frequencies' context-extension rescaling (``seqlab.ops.rope``).
     """
     if layout == "rotate_half":
-        return apply_rope(x, positions, base)
+        return apply_rope(x, positions, base, scaling)
     d = x.shape[-1]
-    y = apply_rope(jnp.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1), positions, base)
+    y = apply_rope(jnp.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1), positions, base,
+                   scaling)
     return jnp.stack([y[..., : d // 2], y[..., d // 2 :]], axis=-1).reshape(x.shape)
 
 
@@ -64,7 +67,10 @@ class MultiHeadAttention(nnx.Module):
     whole head; ``0``: no RoPE; in between: partial rotary as GPT-NeoX's ``rotary_pct``, the
     frequencies spread over ``rope_dim`` dimensions); ``rope_layout`` ``rotate_half`` (default,
     GPT-NeoX / Hugging Face Llama) or ``interleaved`` (Meta Llama, DeepSeek checkpoints; see
-    :func:`rope`); y = attention(q, k, v) W_O.
+    :func:`rope`); ``rope_scaling`` rescales the RoPE frequencies for context extension (a dict
+    with the keys of transformers' ``rope_scaling``: types ``linear``, ``llama3``;
+    ``seqlab.ops.rope``); y = attention(q, k, v) W_O. ``qkv_bias`` adds biases to the q, k, v
+    projections (Qwen2), ``out_bias`` to W_O (Llama's ``attention_bias`` sets both).
     ``n_kv_heads`` divides ``n_heads``: equal is MHA, 1 is MQA (Shazeer 2019), in between GQA
     (Ainslie et al. 2023).
     ``causal=True`` (default) has a KV cache: ``init_cache`` / ``decode``; ``causal=False`` is
@@ -83,10 +89,14 @@ class MultiHeadAttention(nnx.Module):
         rope_dim: int | None = None,
         rope_base: float = 10000.0,
         rope_layout: str = "rotate_half",
+        rope_scaling: dict | None = None,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
     ):
         self.rope_layout = choice("rope_layout", rope_layout, ROPE_LAYOUTS)
+        self.rope_scaling = frozen_scaling(rope_scaling)
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads:
             raise ValueError(
@@ -106,10 +116,10 @@ class MultiHeadAttention(nnx.Module):
         )
         self.causal, self.rope_dim, self.rope_base, self.dtype = causal, rope_dim, rope_base, dtype
         self.scale = head_dim**-0.5
-        self.wq = linear(d_model, n_heads * head_dim, dtype, rngs)
-        self.wk = linear(d_model, n_kv_heads * head_dim, dtype, rngs)
-        self.wv = linear(d_model, n_kv_heads * head_dim, dtype, rngs)
-        self.wo = linear(n_heads * head_dim, d_model, dtype, rngs)
+        self.wq = linear(d_model, n_heads * head_dim, dtype, rngs, bias=qkv_bias)
+        self.wk = linear(d_model, n_kv_heads * head_dim, dtype, rngs, bias=qkv_bias)
+        self.wv = linear(d_model, n_kv_heads * head_dim, dtype, rngs, bias=qkv_bias)
+        self.wo = linear(n_heads * head_dim, d_model, dtype, rngs, bias=out_bias)
 
     def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: [b, t, d_model], positions [t] -> q [b,t,Hq,D], k [b,t,H,D], v [b,t,H,D] (RoPE'd)."""
@@ -125,7 +135,7 @@ class MultiHeadAttention(nnx.Module):
         r = self.rope_dim
         if r == 0:
             return x
-        roped = rope(x[..., :r], positions, self.rope_base, self.rope_layout)
+        roped = rope(x[..., :r], positions, self.rope_base, self.rope_layout, self.rope_scaling)
         return roped if r == self.head_dim else jnp.concatenate([roped, x[..., r:]], -1)
 
     def output(self, o: jax.Array) -> jax.Array:

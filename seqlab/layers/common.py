@@ -76,10 +76,12 @@ def apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 2)), x, jnp.zeros((), x.dtype))
 
 
-def linear(d_in: int, d_out: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    """A bias-free ``nnx.Linear`` [..., d_in] -> [..., d_out] computing in ``dtype`` with float32
-    parameters (the attention layers' projections)."""
-    return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+def linear(d_in: int, d_out: int, dtype: jnp.dtype, rngs: nnx.Rngs, *,
+           bias: bool = False) -> nnx.Linear:
+    """An ``nnx.Linear`` [..., d_in] -> [..., d_out] computing in ``dtype`` with float32
+    parameters, bias-free unless ``bias`` (the attention layers' projections)."""
+    return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+                      rngs=rngs)
 
 
 def check_input(x: jax.Array, d_model: int, name: str) -> None:

@@ -22,7 +22,7 @@ from flax import nnx
 
 from seqlab.layers.common import apply_mask
 
-NORMS = ("layer", "rms", "batch")
+NORMS = ("layer", "rms", "rms_offset", "batch")
 FFNS = ("none", "mlp", "glu")
 
 
@@ -43,20 +43,42 @@ def mixer_is_causal(mixer: nnx.Module) -> bool:
     return causal
 
 
-class Norm(nnx.Module):
-    """LayerNorm, RMSNorm or BatchNorm over the channel axis of x: [batch, length, d_model],
-    computed in float32. BatchNorm statistics use real positions only (mask)."""
+class OffsetRMSNorm(nnx.Module):
+    """RMSNorm with the scale stored as its offset from one: y = x / sqrt(mean(x^2) + eps) *
+    (1 + w) over the last axis, w: [dim] initialised to 0, computed in float32 (Gemma;
+    Qwen3-Next's ``Qwen3NextRMSNorm``). The same function as RMSNorm with scale 1 + w; weight
+    decay pulls the scale towards 1 instead of 0."""
 
-    def __init__(self, kind: str, d_model: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, eps: float = 1e-6):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.zeros((dim,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        return (h * (1.0 + self.scale[...])).astype(x.dtype)
+
+
+class Norm(nnx.Module):
+    """LayerNorm, RMSNorm (``rms``; ``rms_offset``: scale stored as 1 + w, see
+    ``OffsetRMSNorm``) or BatchNorm over the channel axis of x: [batch, length, d_model],
+    computed in float32. BatchNorm statistics use real positions only (mask). ``eps``: None
+    keeps each norm's default (1e-6; BatchNorm 1e-5)."""
+
+    def __init__(self, kind: str, d_model: int, *, eps: float | None = None, rngs: nnx.Rngs):
         if kind not in NORMS:
             raise ModelBuildError(f"unknown norm {kind!r}; valid norms: {', '.join(NORMS)}.")
         self.kind = kind
+        if eps is None:
+            eps = 1e-5 if kind == "batch" else 1e-6
         if kind == "layer":
-            self.norm = nnx.LayerNorm(d_model, rngs=rngs)
+            self.norm = nnx.LayerNorm(d_model, epsilon=eps, rngs=rngs)
         elif kind == "rms":
-            self.norm = nnx.RMSNorm(d_model, rngs=rngs)
+            self.norm = nnx.RMSNorm(d_model, epsilon=eps, rngs=rngs)
+        elif kind == "rms_offset":
+            self.norm = OffsetRMSNorm(d_model, eps=eps)
         else:
-            self.norm = nnx.BatchNorm(d_model, momentum=0.9, rngs=rngs)
+            self.norm = nnx.BatchNorm(d_model, momentum=0.9, epsilon=eps, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         if self.kind == "batch":
@@ -66,16 +88,19 @@ class Norm(nnx.Module):
 
 
 class FFN(nnx.Module):
-    """Channel mixer: "mlp" = W2 gelu(W1 x); "glu" = W2 (silu(W1 x) * W3 x)."""
+    """Channel mixer: "mlp" = W2 gelu(W1 x); "glu" = W2 (silu(x W_gate) * x W_up) (Shazeer
+    2020's SwiGLU; ``w_in.kernel`` = [W_gate | W_up], [d_model, 2 hidden]). hidden: the hidden
+    width (None: expand * d_model); bias: biases in both linear maps."""
 
-    def __init__(self, kind: str, d_model: int, expand: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, kind: str, d_model: int, expand: int, *, hidden: int | None = None,
+                 bias: bool = True, dtype, rngs: nnx.Rngs):
         if kind not in FFNS[1:]:
             raise ModelBuildError(f"unknown ffn {kind!r}; valid choices: {', '.join(FFNS)}.")
-        hidden = expand * d_model
+        hidden = expand * d_model if hidden is None else hidden
         self.kind = kind
         width = 2 * hidden if kind == "glu" else hidden
-        self.w_in = nnx.Linear(d_model, width, dtype=dtype, rngs=rngs)
-        self.w_out = nnx.Linear(hidden, d_model, dtype=dtype, rngs=rngs)
+        self.w_in = nnx.Linear(d_model, width, use_bias=bias, dtype=dtype, rngs=rngs)
+        self.w_out = nnx.Linear(hidden, d_model, use_bias=bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.w_in(x)
@@ -91,9 +116,10 @@ class Block(nnx.Module):
     """One residual block around a built ``mixer``.
 
     Pre-norm: x + drop(mixer(norm(x))); post-norm: norm(x + drop(mixer(x))). An optional FFN
-    sub-block ("mlp" or "glu", hidden width ffn_expand * d_model) follows with its own norm and
-    residual. x: [batch, length, d_model], mask: [batch, length] bool; masked positions of the
-    output are zero. Parameters are drawn from ``rngs`` in the order norm, FFN, FFN norm (the
+    sub-block ("mlp" or "glu", hidden width ``ffn_hidden`` or ffn_expand * d_model, biases
+    if ``bias``) follows with its own norm and residual; ``norm_eps`` is the norms' epsilon.
+    x: [batch, length, d_model], mask: [batch, length] bool; masked positions of the output
+    are zero. Parameters are drawn from ``rngs`` in the order norm, FFN, FFN norm (the
     mixer drew its own before).
     """
 
@@ -107,6 +133,9 @@ class Block(nnx.Module):
         dropout: float = 0.0,
         ffn: str = "none",
         ffn_expand: int = 2,
+        ffn_hidden: int | None = None,
+        bias: bool = True,
+        norm_eps: float | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -121,11 +150,12 @@ class Block(nnx.Module):
         mixer_is_causal(mixer)
         self.d_model, self.prenorm = d_model, prenorm
         self.mixer = mixer
-        self.norm = Norm(norm, d_model, rngs=rngs)
+        self.norm = Norm(norm, d_model, eps=norm_eps, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         if ffn != "none":
-            self.ffn = FFN(ffn, d_model, ffn_expand, dtype=dtype, rngs=rngs)
-            self.ffn_norm = Norm(norm, d_model, rngs=rngs)
+            self.ffn = FFN(ffn, d_model, ffn_expand, hidden=ffn_hidden, bias=bias, dtype=dtype,
+                           rngs=rngs)
+            self.ffn_norm = Norm(norm, d_model, eps=norm_eps, rngs=rngs)
         else:
             self.ffn = None
 

@@ -149,10 +149,12 @@ def build_backbone(cfg: ModelConfig, *, rngs: nnx.Rngs) -> Backbone:
     blocks = [
         Block(build_mixer(m, d, a, dtype=dtype, rngs=rngs), d, norm=cfg.norm,
               prenorm=cfg.prenorm, dropout=cfg.dropout, ffn=cfg.ffn, ffn_expand=cfg.ffn_expand,
-              dtype=dtype, rngs=rngs)
+              ffn_hidden=cfg.ffn_hidden, bias=cfg.bias, norm_eps=cfg.norm_eps, dtype=dtype,
+              rngs=rngs)
         for m, a in zip(names, args, strict=True)
     ]
-    return Backbone(blocks, final_norm=Norm(cfg.norm, d, rngs=rngs) if cfg.prenorm else None)
+    final_norm = Norm(cfg.norm, d, eps=cfg.norm_eps, rngs=rngs) if cfg.prenorm else None
+    return Backbone(blocks, final_norm=final_norm)
 
 
 def build_model(cfg: ModelConfig, info: TaskInfo, *,
@@ -162,13 +164,20 @@ def build_model(cfg: ModelConfig, info: TaskInfo, *,
     if cfg.pool not in POOLS:
         raise ModelBuildError(f"unknown pool {cfg.pool!r}; valid: {', '.join(POOLS)}.")
     dtype, d = DTYPES[cfg.dtype], cfg.d_model
+    if cfg.tie_embeddings and (info.task != "token" or info.vocab_size != info.n_classes):
+        raise ModelBuildError(
+            "model.tie_embeddings uses the token embedding as the output layer, so it needs a "
+            "token task whose classes are its input tokens (language modelling); set it to "
+            "false for this task."
+        )
     embed = build_embedding(info, d, dtype=dtype, rngs=rngs)
     backbone = build_backbone(cfg, rngs=rngs)
     if info.task == "token":
-        head = nnx.Linear(d, info.n_classes, dtype=dtype, rngs=rngs)
+        head = None if cfg.tie_embeddings else nnx.Linear(
+            d, info.n_classes, use_bias=cfg.bias, dtype=dtype, rngs=rngs)
         return LanguageModel(embed, backbone, head, causal=info.causal)
     if info.task == "retrieval":
         head = MLPHead(4 * d, d, info.n_classes, dtype=dtype, rngs=rngs)
         return DualEncoder(embed, backbone, head, pool=cfg.pool, rngs=rngs)
-    head = nnx.Linear(d, info.n_classes, dtype=dtype, rngs=rngs)
+    head = nnx.Linear(d, info.n_classes, use_bias=cfg.bias, dtype=dtype, rngs=rngs)
     return Classifier(embed, backbone, head, pool=cfg.pool, rngs=rngs)

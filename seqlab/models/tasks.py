@@ -133,11 +133,18 @@ class MLPHead(nnx.Module):
 class LanguageModel(nnx.Module):
     """Per-position logits: head(backbone(embed(tokens))) -> [batch, length, vocab].
 
+    head=None ties the output layer to the embedding (``embed.attend``: logits = h E^T, Press &
+    Wolf 2017), which needs an ``nnx.Embed``.
     causal=True (language modelling): every layer must be causal (a bidirectional one sees the
     tokens it predicts) and no BatchNorm may mix statistics across positions."""
 
-    def __init__(self, embed: nnx.Module, backbone: Backbone, head: nnx.Module, *,
+    def __init__(self, embed: nnx.Module, backbone: Backbone, head: nnx.Module | None, *,
                  causal: bool = True):
+        if head is None and not isinstance(embed, nnx.Embed):
+            raise ModelBuildError(
+                f"a tied output layer (head=None) reuses an nnx.Embed token embedding, got "
+                f"{type(embed).__name__}; pass a head module."
+            )
         if causal:
             for i, block in enumerate(backbone.blocks):
                 if not block.causal:
@@ -156,7 +163,12 @@ class LanguageModel(nnx.Module):
 
     def __call__(self, inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """inputs [batch, length] int, mask [batch, length] -> [batch, length, vocab] float32."""
-        return self.head(self.backbone(self.embed(inputs), mask)).astype(jnp.float32)
+        return self.logits(self.backbone(self.embed(inputs), mask))
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """h: [batch, length, d_model] -> [batch, length, vocab] float32 (head or tied)."""
+        out = self.embed.attend(h) if self.head is None else self.head(h)
+        return out.astype(jnp.float32)
 
     def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> list:
         """Decode caches of every layer (causal models only)."""
@@ -167,7 +179,7 @@ class LanguageModel(nnx.Module):
     def decode(self, tokens: jax.Array, cache: list) -> tuple[jax.Array, list]:
         """tokens: [batch, t] -> (logits [batch, t, vocab] float32, new cache)."""
         h, cache = self.backbone.decode(self.embed(tokens), cache)
-        return self.head(h).astype(jnp.float32), cache
+        return self.logits(h), cache
 
 
 __all__ = ["POOLS", "Classifier", "DualEncoder", "LanguageModel", "MLPHead", "pool"]

@@ -15,9 +15,14 @@ DeepSeek Sparse Attention (``dsa``, its indexer, ``sparse_attention``) lives in
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from seqlab.ops.rope import rope_frequencies
 
 __all__ = [
     "attention",
@@ -137,27 +142,29 @@ def attention(
 
 
 def rope_angles(
-    positions: jax.Array, dim: int, base: float = 10000.0
+    positions: jax.Array, dim: int, base: float = 10000.0,
+    scaling: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """cos, sin of the rotary angles: positions [...] -> [..., dim // 2] each (float32).
 
-    theta_i = base^(-2i / dim), angle = position * theta_i (RoFormer, Su et al. 2021, eq. 15).
+    theta_i = base^(-2i / dim), angle = position * theta_i (RoFormer, Su et al. 2021, eq. 15);
+    ``scaling`` rescales the theta_i for context extension (``seqlab.ops.rope``).
     """
-    if dim % 2:
-        raise ValueError(f"RoPE needs an even dimension, got {dim}")
-    inv_freq = base ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
-    ang = positions.astype(jnp.float32)[..., None] * inv_freq
-    return jnp.cos(ang), jnp.sin(ang)
+    theta, factor = rope_frequencies(dim, base, None if scaling is None else dict(scaling))
+    ang = positions.astype(jnp.float32)[..., None] * jnp.asarray(theta, jnp.float32)
+    return factor * jnp.cos(ang), factor * jnp.sin(ang)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, base: float = 10000.0,
+               scaling: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None
+               ) -> jax.Array:
     """Rotary position embedding of x: [batch, T, heads, D] at positions [batch, T] or [T].
 
     Pairs dimension i with i + D/2 (the "rotate-half" layout of GPT-NeoX / Llama) and rotates
     each pair by angle position * theta_i (RoFormer eq. 34):
-    ``(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)``.
+    ``(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)``; ``scaling`` as in ``rope_angles``.
     """
-    cos, sin = rope_angles(positions, x.shape[-1], base)
+    cos, sin = rope_angles(positions, x.shape[-1], base, scaling)
     if positions.ndim == 1:
         cos, sin = cos[None], sin[None]
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
