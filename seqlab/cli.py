@@ -1,7 +1,7 @@
-"""The ``seqlab`` command: train, eval, check, export, lra, bench. Thin: parses, validates, calls
-train/ and data/. User errors print one paragraph and exit 2 (SEQLAB_DEBUG=1 shows tracebacks);
-a training run stopped by SIGTERM/SIGINT exits 3 after checkpointing (the same command resumes).
-With many processes, process 0 alone prints results."""
+"""The ``seqlab`` command: train, eval, check, export, convert, lra, bench. Thin: parses,
+validates, calls train/ and data/. User errors print one paragraph and exit 2 (SEQLAB_DEBUG=1
+shows tracebacks); a training run stopped by SIGTERM/SIGINT exits 3 after checkpointing (the
+same command resumes). With many processes, process 0 alone prints results."""
 
 from __future__ import annotations
 
@@ -62,8 +62,19 @@ def _export(args) -> int:
 
     import_modules(args.imports)
     out = export(args.workdir, args.out, checkpoint=args.checkpoint,
+                 safetensors=args.safetensors, format=args.format)
+    print(json.dumps({"export": str(out), "format": args.format}))
+    return 0
+
+
+def _convert(args) -> int:
+    from seqlab.interop.hf import load_transformers, read_config, task_info
+    from seqlab.saving import export
+
+    model, cfg = load_transformers(args.folder, dtype=args.dtype)
+    out = export(model, args.out, config=cfg, info=task_info(read_config(args.folder)),
                  safetensors=args.safetensors)
-    print(json.dumps({"export": str(out)}))
+    print(json.dumps({"export": str(out), "from": str(args.folder)}))
     return 0
 
 
@@ -175,8 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     x.add_argument("--safetensors", action="store_true",
                    help="also write model.safetensors (flat names, for use outside JAX)")
+    x.add_argument("--format", default="seqlab", choices=["seqlab", "transformers"],
+                   help="seqlab: an export seqlab.load reads; transformers: a Hugging Face "
+                   "folder (config.json + model.safetensors) that transformers' "
+                   "from_pretrained opens (language models of the families in "
+                   "docs/interop.md)")
     _import_arg(x)
     x.set_defaults(fn=_export)
+    v = sub.add_parser("convert", help="write a Hugging Face transformers checkpoint folder "
+                       "(config.json + safetensors) as a seqlab export (docs/interop.md)")
+    v.add_argument("folder", help="a folder written by transformers' save_pretrained")
+    v.add_argument("out", help="a new directory")
+    v.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="parameter and compute dtype (default float32)")
+    v.add_argument("--safetensors", action="store_true",
+                   help="also write model.safetensors (flat names, for use outside JAX)")
+    v.set_defaults(fn=_convert)
 
     sub.add_parser("lra", help="run a Long Range Arena task x model grid (see seqlab lra --help)")
     sub.add_parser("bench", help="benchmark mixers against references, peers and the device's "

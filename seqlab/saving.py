@@ -158,13 +158,19 @@ def load(path: str | epath.PathLike, checkpoint: str = "best", *,
 
 def export(source: str | epath.PathLike | nnx.Module, out: str | epath.PathLike, *,
            checkpoint: str = "best", safetensors: bool = False, config: Config | None = None,
-           info: TaskInfo | None = None) -> epath.Path:
+           info: TaskInfo | None = None, format: str = "seqlab") -> epath.Path:
     """Write the export of ``source`` (a workdir, or a model with optionally its ``config`` and
-    ``info``) to the new directory ``out``; returns ``out``. Nothing is overwritten."""
+    ``info``) to the new directory ``out``; returns ``out``. Nothing is overwritten.
+
+    format: "seqlab" (the layout above) or "transformers": a Hugging Face folder that
+    transformers' ``from_pretrained`` opens (causal language models of the families in
+    docs/interop.md; ``config`` is required with a model ``source``)."""
     import orbax.checkpoint as ocp
 
     from seqlab.train.workdir import read_task_info, save_task_info
 
+    if format not in ("seqlab", "transformers"):
+        raise ValueError(f"unknown export format {format!r}; valid: seqlab, transformers.")
     out = epath.Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; export into a new directory.")
@@ -173,6 +179,12 @@ def export(source: str | epath.PathLike | nnx.Module, out: str | epath.PathLike,
     else:
         model, config = load(source, checkpoint)
         info = read_task_info(source)
+    if format == "transformers":
+        from seqlab.interop import save_transformers
+
+        if config is None:
+            raise ValueError("a transformers export needs the model's config: pass config=.")
+        return save_transformers(model, config, out)
     arrays = flat_variables(model)
     out.mkdir(parents=True, exist_ok=True)
     if config is not None:
