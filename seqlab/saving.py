@@ -72,9 +72,13 @@ def _read_export(path: epath.Path, model: nnx.Module) -> None:
     import orbax.checkpoint as ocp
 
     if (path / "params").is_dir():
-        target = {k: np.zeros(v.shape, v.dtype) for k, v in flat_variables(model).items()}
+        shapes = flat_variables(model)
+        target = {k: np.zeros(v.shape, v.dtype) for k, v in shapes.items() if v.size}
         with ocp.StandardCheckpointer() as ckptr:
             arrays = ckptr.restore((path / "params").absolute(), target)
+        # empty variables (e.g. MLA's W_UK when every key dimension keeps RoPE) hold no numbers;
+        # Orbax refuses to save them, so exports leave them out
+        arrays.update({k: np.zeros(v.shape, v.dtype) for k, v in shapes.items() if not v.size})
     else:
         from safetensors.numpy import load
 
@@ -192,7 +196,7 @@ def export(source: str | epath.PathLike | nnx.Module, out: str | epath.PathLike,
     if info is not None:
         save_task_info(out, info)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save((out / "params").absolute(), arrays)
+        ckptr.save((out / "params").absolute(), {k: v for k, v in arrays.items() if v.size})
     if safetensors:
         from safetensors.numpy import save
 

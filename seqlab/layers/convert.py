@@ -60,6 +60,14 @@ def gqa_to_mla(
             or not layer.causal or layer.rope_layout != "rotate_half"):
         raise ValueError("gqa_to_mla converts a causal MultiHeadAttention layer with rotate-half "
                          "RoPE on the whole head (rope_dim=None, rope_layout='rotate_half')")
+    biased = [n for n in ("wq", "wk", "wv", "wo") if getattr(layer, n).bias is not None]
+    if biased or layer.rope_scaling is not None:
+        raise ValueError(
+            f"gqa_to_mla converts attention without projection biases and with plain RoPE "
+            f"frequencies; this layer has {'biases in ' + ', '.join(biased) if biased else ''}"
+            f"{' and ' if biased and layer.rope_scaling else ''}"
+            f"{'rope_scaling' if layer.rope_scaling else ''}, which MLA does not represent."
+        )
     d, hq, hk, dh = layer.d_model, layer.n_heads, layer.n_kv_heads, layer.head_dim
     rope_heads = hk if rope_heads is None else rope_heads
     if not 1 <= rope_heads <= hk:
