@@ -56,8 +56,8 @@ LAYER_CASES = {
 @pytest.mark.parametrize("case", sorted(LAYER_CASES))
 def test_mixer_equals_transformers_mixer(case):
     """seqlab's Mamba2 with Mamba2Mixer's weights mapped by ``mixer_to_seqlab``: the same
-    output on the same input (batch 2, 19 steps), and the same outputs from a prefill of 11
-    steps then one step at a time through each one's cache."""
+    output on the same input (batch 2, 19 steps), and the same outputs through each one's
+    cache: a prefill of 11 steps, two single steps, a chunk of 6 from the cached state."""
     from transformers.cache_utils import DynamicCache
     from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
@@ -72,16 +72,16 @@ def test_mixer_equals_transformers_mixer(case):
     x = torch.randn(2, 19, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = theirs(x).numpy()
-    assert rel_err(ours(jnp.asarray(x.numpy())), want) <= RTOL
+    assert rel_err(nnx.jit(lambda m, u: m(u))(ours, jnp.asarray(x.numpy())), want) <= RTOL
     if case != "default":
         # transformers' one-token step (mamba2_selective_state_update) does not apply
         # time_step_limit, its chunked scan does: its decode is not its forward with a clamp
         return
     cache, steps = DynamicCache(config=config), []
-    seq_cache = ours.init_cache(2, 19)
-    with torch.no_grad():
-        for t0, t1 in [(0, 11)] + [(t, t + 1) for t in range(11, 19)]:
-            y, seq_cache = ours.decode(jnp.asarray(x[:, t0:t1].numpy()), seq_cache)
+    seq_cache, decode = ours.init_cache(2, 19), nnx.jit(lambda m, u, c: m.decode(u, c))
+    with torch.no_grad():  # prefill, two single steps, then a chunk from the cached state
+        for t0, t1 in ((0, 11), (11, 12), (12, 13), (13, 19)):
+            y, seq_cache = decode(ours, jnp.asarray(x[:, t0:t1].numpy()), seq_cache)
             steps.append((np.asarray(y), theirs(x[:, t0:t1], cache=cache).numpy()))
     assert rel_err(np.concatenate([s[0] for s in steps], 1),
                    np.concatenate([s[1] for s in steps], 1)) <= RTOL
@@ -168,7 +168,7 @@ def test_seqlab_model_to_transformers(tmp_path):
     back = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
     assert back.config.time_step_limit[1] == 0.05
     tokens = random_tokens(VOCAB, (2, 19), seed=5)
-    assert rel_err(np.asarray(model(tokens)), hf_logits(back, tokens)) <= RTOL
+    assert rel_err(nnx.jit(lambda m, t: m(t))(model, tokens), hf_logits(back, tokens)) <= RTOL
 
 
 def test_unsupported_is_refused(tmp_path):
