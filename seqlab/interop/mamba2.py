@@ -89,7 +89,7 @@ def model_config(hf: dict) -> ModelConfig:
     }
     limit = tuple(float(t) for t in _get(hf, "time_step_limit"))
     if limit != (0.0, math.inf):
-        args["dt_limit"] = limit
+        args["dt_limit"] = list(limit)  # a list, as a config file gives it back
     return ModelConfig(
         mixer="mamba2", d_model=d_model, n_layers=hf["num_hidden_layers"], mixer_args=args,
         norm="rms", norm_eps=eps, prenorm=True, ffn="none", bias=False,
