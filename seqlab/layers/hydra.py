@@ -10,6 +10,8 @@ and zero input, so the outputs at real positions do not depend on it.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -40,7 +42,8 @@ class _SSDMixerBase(nnx.Module):
 
     def _setup(self, d_model: int, *, d_state: int, expand: int, head_dim: int | None,
                n_heads: int | None, n_groups: int, chunk_size: int, dtype: jnp.dtype,
-               name: str, implementation: str = "xla") -> None:
+               name: str, implementation: str = "xla",
+               dt_limit: tuple[float, float] = (0.0, math.inf)) -> None:
         d_inner = expand * d_model
         if n_heads is not None:  # the one vocabulary: n_heads = expand * d_model / head_dim
             if not isinstance(n_heads, int) or n_heads < 1 or d_inner % n_heads:
@@ -72,19 +75,26 @@ class _SSDMixerBase(nnx.Module):
         if implementation == "pallas" and why:
             raise ValueError(f"{name}: implementation='pallas': {why}; use "
                              "implementation='xla' (the default)")
+        lo, hi = dt_limit
+        if not 0 <= lo < hi:
+            raise ValueError(f"{name}: dt_limit = {dt_limit!r} must be (low, high) with "
+                             "0 <= low < high (high may be inf)")
         self.chunk_size, self.dtype, self.name = chunk_size, dtype, name
-        self.implementation = implementation
+        self.implementation, self.dt_limit = implementation, (float(lo), float(hi))
 
     def _heads(self, t: jax.Array, width: int) -> jax.Array:
         """[b, L, k * width] -> [b, L, k, width]."""
         return t.reshape(t.shape[:2] + (-1, width))
 
     def _dt(self, dt_raw: jax.Array, mask: jax.Array | None) -> jax.Array:
-        """softplus(dt + dt_bias) in float32, 0 at padded positions: [b, L, k * heads].
+        """clip(softplus(dt + dt_bias), *dt_limit) in float32, 0 at padded positions:
+        [b, L, k * heads].
 
         With k = 2 (Hydra's dt_fw | dt_bw) both directions share the bias."""
         bias = jnp.tile(self.dt_bias[...], dt_raw.shape[-1] // self.n_heads)
         dt = jax.nn.softplus(dt_raw.astype(jnp.float32) + bias)
+        if self.dt_limit != (0.0, math.inf):  # softplus is positive: (0, inf) clips nothing
+            dt = jnp.clip(dt, *self.dt_limit)
         return apply_mask(dt, mask)
 
     def _A(self) -> jax.Array:
@@ -210,6 +220,12 @@ class Mamba2(_SSDMixerBase):
     ``n_heads``, not two that disagree. ``implementation="pallas"`` runs the SSD passes over
     chunks as Pallas kernels (``seqlab.ops.ssd.ssd``; d_state a power of two >= 16, head_dim a
     multiple of 16).
+    Options of released checkpoints (mamba_ssm's ``Mamba2``, transformers' ``Mamba2Mixer``):
+    ``use_bias`` (biases of in_proj and out_proj), ``conv_bias`` (bias of the convolution),
+    ``norm_eps`` (epsilon of the gated RMSNorm), ``dt_limit = (low, high)``: the step size
+    ``dt = clip(softplus(dt + dt_bias), low, high)`` (mamba_ssm's ``dt_limit``, transformers'
+    ``time_step_limit``; the default (0, inf) clips nothing), in the forward pass and in
+    ``decode`` alike.
     """
 
     @reject_renamed
@@ -231,24 +247,28 @@ class Mamba2(_SSDMixerBase):
         dt_init_floor: float = 1e-4,
         chunk_size: int = 64,
         use_bias: bool = False,
+        conv_bias: bool = True,
+        norm_eps: float = 1e-5,
+        dt_limit: tuple[float, float] = (0.0, math.inf),
         implementation: str = "xla",
     ):
         self._setup(d_model, d_state=d_state, expand=expand, head_dim=head_dim, n_heads=n_heads,
                     n_groups=n_groups, chunk_size=chunk_size, dtype=dtype, name="Mamba2",
-                    implementation=implementation)
+                    implementation=implementation, dt_limit=tuple(dt_limit))
         self.causal = True
         if d_conv < 1:
             raise ValueError(f"Mamba2: d_conv must be >= 1, got {d_conv}")
         gn, h = n_groups * d_state, self.n_heads
         self.in_proj = nnx.Linear(d_model, 2 * self.d_inner + 2 * gn + h, use_bias=use_bias,
                                   dtype=dtype, rngs=rngs)
-        self.conv = ShortConv(self.d_inner + 2 * gn, d_conv, causal=True, rngs=rngs)
+        self.conv = ShortConv(self.d_inner + 2 * gn, d_conv, causal=True, use_bias=conv_bias,
+                              rngs=rngs)
         self.A_log = SSMParam(_A_log_init(rngs, h, A_init_range))
         self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max, dt_init_floor))
         self.D = nnx.Param(jnp.ones((h,)))
         # per group of d_inner / n_groups features, as mamba_ssm's Mamba2
         # (RMSNormGated(d_ssm, group_size=d_ssm // ngroups))
-        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=False,
+        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=False, eps=norm_eps,
                                  group_size=self.d_inner // self.n_groups)
         self.out_proj = nnx.Linear(self.d_inner, d_model, use_bias=use_bias, dtype=dtype,
                                    rngs=rngs)

@@ -14,6 +14,7 @@ that every one of them matters. Tolerances: float32 layer against float64 refere
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from _assert import assert_close
 from _numpy_ref import conv_of, f64, linear, rmsnorm, silu, softplus, ssm_scan
 from flax import nnx
@@ -27,13 +28,19 @@ def _randomise(layer, seed):
     rng = np.random.default_rng(seed)
     layer.D[...] = jnp.asarray(rng.uniform(0.5, 1.5, layer.D.shape), jnp.float32)
     layer.dt_bias[...] = jnp.asarray(rng.uniform(-3, 0, layer.dt_bias.shape), jnp.float32)
-    layer.conv.bias[...] = jnp.asarray(rng.normal(0, 0.2, layer.conv.bias.shape), jnp.float32)
+    if layer.conv.bias is not None:
+        layer.conv.bias[...] = jnp.asarray(rng.normal(0, 0.2, layer.conv.bias.shape),
+                                           jnp.float32)
     layer.norm.weight[...] = jnp.asarray(rng.uniform(0.5, 1.5, layer.norm.weight.shape),
                                          jnp.float32)
+    for proj in (layer.in_proj, layer.out_proj):
+        if proj.bias is not None:
+            proj.bias[...] = jnp.asarray(rng.normal(0, 0.2, proj.bias.shape), jnp.float32)
 
 
-def mamba2_ref(layer, u, mask=None, h0=None, conv_tail=None):
-    """float64 Mamba-2 output [batch, L, d_model] (and the last state)."""
+def mamba2_ref(layer, u, mask=None, h0=None, conv_tail=None, eps=1e-5, dt_limit=(0, np.inf)):
+    """float64 Mamba-2 output [batch, L, d_model] (and the last state); eps: the gated norm's,
+    dt_limit: the step-size clamp after the softplus."""
     b, length, _ = u.shape
     di, gn, h, p, n = (layer.d_inner, layer.n_groups * layer.d_state, layer.n_heads,
                        layer.head_dim, layer.d_state)
@@ -48,14 +55,15 @@ def mamba2_ref(layer, u, mask=None, h0=None, conv_tail=None):
     x = (xbc[..., :di] * m[..., None]).reshape(b, length, h, p)
     B = xbc[..., di:di + gn].reshape(b, length, -1, n)
     C = xbc[..., di + gn:].reshape(b, length, -1, n)
-    dt = softplus(dt + f64(layer.dt_bias[...])) * m[..., None]
+    dt = np.clip(softplus(dt + f64(layer.dt_bias[...])), *dt_limit) * m[..., None]
     A = -np.exp(f64(layer.A_log[...]))
     y, last = ssm_scan(x, dt, A, B, C, h0)
     y = (y + f64(layer.D[...])[:, None] * x).reshape(b, length, di)
     # mamba_ssm's RMSNormGated(group_size=d_inner // n_groups): one norm per group of features
     g = layer.n_groups
     y = rmsnorm(y.reshape(b, length, g, -1), f64(layer.norm.weight[...]).reshape(g, -1),
-                z.reshape(b, length, g, -1), norm_before_gate=False).reshape(b, length, di)
+                z.reshape(b, length, g, -1), norm_before_gate=False,
+                eps=eps).reshape(b, length, di)
     return linear(y, layer.out_proj), last
 
 
@@ -85,16 +93,29 @@ def hydra_ref(layer, u, mask=None):
     return linear(y, layer.out_proj)
 
 
-def test_mamba2_matches_reference(groups=2, chunk=3):
+MAMBA2_OPTIONS = {
+    "default": {},
+    # the options of released checkpoints: biased projections, no conv bias, a norm epsilon
+    # that matters at this scale, and a step-size clamp that binds for some (b, t, head)
+    "biases-eps-clamp": dict(use_bias=True, conv_bias=False, norm_eps=0.3,
+                             dt_limit=(0.05, 0.2)),
+}
+
+
+@pytest.mark.parametrize("options", sorted(MAMBA2_OPTIONS))
+def test_mamba2_matches_reference(options, groups=2, chunk=3):
+    opts = MAMBA2_OPTIONS[options]
     layer = Mamba2(8, d_state=5, head_dim=4, n_groups=groups, chunk_size=chunk,
-                   rngs=nnx.Rngs(0))
+                   rngs=nnx.Rngs(0), **opts)
+    assert (layer.conv.bias is None) == (opts.get("conv_bias") is False)
     _randomise(layer, 1)
+    ref = {k: opts[k] for k in ("dt_limit",) if k in opts} | {"eps": opts.get("norm_eps", 1e-5)}
     u = np.random.default_rng(2).standard_normal((2, 11, 8))
     mask = np.ones((2, 11), bool)
     mask[1, 7:] = False
     fwd = jax.jit(lambda m, u, mask: m(u, mask))
     got = fwd(layer, jnp.asarray(u, jnp.float32), jnp.asarray(mask))
-    want, _ = mamba2_ref(layer, u, mask)
+    want, _ = mamba2_ref(layer, u, mask, **ref)
     assert_close(np.asarray(got)[mask], want[mask], **TOL)
     # decode: a prefill of 6 tokens (over a chunk), then one token at a time
     cache = layer.init_cache(2, 11)
@@ -103,7 +124,7 @@ def test_mamba2_matches_reference(groups=2, chunk=3):
     for t0, t1 in [(0, 6)] + [(t, t + 1) for t in range(6, 11)]:
         y, cache = step(layer, jnp.asarray(u[:, t0:t1], jnp.float32), cache)
         ys.append(y)
-    want_full, last = mamba2_ref(layer, u)
+    want_full, last = mamba2_ref(layer, u, **ref)
     assert_close(jnp.concatenate(ys, 1), want_full, **TOL)
     assert_close(cache["state"], last, rtol=1e-4, atol=1e-5)
 
