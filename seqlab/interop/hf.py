@@ -41,6 +41,8 @@ from seqlab.interop.safetensors_io import CheckpointTensors
 FAMILIES = {
     "llama": "seqlab.interop.llama",
     "qwen2": "seqlab.interop.llama",
+    "deepseek_v3": "seqlab.interop.deepseek",
+    "deepseek_v2": "seqlab.interop.deepseek",
 }
 CONFIG = "config.json"
 # transformers buffers and bookkeeping stored in some checkpoints; they are not parameters
