@@ -9,9 +9,11 @@ heads; ``kv_b_proj`` holds per head ``[k_nope | v]``. RoPE pairs dimensions 2i a
 DeepSeek-V2 (a complex rotation) and in DeepSeek-V3 with ``rope_interleave`` (the default;
 transformers de-interleaves the output, which changes no dot product), rotate-half otherwise;
 YaRN scaling (``seqlab.ops.yarn``) scales the rotary dimensions and, with ``mscale_all_dim``,
-the softmax. The routed mixture-of-experts layers (``first_k_dense_replace <
-num_hidden_layers``) are not implemented: the loader raises InteropError for them. The name
-table is in docs/interop.md.
+the softmax. Layers ``first_k_dense_replace`` and later replace the MLP by routed experts plus
+shared experts (``seqlab.models.moe.MoE``: ``ModelConfig.moe``, ``moe_first_layer``): softmax
+gates, greedy or group-limited (group max) in DeepSeek-V2; sigmoid gates, a selection bias and
+group-limited routing by the sum of each group's two best in DeepSeek-V3. The name table is in
+docs/interop.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
+from flax import nnx
 
 from seqlab.config import ModelConfig
 from seqlab.interop.hf import InteropError, check_fields
@@ -27,11 +30,6 @@ from seqlab.interop.llama import rope_parameters
 from seqlab.ops.rope import rope_type
 
 MODEL_TYPES = ("deepseek_v3", "deepseek_v2")
-# config fields with no effect on the forward pass of a dense model (training, bookkeeping,
-# or the routed experts, checked separately)
-_MOE_FIELDS = ("n_routed_experts", "n_shared_experts", "num_experts_per_tok", "n_group",
-               "topk_group", "topk_method", "norm_topk_prob", "routed_scaling_factor",
-               "moe_intermediate_size", "scoring_func", "aux_loss_alpha", "seq_aux")
 
 
 def _t(w: np.ndarray) -> np.ndarray:
@@ -91,19 +89,77 @@ def model_config(hf: dict) -> ModelConfig:
                       "attention_dropout": lambda p: True,  # training only
                       "pretraining_tp": lambda p: True}, name)  # unused by the forward pass
     first_dense = hf.get("first_k_dense_replace", 0 if name == "deepseek_v2" else 3)
-    if hf.get("n_routed_experts") and first_dense < n_layers:
-        raise InteropError(
-            f"{name}: layers {first_dense}..{n_layers - 1} are routed mixture-of-experts layers "
-            f"(first_k_dense_replace = {first_dense} < num_hidden_layers = {n_layers}, "
-            f"n_routed_experts = {hf['n_routed_experts']}); seqlab implements only DeepSeek's "
-            "dense layers so far. Checkpoints whose layers are all dense "
-            "(first_k_dense_replace >= num_hidden_layers) load; see docs/interop.md.")
+    moe = moe_args(hf) if first_dense < n_layers else None
     return ModelConfig(
         mixer="mla", d_model=hf["hidden_size"], n_layers=n_layers, mixer_args=mixer_args(hf),
         norm="rms", norm_eps=float(hf.get("rms_norm_eps", 1e-6)), prenorm=True, ffn="glu",
         ffn_hidden=hf["intermediate_size"], bias=False,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), moe=moe,
+        moe_first_layer=min(first_dense, n_layers) if moe else 0,
     )
+
+
+def moe_args(hf: dict) -> dict:
+    """The ``MoE`` arguments of the routed layers (InteropError for what seqlab lacks)."""
+    name, v3 = hf["model_type"], hf["model_type"] == "deepseek_v3"
+    check_fields(hf, {"moe_layer_freq": 1, "ep_size": lambda p: True,  # parallelism only
+                      "aux_loss_alpha": lambda p: True, "seq_aux": lambda p: True,  # training
+                      "scoring_func": "sigmoid" if v3 else "softmax",
+                      "topk_method": "noaux_tc" if v3 else (
+                          lambda m: m in ("greedy", "group_limited_greedy"))}, name)
+    if not v3 and hf.get("norm_topk_prob"):
+        raise InteropError(
+            f"{name}: norm_topk_prob = true: transformers' DeepseekV2TopkRouter ignores it, "
+            "DeepSeek's own DeepSeek-V2 code normalises the top-k weights; the checkpoint's "
+            "function is ambiguous, so seqlab does not load it.")
+    grouped = v3 or hf.get("topk_method") == "group_limited_greedy"
+    args = {"n_experts": hf["n_routed_experts"], "top_k": hf["num_experts_per_tok"],
+            "hidden": hf["moe_intermediate_size"], "n_shared": hf.get("n_shared_experts") or 0,
+            "scoring": "sigmoid" if v3 else "softmax", "score_bias": v3,
+            "n_group": hf.get("n_group") if grouped else None,
+            "topk_group": hf.get("topk_group") if grouped else None,
+            "group_score": "top2" if v3 else "max", "norm_topk_prob": bool(v3 and hf.get(
+                "norm_topk_prob", True)),
+            "routed_scaling_factor": float(hf.get("routed_scaling_factor", 2.5 if v3 else 1.0))}
+    from seqlab.models import ModelBuildError
+    from seqlab.models.moe import MoE
+
+    try:  # the routing checks, on shapes only
+        nnx.eval_shape(lambda: MoE(hf["hidden_size"], **args, rngs=nnx.Rngs(0)))
+    except ModelBuildError as e:
+        raise InteropError(f"{name}: {e}") from None
+    return args
+
+
+def moe_to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray], src: str
+                  ) -> dict[str, np.ndarray]:
+    """One routed layer: transformers names under ``src`` ("model.layers.3.mlp.") -> MoE
+    variable names. Experts fused as transformers >= 5 writes them (``experts.gate_up_proj``
+    [E, 2 hidden, d], ``experts.down_proj`` [E, d, hidden]) or one module per expert
+    (``experts.{e}.gate_proj.weight``, ... as DeepSeek's published checkpoints)."""
+    out = {"router.kernel": _t(tensors[f"{src}gate.weight"])}
+    if f"{src}experts.gate_up_proj" in tensors:
+        out["w_in"] = np.asarray(tensors[f"{src}experts.gate_up_proj"]).transpose(0, 2, 1)
+        out["w_out"] = np.asarray(tensors[f"{src}experts.down_proj"]).transpose(0, 2, 1)
+    else:
+        e = range(hf["n_routed_experts"])
+        out["w_in"] = np.stack([np.concatenate(
+            [_t(tensors[f"{src}experts.{i}.gate_proj.weight"]),
+             _t(tensors[f"{src}experts.{i}.up_proj.weight"])], axis=1) for i in e])
+        out["w_out"] = np.stack([_t(tensors[f"{src}experts.{i}.down_proj.weight"]) for i in e])
+    if hf["model_type"] == "deepseek_v3":
+        out["bias"] = tensors[f"{src}gate.e_score_correction_bias"]
+    if hf.get("n_shared_experts"):
+        out.update(_mlp(tensors, f"{src}shared_experts.", "shared."))
+    return out
+
+
+def _mlp(tensors: Mapping[str, np.ndarray], src: str, dst: str) -> dict[str, np.ndarray]:
+    """A SwiGLU MLP (gate_proj, up_proj, down_proj) -> seqlab FFN("glu") names under dst."""
+    return {f"{dst}w_in.kernel": np.concatenate(
+                [_t(tensors[f"{src}gate_proj.weight"]), _t(tensors[f"{src}up_proj.weight"])],
+                axis=1),
+            f"{dst}w_out.kernel": _t(tensors[f"{src}down_proj.weight"])}
 
 
 def attention_to_seqlab(args: Mapping, tensors: Mapping[str, np.ndarray], src: str
@@ -148,14 +204,15 @@ def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
             out[f"{dst}mixer.{k}"] = v
         out[f"{dst}norm.norm.scale"] = tensors[f"{src}input_layernorm.weight"]
         out[f"{dst}ffn_norm.norm.scale"] = tensors[f"{src}post_attention_layernorm.weight"]
-        out[f"{dst}ffn.w_in.kernel"] = np.concatenate(
-            [_t(tensors[f"{src}mlp.gate_proj.weight"]), _t(tensors[f"{src}mlp.up_proj.weight"])],
-            axis=1)
-        out[f"{dst}ffn.w_out.kernel"] = _t(tensors[f"{src}mlp.down_proj.weight"])
+        if cfg.moe and i >= cfg.moe_first_layer:
+            ffn = moe_to_seqlab(hf, tensors, f"{src}mlp.")
+        else:
+            ffn = _mlp(tensors, f"{src}mlp.", "")
+        out.update({f"{dst}ffn.{k}": v for k, v in ffn.items()})
     # DeepSeek-V3's multi-token-prediction module is stored as layers n_layers.. (transformers
     # skips it on load too): it predicts further tokens for speculative decoding and has no
     # part in the logits, so it is read as consumed and dropped.
-    extra = re.compile(rf"model\.layers\.(\d+)\.")
+    extra = re.compile(r"model\.layers\.(\d+)\.")
     for name in list(tensors):
         m = extra.match(name)
         if m and int(m.group(1)) >= cfg.n_layers and hf.get("num_nextn_predict_layers"):
