@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 _RANGES: dict[str, dict[str, tuple]] = {
     "model": {"d_model": (1, 2**16, False, False), "n_layers": (1, 4096, False, False),
               "dropout": (0.0, 1.0, False, True), "ffn_expand": (1, 64, False, False),
-              "ffn_hidden": (1, 2**20, False, False), "norm_eps": (0.0, 1.0, True, True)},
+              "ffn_hidden": (1, 2**20, False, False), "norm_eps": (0.0, 1.0, True, True),
+              "moe_first_layer": (0, 4096, False, False)},
     "train": {"steps": (0, None, False, False), "batch_size": (1, None, False, False),
               "eval_batch_size": (1, None, False, False), "lr": (0.0, None, False, False),
               "ssm_lr": (0.0, None, False, False), "weight_decay": (0.0, None, False, False),
@@ -102,6 +103,9 @@ class ModelConfig:
       prenorm: normalise before (True) or after the residual add.
     ffn: channel mixer after the sequence mixer in each block: "none" | "mlp" | "glu";
       ffn_hidden: its hidden width (None: ffn_expand * d_model).
+    moe: the routed mixture-of-experts FFN's arguments (``seqlab.models.moe.MoE``: n_experts,
+      top_k, hidden, n_shared, scoring, ...) or None; layers ``moe_first_layer`` and later use
+      it instead of ``ffn`` (DeepSeek's first_k_dense_replace).
     bias: biases in the blocks' FFN linear maps and the language-model / classifier head
       (pretrained transformers checkpoints have none).
     tie_embeddings: a language model's head is the token embedding transposed (no head
@@ -122,6 +126,8 @@ class ModelConfig:
     ffn: Literal["none", "mlp", "glu"] = "none"
     ffn_expand: int = 2
     ffn_hidden: int | None = None
+    moe: dict | None = None
+    moe_first_layer: int = 0
     bias: bool = True
     tie_embeddings: bool = False
     pool: Literal["mean", "last", "cls"] = "mean"

@@ -42,6 +42,8 @@ FAMILIES = {
     "llama": "seqlab.interop.llama",
     "qwen2": "seqlab.interop.llama",
     "mamba2": "seqlab.interop.mamba2",
+    "deepseek_v3": "seqlab.interop.deepseek",
+    "deepseek_v2": "seqlab.interop.deepseek",
 }
 CONFIG = "config.json"
 # transformers buffers and bookkeeping stored in some checkpoints; they are not parameters

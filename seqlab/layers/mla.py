@@ -31,6 +31,8 @@ from seqlab.layers.attention import ROPE_LAYOUTS, cache_positions, rope, write_c
 from seqlab.layers.common import apply_mask, check_input, choice, linear, reject_renamed
 from seqlab.layers.protocol import register_mixer
 from seqlab.ops.attention import attention
+from seqlab.ops.rope import frozen_scaling
+from seqlab.ops.yarn import softmax_factor
 
 DECODE_MODES = ("absorb", "naive")
 
@@ -44,7 +46,12 @@ class MLA(nnx.Module):
     rope_dim (DeepSeek-V2's qk_rope_head_dim; half of it), v_head_dim (d_model / n_heads),
     rope_heads (1), kv_norm
     (RMSNorm on c_kv; the TransMLA conversion turns it off), softmax_scale (default
-    1/sqrt(nope + rope_heads rope)), decode_mode ("absorb" | "naive"), causal, rope_layout
+    1/sqrt(nope + rope_heads rope), times ``seqlab.ops.yarn.softmax_factor`` under YaRN with
+    ``mscale_all_dim``, as DeepSeek's MLA), decode_mode ("absorb" | "naive"), causal,
+    rope_scaling (the RoPE frequencies' context-extension rescaling, a dict with the keys of
+    transformers' ``rope_scaling``: ``seqlab.ops.rope``, including DeepSeek's ``yarn``),
+    qkv_bias (biases of the projections that read x: wq_a and wkv_a, or wq without
+    q_lora_rank; DeepSeek's ``attention_bias``), out_bias (bias of wo), rope_layout
     ("rotate_half" default | "interleaved": DeepSeek's checkpoints rotate interleaved pairs, so
     converted DeepSeek weights need it; rotate-half is kept as the default because it is the
     same function up to a fixed permutation of the rope dimensions and matches seqlab's MHA,
@@ -70,10 +77,14 @@ class MLA(nnx.Module):
         causal: bool = True,
         rope_base: float = 10000.0,
         rope_layout: str = "rotate_half",
+        rope_scaling: dict | None = None,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
     ):
         self.rope_layout = choice("rope_layout", rope_layout, ROPE_LAYOUTS)
+        self.rope_scaling = frozen_scaling(rope_scaling)
         if decode_mode not in DECODE_MODES:
             raise ValueError(
                 f"unknown decode_mode {decode_mode!r}; valid: {', '.join(DECODE_MODES)}"
@@ -94,19 +105,22 @@ class MLA(nnx.Module):
         self.q_lora_rank, self.decode_mode, self.causal = q_lora_rank, decode_mode, causal
         self.rope_base, self.dtype = rope_base, dtype
         self.qk_dim = self.nope + rope_heads * self.rope_dim
-        self.scale = self.qk_dim**-0.5 if softmax_scale is None else softmax_scale
+        if softmax_scale is None:
+            softmax_scale = self.qk_dim**-0.5 * softmax_factor(rope_scaling)
+        self.scale = softmax_scale
         if q_lora_rank is None:
-            self.wq = linear(d_model, n_heads * self.qk_dim, dtype, rngs)
+            self.wq = linear(d_model, n_heads * self.qk_dim, dtype, rngs, bias=qkv_bias)
         else:
-            self.wq_a = linear(d_model, q_lora_rank, dtype, rngs)
+            self.wq_a = linear(d_model, q_lora_rank, dtype, rngs, bias=qkv_bias)
             self.q_norm = nnx.RMSNorm(q_lora_rank, dtype=dtype, rngs=rngs)
             self.wq = linear(q_lora_rank, n_heads * self.qk_dim, dtype, rngs)
-        self.wkv_a = linear(d_model, self.rank + rope_heads * self.rope_dim, dtype, rngs)
+        self.wkv_a = linear(d_model, self.rank + rope_heads * self.rope_dim, dtype, rngs,
+                            bias=qkv_bias)
         self.kv_norm = nnx.RMSNorm(self.rank, dtype=dtype, rngs=rngs) if kv_norm else None
         init = nnx.initializers.normal(self.rank**-0.5)
         self.wk_b = nnx.Param(init(rngs.params(), (self.rank, n_heads, self.nope)))  # W_UK
         self.wv_b = nnx.Param(init(rngs.params(), (self.rank, n_heads, self.dv)))  # W_UV
-        self.wo = linear(n_heads * self.dv, d_model, dtype, rngs)
+        self.wo = linear(n_heads * self.dv, d_model, dtype, rngs, bias=out_bias)
 
     def query_latent(self, x: jax.Array) -> jax.Array | None:
         """c_q = q_norm(x W_DQ) [b, t, q_lora_rank] (DeepSeek-V2 eq. 37), None without
@@ -120,7 +134,7 @@ class MLA(nnx.Module):
         cq = x if cq is None else cq
         q = self.wq(cq).reshape(b, t, self.n_heads, self.qk_dim)
         q_rope = q[..., self.nope :].reshape(b, t, self.n_heads * self.rope_heads, self.rope_dim)
-        q_rope = rope(q_rope, positions, self.rope_base, self.rope_layout)
+        q_rope = rope(q_rope, positions, self.rope_base, self.rope_layout, self.rope_scaling)
         return q[..., : self.nope], q_rope.reshape(b, t, self.n_heads, -1)
 
     def latent(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -130,7 +144,7 @@ class MLA(nnx.Module):
         c = ckv[..., : self.rank]
         c = c if self.kv_norm is None else self.kv_norm(c)
         kr = ckv[..., self.rank :].reshape(b, t, self.rope_heads, self.rope_dim)
-        return c, rope(kr, positions, self.rope_base, self.rope_layout)
+        return c, rope(kr, positions, self.rope_base, self.rope_layout, self.rope_scaling)
 
     def up(self, c: jax.Array, kr: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Naive keys and values from the latent: k [b,s,H,nope+rope_heads rope], v [b,s,H,dv]."""

@@ -117,7 +117,9 @@ class Block(nnx.Module):
 
     Pre-norm: x + drop(mixer(norm(x))); post-norm: norm(x + drop(mixer(x))). An optional FFN
     sub-block ("mlp" or "glu", hidden width ``ffn_hidden`` or ffn_expand * d_model, biases
-    if ``bias``) follows with its own norm and residual; ``norm_eps`` is the norms' epsilon.
+    if ``bias``) follows with its own norm and residual; ``moe`` (the arguments of
+    ``seqlab.models.moe.MoE``) makes that FFN a routed mixture of experts instead;
+    ``norm_eps`` is the norms' epsilon.
     x: [batch, length, d_model], mask: [batch, length] bool; masked positions of the output
     are zero. Parameters are drawn from ``rngs`` in the order norm, FFN, FFN norm (the
     mixer drew its own before).
@@ -136,6 +138,7 @@ class Block(nnx.Module):
         ffn_hidden: int | None = None,
         bias: bool = True,
         norm_eps: float | None = None,
+        moe: dict | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -152,7 +155,16 @@ class Block(nnx.Module):
         self.mixer = mixer
         self.norm = Norm(norm, d_model, eps=norm_eps, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
-        if ffn != "none":
+        if moe is not None:
+            from seqlab.models.moe import MoE
+
+            try:
+                self.ffn = MoE(d_model, **moe, dtype=dtype, rngs=rngs)
+            except TypeError as e:
+                raise ModelBuildError(f"model.moe: {e}; see seqlab.models.moe.MoE for its "
+                                      "arguments.") from None
+            self.ffn_norm = Norm(norm, d_model, eps=norm_eps, rngs=rngs)
+        elif ffn != "none":
             self.ffn = FFN(ffn, d_model, ffn_expand, hidden=ffn_hidden, bias=bias, dtype=dtype,
                            rngs=rngs)
             self.ffn_norm = Norm(norm, d_model, eps=norm_eps, rngs=rngs)

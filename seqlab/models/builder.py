@@ -149,9 +149,9 @@ def build_backbone(cfg: ModelConfig, *, rngs: nnx.Rngs) -> Backbone:
     blocks = [
         Block(build_mixer(m, d, a, dtype=dtype, rngs=rngs), d, norm=cfg.norm,
               prenorm=cfg.prenorm, dropout=cfg.dropout, ffn=cfg.ffn, ffn_expand=cfg.ffn_expand,
-              ffn_hidden=cfg.ffn_hidden, bias=cfg.bias, norm_eps=cfg.norm_eps, dtype=dtype,
-              rngs=rngs)
-        for m, a in zip(names, args, strict=True)
+              ffn_hidden=cfg.ffn_hidden, bias=cfg.bias, norm_eps=cfg.norm_eps,
+              moe=cfg.moe if i >= cfg.moe_first_layer else None, dtype=dtype, rngs=rngs)
+        for i, (m, a) in enumerate(zip(names, args, strict=True))
     ]
     final_norm = Norm(cfg.norm, d, eps=cfg.norm_eps, rngs=rngs) if cfg.prenorm else None
     return Backbone(blocks, final_norm=final_norm)

@@ -14,8 +14,12 @@ of transformers' ``rope_scaling`` / ``rope_parameters``:
   (high - low)``.
 
 ``rope_frequencies`` returns the theta_i and the factor the cos and sin are multiplied by
-(1 for these types). Other types (``dynamic``, ``yarn``, ``longrope``, ...) raise ValueError
-naming them.
+(1 for these types).
+
+- ``yarn`` (Peng et al. 2023): NTK-by-parts interpolation with an attention factor on cos and
+  sin (``seqlab.ops.yarn``).
+
+Other types (``dynamic``, ``longrope``, ...) raise ValueError naming them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-ROPE_TYPES = ("default", "linear", "llama3")
+from seqlab.ops.yarn import yarn_frequencies
+
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 # keys of a transformers rope dict that carry no scaling information
 _NEUTRAL_KEYS = ("rope_theta", "partial_rotary_factor")
 
@@ -62,6 +68,8 @@ def rope_frequencies(dim: int, base: float, scaling: Mapping[str, Any] | None = 
     kind = rope_type(scaling)
     if kind == "default":
         return theta, 1.0
+    if kind == "yarn":
+        return yarn_frequencies(dim, base, scaling)
     if kind == "linear":
         (factor,) = _need(scaling, kind, "factor")
         return theta / factor, 1.0
