@@ -41,6 +41,7 @@ from seqlab.interop.safetensors_io import CheckpointTensors
 FAMILIES = {
     "llama": "seqlab.interop.llama",
     "qwen2": "seqlab.interop.llama",
+    "qwen3_next": "seqlab.interop.qwen3_next",
 }
 CONFIG = "config.json"
 # transformers buffers and bookkeeping stored in some checkpoints; they are not parameters
