@@ -168,3 +168,130 @@ def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
             raise InteropError("tie_word_embeddings is true but lm_head.weight differs from "
                                "the embedding; the config and the weights disagree.")
     return out
+
+
+# compute-only or initialisation-only options, free in an exported model
+_FREE = {"chunk_size", "implementation", "dt_min", "dt_max", "A_init_range"}
+_DELTA_DEFAULTS = {"use_output_gate": True, "qk_activation": "silu", "allow_neg_eigval": False,
+                   "norm_eps": 1e-5}  # GatedDeltaNet's defaults of the options Qwen3-Next fixes
+
+
+def _export_deltanet(args: dict, d_model: int, eps: float, problems: list[str]) -> dict:
+    n_heads = args.get("n_heads", 4)
+    head_dim = args.get("head_dim") or d_model // n_heads
+    v_dim = int(head_dim * args.get("expand_v", 2.0))
+    fixed = {"use_output_gate": True, "qk_activation": "silu", "allow_neg_eigval": False,
+             "norm_eps": eps}
+    wrong = [k for k in args if k not in _FREE | {"n_heads", "n_v_heads", "head_dim",
+                                                   "expand_v", "d_conv"} and k not in fixed]
+    wrong += [k for k, v in fixed.items() if args.get(k, _DELTA_DEFAULTS.get(k)) != v]
+    if wrong:
+        problems.append(f"gated-deltanet options {sorted(wrong)} differ from Qwen3-Next's "
+                        f"(output gate, silu q/k, beta in [0, 1], norm_eps = the model's {eps})")
+    return {"linear_num_key_heads": n_heads,
+            "linear_num_value_heads": args.get("n_v_heads") or n_heads,
+            "linear_key_head_dim": head_dim, "linear_value_head_dim": v_dim,
+            "linear_conv_kernel_dim": args.get("d_conv", 4)}
+
+
+
+def _export_attention(args: dict, d_model: int, eps: float, problems: list[str]) -> dict:
+    n_heads = args.get("n_heads", 4)
+    head_dim = args.get("head_dim") or d_model // n_heads
+    rope_dim = head_dim if args.get("rope_dim") is None else args["rope_dim"]
+    fixed = {"causal": True, "qk_norm": "rms_offset", "output_gate": True, "norm_eps": eps,
+             "rope_layout": "rotate_half", "rope_scaling": None,
+             "out_bias": args.get("qkv_bias", False)}
+    defaults = {"causal": True, "norm_eps": 1e-6, "rope_layout": "rotate_half"}
+    known = {"n_heads", "n_kv_heads", "head_dim", "rope_dim", "rope_base", "qkv_bias"}
+    wrong = [k for k in args if k not in known and k not in fixed]
+    wrong += [k for k, v in fixed.items() if args.get(k, defaults.get(k)) != v]
+    if wrong:
+        problems.append(f"mha options {sorted(wrong)} differ from Qwen3-Next's gated attention "
+                        f"(causal, qk_norm 'rms_offset', output_gate, norm_eps = the model's "
+                        f"{eps}, rotate-half RoPE without scaling, biases on all or none)")
+    return {"num_attention_heads": n_heads,
+            "num_key_value_heads": args.get("n_kv_heads") or n_heads, "head_dim": head_dim,
+            "attention_bias": bool(args.get("qkv_bias", False)),
+            "rope_parameters": {"rope_type": "default", "rope_theta": args.get("rope_base",
+                                                                               10000.0),
+                                "partial_rotary_factor": rope_dim / head_dim}}
+
+
+def transformers_config(cfg: ModelConfig, vocab_size: int) -> dict:
+    """config.json of the (dense) Qwen3-Next model equal to ``cfg``; InteropError naming what
+    does not fit."""
+    from seqlab.models.builder import layer_mixers, mixer_args_for
+
+    mixers, problems = layer_mixers(cfg.mixer, cfg.n_layers, cfg.pattern), []
+    kinds = {v: k for k, v in MIXERS.items()}
+    if set(mixers) - set(kinds):
+        problems.append(f"every layer must be 'gated-deltanet' or 'mha' (got {set(mixers)})")
+    if cfg.norm != "rms_offset" or not cfg.prenorm:
+        problems.append(f"norm must be pre-norm 'rms_offset' (got {cfg.norm}, "
+                        f"prenorm={cfg.prenorm})")
+    if cfg.ffn != "glu" or cfg.bias or cfg.dropout:
+        problems.append(f"ffn must be 'glu' without biases or dropout (got {cfg.ffn}, "
+                        f"bias={cfg.bias}, dropout={cfg.dropout})")
+    eps = cfg.norm_eps if cfg.norm_eps is not None else 1e-6
+    hf = {"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
+          "vocab_size": vocab_size, "hidden_size": cfg.d_model,
+          "intermediate_size": cfg.ffn_hidden or cfg.ffn_expand * cfg.d_model,
+          "num_hidden_layers": cfg.n_layers, "hidden_act": "silu", "rms_norm_eps": eps,
+          "tie_word_embeddings": cfg.tie_embeddings, "max_position_embeddings": 2**17,
+          "layer_types": [kinds.get(m, m) for m in mixers], "num_experts": 0,
+          "mlp_only_layers": [], "dtype": "float32"}
+    export = {"gated-deltanet": _export_deltanet, "mha": _export_attention}
+    for name in sorted(set(mixers) & set(export)):
+        hf |= export[name](mixer_args_for(name, cfg.mixer_args, cfg.pattern), cfg.d_model, eps,
+                           problems)
+    if problems:
+        raise InteropError("the model is not a Qwen3-Next: " + "; ".join(problems) + ".")
+    return hf
+
+
+def to_transformers(cfg: ModelConfig, arrays: Mapping[str, np.ndarray]
+                    ) -> dict[str, np.ndarray]:
+    """seqlab variable names -> transformers names (the inverse of ``to_seqlab``)."""
+    hf = transformers_config(cfg, arrays["embed.embedding"].shape[0])
+    out = {"model.embed_tokens.weight": arrays["embed.embedding"],
+           "model.norm.weight": arrays["backbone.final_norm.norm.scale"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = _t(arrays["head.kernel"])
+    for i, kind in enumerate(hf["layer_types"]):
+        src, dst = f"backbone.blocks.{i}.", f"model.layers.{i}."
+        m = {k[len(src) + 6:]: v for k, v in arrays.items() if k.startswith(f"{src}mixer.")}
+        if kind == "linear_attention":
+            out |= {f"{dst}linear_attn.{k}": v for k, v in _deltanet_back(hf, m).items()}
+        else:
+            for ours, theirs in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"),
+                                 ("wo", "o_proj")):
+                out[f"{dst}self_attn.{theirs}.weight"] = _t(m[f"{ours}.kernel"])
+                if f"{ours}.bias" in m:
+                    out[f"{dst}self_attn.{theirs}.bias"] = m[f"{ours}.bias"]
+            out[f"{dst}self_attn.q_norm.weight"] = m["q_norm.scale"]
+            out[f"{dst}self_attn.k_norm.weight"] = m["k_norm.scale"]
+        out[f"{dst}input_layernorm.weight"] = arrays[f"{src}norm.norm.scale"]
+        out[f"{dst}post_attention_layernorm.weight"] = arrays[f"{src}ffn_norm.norm.scale"]
+        gate, up = np.split(arrays[f"{src}ffn.w_in.kernel"], 2, axis=1)
+        out[f"{dst}mlp.gate_proj.weight"], out[f"{dst}mlp.up_proj.weight"] = _t(gate), _t(up)
+        out[f"{dst}mlp.down_proj.weight"] = _t(arrays[f"{src}ffn.w_out.kernel"])
+    return out
+
+
+def _deltanet_back(hf: dict, m: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-key-head-group interleaving of ``_deltanet``, rebuilt."""
+    nk = hf["linear_num_key_heads"]
+    d = m["q_proj.kernel"].shape[0]
+
+    def grouped(*names):  # [d, nk, ...] parts concatenated per key head -> torch [out, d]
+        parts = [np.asarray(m[n]).reshape(d, nk, -1) for n in names]
+        return _t(np.concatenate(parts, axis=2).reshape(d, -1))
+
+    conv = np.concatenate([m["q_conv.weight"], m["k_conv.weight"], m["v_conv.weight"]], 1)
+    return {"in_proj_qkvz.weight": grouped("q_proj.kernel", "k_proj.kernel", "v_proj.kernel",
+                                           "g_proj.kernel"),
+            "in_proj_ba.weight": grouped("b_proj.kernel", "a_proj.kernel"),
+            "conv1d.weight": np.asarray(conv).T[:, None, :], "A_log": m["A_log"],
+            "dt_bias": m["dt_bias"], "norm.weight": m["o_norm.weight"],
+            "out_proj.weight": _t(m["o_proj.kernel"])}

@@ -8,6 +8,7 @@ reference is the plain recurrence/chunked torch code of ``modeling_qwen3_next.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -27,7 +28,7 @@ from _hf_helpers import (
 from flax import nnx
 
 import seqlab
-from seqlab.interop import InteropError
+from seqlab.interop import InteropError, save_transformers
 from seqlab.interop import qwen3_next as family
 from seqlab.layers.deltanet import GatedDeltaNet
 
@@ -98,6 +99,23 @@ def test_greedy_decode_equal(pair):
     prompt = random_tokens(VOCAB, (2, 7), seed=2)
     ours = np.asarray(seqlab.generate(model, prompt, 12, temperature=0))
     np.testing.assert_array_equal(ours, hf_greedy(hf, prompt, 12))
+
+
+def test_round_trip_to_transformers(pair, tmp_path):
+    """seqlab -> transformers folder -> from_pretrained: the same logits, the same config."""
+    hf, model, cfg, folder = pair
+    out = save_transformers(model, cfg, tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    tokens = random_tokens(VOCAB, (2, 19), seed=3)
+    assert rel_err(hf_logits(back, tokens), hf_logits(hf, tokens)) <= RTOL
+    original, written = (json.loads((f / "config.json").read_text()) for f in (folder, out))
+    for key in ("model_type", "layer_types", "linear_num_value_heads", "linear_value_head_dim",
+                "head_dim", "rope_parameters", "rms_norm_eps"):
+        assert written[key] == original[key], key
+    plain = dataclasses.replace(cfg.model, mixer_args={
+        **cfg.model.mixer_args, "mha": {**cfg.model.mixer_args["mha"], "output_gate": False}})
+    with pytest.raises(InteropError, match=r"mha options \['output_gate'\]"):
+        family.transformers_config(plain, VOCAB)
 
 
 def test_unsupported_features_are_refused(pair, tmp_path):
