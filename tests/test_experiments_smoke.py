@@ -15,7 +15,7 @@ from seqlab.data.stdlib_text import corpus_info, stdlib_bytes, stdlib_files
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["s4d_legs_kernel", "hippo_reconstruction", "mla_cache_loss", "transmla_finetune",
            "neg_eigval", "deltaproduct_s3", "ptd_transfer", "hydra_bidirectional",
-           "s4d_listops", "ptd_robustness", "dsa_lm"]
+           "s4d_listops", "ptd_robustness", "dsa_lm", "transmla_llama"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

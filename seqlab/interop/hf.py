@@ -171,7 +171,7 @@ def load_transformers(folder: str | epath.PathLike, *, dtype: str | None = None
             f"computes."
         )
     cast = DTYPES[dtype or "float32"]
-    arrays = {k: np.asarray(v).astype(cast) for k, v in arrays.items()}
+    arrays = {k: np.asarray(v).astype(cast, copy=False) for k, v in arrays.items()}
 
     from seqlab.models import build_model
 
