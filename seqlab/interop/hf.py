@@ -44,6 +44,7 @@ FAMILIES = {
     "mamba2": "seqlab.interop.mamba2",
     "deepseek_v3": "seqlab.interop.deepseek",
     "deepseek_v2": "seqlab.interop.deepseek",
+    "qwen3_next": "seqlab.interop.qwen3_next",
 }
 CONFIG = "config.json"
 # transformers buffers and bookkeeping stored in some checkpoints; they are not parameters

@@ -13,8 +13,14 @@ reaches every reflection direction directly; v keeps its SiLU.)
                                           Householder factor I - beta k k^T in [-1, 1];
                                           Grazzi et al. 2025)
     g_t              = -exp(A_log) softplus(w_a x_t + dt_bias)   (gated variants, Mamba-2 style)
-    o_t              = delta_product(q, k, v, beta, g)            (state [H, K, V] per sequence)
+    o_t              = delta_product(q, k, v, beta, g)            (state [H_v, K, V] per sequence)
     y_t              = W_o (RMSNorm(o_t) * SiLU(W_g x_t))         (output gate optional)
+
+``n_v_heads`` (default ``n_heads``) separates the value heads from the query/key heads
+(grouped value heads, fla's ``num_v_heads``; Qwen3-Next): v, beta, g, the state and the output
+have ``n_v_heads`` heads, and query/key head i serves the ``n_v_heads / n_heads`` consecutive
+value heads ``i r .. i r + r - 1`` (r = n_v_heads / n_heads), as grouped-query attention
+with the roles of the heads exchanged.
 
 Padding (mask False) is exact: padded inputs are zeroed before the convolutions and get
 beta = 0, g = 0 there, so a padded step leaves the state untouched.
@@ -65,6 +71,7 @@ class _DeltaRuleMixer(nnx.Module):
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
         n_heads: int = 4,
+        n_v_heads: int | None = None,
         head_dim: int | None = None,
         expand_v: float = 1.0,
         n_householder: int = 1,
@@ -93,6 +100,11 @@ class _DeltaRuleMixer(nnx.Module):
         if n_heads < 1 or head_dim < 1 or v_dim < 1:
             raise ValueError(f"{name}: need n_heads, head_dim, head_dim*expand_v >= 1, got "
                              f"{n_heads}, {head_dim}, {v_dim}")
+        n_v_heads = n_heads if n_v_heads is None else n_v_heads
+        if n_v_heads < 1 or n_v_heads % n_heads:
+            raise ValueError(f"{name}: n_v_heads={n_v_heads} must be a positive multiple of "
+                             f"n_heads={n_heads} (each query/key head serves n_v_heads/n_heads "
+                             "value heads); None = n_heads")
         if n_householder < 1:
             raise ValueError(f"{name}: n_householder must be >= 1, got {n_householder}")
         if d_conv < 1 or (chunk_size is not None and chunk_size < 1):
@@ -105,10 +117,11 @@ class _DeltaRuleMixer(nnx.Module):
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         self.d_model, self.n_heads, self.head_dim, self.v_dim = d_model, n_heads, head_dim, v_dim
+        self.n_v_heads = n_v_heads
         self.n_householder, self.chunk_size, self.dtype = n_householder, chunk_size, dtype
         self.allow_neg_eigval, self.causal = allow_neg_eigval, True
         self.qk_activation = qk_activation
-        h, n = n_heads, n_householder
+        h, hv, n = n_heads, n_v_heads, n_householder
         if implementation not in ("xla", "pallas"):
             raise ValueError(f"{name}: implementation must be 'xla' or 'pallas', got "
                              f"{implementation!r}")
@@ -124,29 +137,29 @@ class _DeltaRuleMixer(nnx.Module):
             return nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
 
         self.q_proj, self.k_proj = linear(h * head_dim), linear(n * h * head_dim)
-        self.v_proj, self.b_proj = linear(n * h * v_dim), linear(n * h)
+        self.v_proj, self.b_proj = linear(n * hv * v_dim), linear(n * hv)
         self.q_conv = ShortConv(h * head_dim, d_conv, use_bias=False, rngs=rngs)
         self.k_conv = ShortConv(n * h * head_dim, d_conv, use_bias=False, rngs=rngs)
-        self.v_conv = ShortConv(n * h * v_dim, d_conv, use_bias=False, rngs=rngs)
+        self.v_conv = ShortConv(n * hv * v_dim, d_conv, use_bias=False, rngs=rngs)
         if use_forget_gate:
-            self.a_proj = linear(h)
-            A = jax.random.uniform(rngs.params(), (h,), minval=lo, maxval=hi)
+            self.a_proj = linear(hv)
+            A = jax.random.uniform(rngs.params(), (hv,), minval=lo, maxval=hi)
             # floor 1e-4: a draw of exactly 0 from U(0, 16) would make A_log = -inf
             self.A_log = SSMParam(jnp.log(jnp.maximum(A, 1e-4)))
-            self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (h,), dt_min, dt_max))
+            self.dt_bias = SSMParam(dt_bias_init(rngs.params(), (hv,), dt_min, dt_max))
         else:
             self.a_proj = self.A_log = self.dt_bias = None
-        self.g_proj = linear(h * v_dim) if use_output_gate else None
+        self.g_proj = linear(hv * v_dim) if use_output_gate else None
         self.o_norm = GatedRMSNorm(v_dim, eps=norm_eps)
-        self.o_proj = nnx.Linear(h * v_dim, d_model, use_bias=False, dtype=dtype, rngs=rngs)
+        self.o_proj = nnx.Linear(hv * v_dim, d_model, use_bias=False, dtype=dtype, rngs=rngs)
 
     def _gates(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
-        """beta: [B, T*n, H] and g: [B, T, H] (float32), zero at padded positions."""
+        """beta: [B, T*n, H_v] and g: [B, T, H_v] (float32), zero at padded positions."""
         b, t, _ = x.shape
         beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))  # [B, T, n*H]
         if self.allow_neg_eigval:
             beta = 2.0 * beta
-        beta = apply_mask(beta, mask).reshape(b, t * self.n_householder, self.n_heads)
+        beta = apply_mask(beta, mask).reshape(b, t * self.n_householder, self.n_v_heads)
         if self.a_proj is None:
             return beta, None
         a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...]
@@ -154,16 +167,19 @@ class _DeltaRuleMixer(nnx.Module):
         return beta, apply_mask(g, mask)
 
     def _qkv(self, q, k, v):
+        """Activations, per-head L2 norms of q and k, and q/k heads repeated to the value
+        heads: q [B, T, H_v, K], k [B, T*n, H_v, K], v [B, T*n, H_v, V]."""
         b, t, _ = q.shape
-        h, n = self.n_heads, self.n_householder
+        h, n, r = self.n_heads, self.n_householder, self.n_v_heads // self.n_heads
         act = QK_ACTIVATIONS[self.qk_activation]
         q = act(q).astype(jnp.float32).reshape(b, t, h, self.head_dim)
         k = act(k).astype(jnp.float32).reshape(b, t * n, h, self.head_dim)
-        v = jax.nn.silu(v).reshape(b, t * n, h, self.v_dim)
-        return _l2norm(q).astype(self.dtype), _l2norm(k).astype(self.dtype), v
+        v = jax.nn.silu(v).reshape(b, t * n, self.n_v_heads, self.v_dim)
+        q, k = (jnp.repeat(_l2norm(y), r, axis=2).astype(self.dtype) for y in (q, k))
+        return q, k, v
 
     def _out(self, o: jax.Array, x: jax.Array) -> jax.Array:
-        """o: [B, T, H, V] -> RMSNorm per head (float32), optional SiLU output gate, output
+        """o: [B, T, H_v, V] -> RMSNorm per head (float32), optional SiLU output gate, output
         projection -> [B, T, d_model]."""
         gate = None if self.g_proj is None else self.g_proj(x).reshape(o.shape)
         o = self.o_norm(o.astype(jnp.float32), gate)
@@ -185,7 +201,7 @@ class _DeltaRuleMixer(nnx.Module):
 
     def init_cache(self, batch_size: int, max_length: int = 0,
                    dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
-        """Conv tails ``[B, d_conv-1, channels]`` and the state ``[B, H, K, V]`` (float32).
+        """Conv tails ``[B, d_conv-1, channels]`` and the state ``[B, H_v, K, V]`` (float32).
 
         The state has a fixed size, so ``max_length`` is not needed (kept for the protocol).
         """
@@ -194,7 +210,8 @@ class _DeltaRuleMixer(nnx.Module):
             "q_conv": self.q_conv.init_cache(batch_size, dtype),
             "k_conv": self.k_conv.init_cache(batch_size, dtype),
             "v_conv": self.v_conv.init_cache(batch_size, dtype),
-            "state": jnp.zeros((batch_size, self.n_heads, self.head_dim, self.v_dim), jnp.float32),
+            "state": jnp.zeros((batch_size, self.n_v_heads, self.head_dim, self.v_dim),
+                               jnp.float32),
         }
 
     def decode(self, x: jax.Array, cache: dict[str, jax.Array]
@@ -220,7 +237,8 @@ class _DeltaRuleMixer(nnx.Module):
 class DeltaNet(_DeltaRuleMixer):
     """DeltaNet (Schlag et al. 2021; Yang et al. 2024a): one delta-rule step per token.
 
-    Options: n_heads=4, head_dim=d_model/n_heads, expand_v=1, use_output_gate=False,
+    Options: n_heads=4 (query/key heads), n_v_heads=n_heads (value heads, a multiple of n_heads;
+    see the module docstring), head_dim=d_model/n_heads, expand_v=1, use_output_gate=False,
     allow_neg_eigval=False (beta in [0, 1]; True: [0, 2]), d_conv=4 (short convolution kernel),
     qk_activation="silu" (or "relu", "identity"; before the L2 norm), chunk_size=None (picked
     from the length, ``ops.delta.auto_chunk_size``), implementation="xla" (or "pallas": the

@@ -1,0 +1,136 @@
+"""Qwen3-Next checkpoints (dense layers): transformers' Gated DeltaNet layer and whole model
+against seqlab's modules (logits, padding, greedy decode); clear errors for what is missing.
+
+On the CPU transformers runs its own torch forms of the delta rule and the short convolution
+(``integrations/hub_kernels.py``: fla and causal-conv1d only for cuda/xpu/... inputs), so the
+reference is the plain recurrence/chunked torch code of ``modeling_qwen3_next.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from _hf_helpers import (
+    RTOL,
+    hf_greedy,
+    hf_logits,
+    perturb,
+    random_tokens,
+    rel_err,
+    save_tiny,
+    torch,
+    transformers,
+)
+from flax import nnx
+
+import seqlab
+from seqlab.interop import InteropError, save_transformers
+from seqlab.interop import qwen3_next as family
+from seqlab.layers.deltanet import GatedDeltaNet
+
+VOCAB = 97
+modeling = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
+
+
+def config(**kw):
+    base = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                linear_value_head_dim=12, num_experts=0, max_position_embeddings=256,
+                layer_types=["linear_attention", "full_attention", "linear_attention"],
+                rope_parameters={"rope_type": "default", "rope_theta": 1000.0,
+                                 "partial_rotary_factor": 0.5})
+    return transformers.Qwen3NextConfig(**{**base, **kw})
+
+
+def test_gated_deltanet_layer_equals_transformers():
+    """One layer, mapped weights: forward on [2, 13] and token-by-token decode."""
+    cfg = config()
+    torch.manual_seed(0)
+    theirs = modeling.Qwen3NextGatedDeltaNet(cfg, layer_idx=0).float().eval()
+    perturb(theirs)
+    hf = cfg.to_dict()
+    ours = GatedDeltaNet(32, rngs=nnx.Rngs(0), chunk_size=4, **family._deltanet_args(hf))
+    weights = family._deltanet(hf, {k: v.numpy() for k, v in theirs.state_dict().items()}, "")
+    nnx.update(ours, nnx.from_flat_state({tuple(k.split(".")): v for k, v in weights.items()}))
+    x = np.random.default_rng(0).standard_normal((2, 13, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = theirs(torch.tensor(x)).numpy()
+    assert rel_err(jax.jit(lambda m, x: m(x))(ours, x), want) <= RTOL
+    step, cache, ys = jax.jit(lambda m, x, c: m.decode(x, c)), ours.init_cache(2), []
+    for t in range(13):
+        y, cache = step(ours, x[:, t : t + 1], cache)
+        ys.append(np.asarray(y))
+    assert rel_err(np.concatenate(ys, 1), want) <= RTOL
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen3_next")
+    hf = save_tiny(transformers.Qwen3NextForCausalLM, config(), folder)
+    model, cfg = seqlab.load(folder)
+    return hf, model, cfg, folder
+
+
+def test_logits_equal(pair):
+    hf, model, cfg, _ = pair
+    assert cfg.model.pattern == ("gated-deltanet", "mha", "gated-deltanet")
+    tokens = random_tokens(VOCAB, (2, 37))
+    assert rel_err(model(tokens), hf_logits(hf, tokens)) <= RTOL
+
+
+def test_logits_equal_with_padding(pair):
+    """Left padding in row 0, right padding in row 1: the real positions' logits agree."""
+    hf, model, _, _ = pair
+    tokens = random_tokens(VOCAB, (2, 21), seed=1)
+    mask = np.ones(tokens.shape, bool)
+    mask[0, :5] = False
+    mask[1, 15:] = False
+    ours = np.asarray(model(tokens, mask))
+    assert rel_err(ours[mask], hf_logits(hf, tokens, mask)[mask]) <= RTOL
+
+
+def test_greedy_decode_equal(pair):
+    hf, model, _, _ = pair
+    prompt = random_tokens(VOCAB, (2, 7), seed=2)
+    ours = np.asarray(seqlab.generate(model, prompt, 12, temperature=0))
+    np.testing.assert_array_equal(ours, hf_greedy(hf, prompt, 12))
+
+
+def test_round_trip_to_transformers(pair, tmp_path):
+    """seqlab -> transformers folder -> from_pretrained: the same logits, the same config."""
+    hf, model, cfg, folder = pair
+    out = save_transformers(model, cfg, tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    tokens = random_tokens(VOCAB, (2, 19), seed=3)
+    assert rel_err(hf_logits(back, tokens), hf_logits(hf, tokens)) <= RTOL
+    original, written = (json.loads((f / "config.json").read_text()) for f in (folder, out))
+    for key in ("model_type", "layer_types", "linear_num_value_heads", "linear_value_head_dim",
+                "head_dim", "rope_parameters", "rms_norm_eps"):
+        assert written[key] == original[key], key
+    plain = dataclasses.replace(cfg.model, mixer_args={
+        **cfg.model.mixer_args, "mha": {**cfg.model.mixer_args["mha"], "output_gate": False}})
+    with pytest.raises(InteropError, match=r"mha options \['output_gate'\]"):
+        family.transformers_config(plain, VOCAB)
+
+
+def test_unsupported_features_are_refused(pair, tmp_path):
+    _, _, _, folder = pair
+    hf = json.loads((folder / "config.json").read_text())
+    with pytest.raises(InteropError, match=r"layers \[0, 1, 2\] use the routed mixture"):
+        family.model_config({**hf, "num_experts": 4})
+    family.model_config({**hf, "num_experts": 4, "mlp_only_layers": [0, 1, 2]})  # all dense
+    with pytest.raises(InteropError, match=r"layers \[1\]"):
+        family.model_config({**hf, "num_experts": 4, "decoder_sparse_step": 2})
+    with pytest.raises(InteropError, match="layer_types"):
+        family.model_config({**hf, "layer_types": ["linear_attention", "sliding_attention",
+                                                   "linear_attention"]})
+    with pytest.raises(InteropError, match="RoPE scaling"):
+        family.model_config({**hf, "rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                       "rope_theta": 1e4}})
+    with pytest.raises(InteropError, match="hidden_act"):
+        family.model_config({**hf, "hidden_act": "gelu"})
