@@ -167,6 +167,9 @@ def test_s4d_legs_b_clip_default_is_the_reference():
                                rtol=1e-6)
     assert_close(np.asarray(clipped.B[..., 0]), np.asarray(exact.B[..., 0]))
     assert np.abs(b0.imag).max() > 10
+    unhalved = S4D(H, rngs=nnx.Rngs(0), d_state=n, b_half=False)  # the S4 reference code's B
+    assert_close(np.asarray(unhalved.B[0, :, 1]), np.clip(b0.imag, -2, 2), rtol=1e-6)
+    assert_close(np.asarray(unhalved.B[0, :, 0]), b0.real, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
