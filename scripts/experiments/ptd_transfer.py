@@ -9,7 +9,7 @@ Measured in float64, N = 64: the relative uniform error ``max_w |G~(i w) - G(i w
 max_w |G(i w)|`` over w = +-logspace(-3, 4) (2,000 points), with C a standard normal vector
 (3 seeds). The sweep uses E = a real Gaussian matrix scaled to ``||E||_F / ||A||_F`` = 1e-1 ...
 1e-7 (the theorem holds for any E; seeded with C), diagonalised here with all N modes; the
-published S4-PTD system (``seqlab.ops.hippo.ptd``: the shipped optimised E, its own
+shipped S4-PTD system (``seqlab.ops.hippo.ptd``: the shipped optimised E, its own
 ``||E||_F / ||A||_F``) is the marked point. kappa(V), the price of a small E, is printed beside.
 
 Budget: under a minute on the 2-core CPU; ``--smoke``: seconds.
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
             ptd_cond[e].append(cond)
     print(f"N = {a.N}; relative sup error over {len(w)} frequencies, {a.seeds} seeds")
     print(f"S4D-LegS (B/2):            {spread(s4d_err, '.3e')}")
-    print(f"published S4-PTD (hippo.ptd, ||E||_F/||A||_F = {pub.rel_norm:.2e}): "
+    print(f"shipped S4-PTD (hippo.ptd, ||E||_F/||A||_F = {pub.rel_norm:.2e}): "
           f"{spread(pub_err, '.3e')}   kappa(V) {pub.cond:.2e}")
     for e in a.eps:
         print(f"random E, ||E||_F/||A||_F = {e:.0e}: {spread(ptd_err[e], '.3e')}   "
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
                     yerr=[np.std(ptd_err[e]) for e in a.eps], fmt="o-", capsize=3,
                     label="A + E diagonalised, random E")
         ax.errorbar([pub.rel_norm], [np.mean(pub_err)], yerr=[np.std(pub_err)], fmt="*",
-                    ms=12, color="C2", label=f"published S4-PTD (kappa {pub.cond:.0f})")
+                    ms=12, color="C2", label=f"shipped S4-PTD (kappa {pub.cond:.0f})")
         ax.axhline(np.mean(s4d_err), color="C1", ls="--", label="S4D-LegS (B/2)")
         ax2 = ax.twinx()
         ax2.loglog(a.eps, [np.mean(ptd_cond[e]) for e in a.eps], "k:", lw=0.8)

@@ -56,6 +56,8 @@ class S4D(SSMOutputStage):
 
     ``b_clip`` (default 2.0, the S4 reference's ``B_clip``): S4D-LegS's ``Im(V^H B)`` is clamped
     to ``[-b_clip, b_clip]`` at init (``ops.hippo.dplr``; None keeps the exact projection).
+    ``b_half`` (default True): S4D-LegS's B is then halved, the S4D theorem's ``B/2``; False
+    keeps the S4 reference code's unhalved B (``ops.hippo.diagonal_init``).
 
     ``Re(Lambda)`` is floored at -1e-4 at init (strictly stable). S4-PTD keeps all N modes
     (``n_modes``; see ``ops.hippo.ptd``); below, N/2 stands for ``n_modes``.
@@ -85,9 +87,10 @@ class S4D(SSMOutputStage):
         mode: str = "fft",
         max_length: int | None = None,
         b_clip: float | None = 2.0,
+        b_half: bool = True,
     ):
         self.d_model, self.d_state, self.dtype, self.init = d_model, d_state, dtype, init
-        self.b_clip = b_clip
+        self.b_clip, self.b_half = b_clip, bool(b_half)
         self.disc = choice("disc", disc, DISCRETIZATIONS)
         self.real_param = choice("real_param", real_param, REAL_PARAMS)
         self.activation = choice("activation", activation, ACTIVATIONS)
@@ -117,7 +120,7 @@ class S4D(SSMOutputStage):
     def _diagonal_init(self, N: int, rngs: nnx.Rngs):
         """(Lambda [N/2], B [N/2], basis for C [N, N/2] or None) from ``ops.hippo``."""
         init = choice("init", self.init, hippo.DIAGONAL_INITS)
-        Lambda, B = hippo.diagonal_init(init, N, B_clip=self.b_clip)
+        Lambda, B = hippo.diagonal_init(init, N, B_clip=self.b_clip, B_half=self.b_half)
         return Lambda, B, None
 
     # ---- SSM parameters ----------------------------------------------------------------------
@@ -216,7 +219,8 @@ class S4PTD(S4D):
     right reflected (``Re = -|Re|``), ``B~ = 1`` and ``C~ = (C V) * V^-1 B`` with C real
     standard normal [dirs, H, N] (V^-1 B folded into C, as AnnanYu/Approximate_Diagonal).
     ``ptd_lambda``: None (default) takes the lambda of the array shipped for ``d_state``
-    (``ops.hippo.default_lambda``: 3e-3, the paper's, at N = 64). The layer reports
+    (``ops.hippo.default_lambda``; a size with no shipped array is an error naming
+    ``scripts/ptd_perturbation.py``). The layer reports
     ``cond_V = kappa_2(V)`` and ``rel_norm_E = ||E||_F / ||A||_F``.
 
     Difference from the reference: B~ is kept as a trainable SSM parameter (starting at 1; the

@@ -15,7 +15,6 @@ for Long Sequences via Approximate Diagonalization').
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -190,6 +189,14 @@ PTD_LAMBDA = 3e-3
 PTD_DATA = Path(__file__).with_name("ptd_data")
 
 
+def _perturbation_of(p: dict):
+    """E [N, N] complex from the optimiser's parameters: ``E`` ([2, N, N]: Re, Im) or the
+    factors ``X, Y`` ([2, N, r]) of ``E = X Y^T``."""
+    if "E" in p:
+        return p["E"][0] + 1j * p["E"][1]
+    return (p["X"][0] + 1j * p["X"][1]) @ (p["Y"][0] + 1j * p["Y"][1]).T
+
+
 @functools.cache
 def _ptd_runner(N: int, lam: float, lr: float, chunk: int):
     """Jitted ``chunk`` Adam steps on the PTD objective (built once per recipe), float64."""
@@ -203,53 +210,58 @@ def _ptd_runner(N: int, lam: float, lr: float, chunk: int):
                       optax.adam(optax.exponential_decay(lr, 100, 0.98, staircase=True)))
     A = transition("legs", N)[0]
 
-    def loss(p):  # p [2, N, N]: (Re E, Im E)
-        V = jax.lax.linalg.eig(A + (p[0] + 1j * p[1]), compute_left_eigenvectors=False,
+    def loss(p):
+        E = _perturbation_of(p)
+        V = jax.lax.linalg.eig(A + E, compute_left_eigenvectors=False,
                                enable_eigvec_derivs=True)[1]
         s = jnp.linalg.svd(V, compute_uv=False)
-        kappa, norm = s[0] / s[-1], jnp.sqrt(jnp.sum(p**2))
+        kappa, norm = s[0] / s[-1], jnp.sqrt(jnp.sum(jnp.abs(E) ** 2))
         return kappa**2 + lam * norm, (kappa, norm)
 
     def body(carry, _):
         p, state, best_p, best = carry
         (value, aux), grad = jax.value_and_grad(loss, has_aux=True)(p)
         better = value < best
-        best_p, best = jnp.where(better, p, best_p), jnp.where(better, value, best)
+        best_p = jax.tree.map(lambda x, y: jnp.where(better, x, y), p, best_p)
+        best = jnp.where(better, value, best)
         updates, state = opt.update(grad, state, p)
         return (optax.apply_updates(p, updates), state, best_p, best), aux
 
     def init(p0):
-        p = jnp.asarray(p0)
-        return p, opt.init(p), p, jnp.asarray(jnp.inf, p.dtype)
+        p = jax.tree.map(jnp.asarray, p0)
+        return p, opt.init(p), p, jnp.asarray(jnp.inf, jnp.float64)
 
     def finish(carry):  # the best iterate, including the one after the last update
         p, _, best_p, best = carry
-        return jnp.where(loss(p)[0] < best, p, best_p)
+        return jnp.where(loss(p)[0] < best, _perturbation_of(p), _perturbation_of(best_p))
 
     return init, jax.jit(lambda c: jax.lax.scan(body, c, length=chunk)), jax.jit(finish)
 
 
 def optimise_perturbation(
-    N: int, lam: float = PTD_LAMBDA, *, steps: int = 3000, lr: float = 0.02, seed: int = 0,
-    chunk: int = 100, log: Callable[[int, float, float], None] | None = None,
+    N: int, lam: float = PTD_LAMBDA, *, rank: int | None = None, steps: int = 10000,
+    lr: float = 0.3, seed: int = 0, chunk: int = 100,
+    log: Callable[[int, float, float], None] | None = None,
 ) -> np.ndarray:
     """The S4-PTD perturbation ``E [N, N]`` (complex128) of HiPPO-LegS's A (Yu et al. 2023, Sec. 4).
 
     Minimises ``kappa_2(V)^2 + lam ||E||_F`` over complex E, where ``A + E = V diag(w) V^-1``
     with unit-norm eigenvectors (LAPACK's normalisation), so that A + E is diagonalised by a
-    well-conditioned V while E stays small. The recipe follows the reference
-    (``perturbation_trainer`` in AnnanYu/Approximate_Diagonal, S4-PTD/.../s4block.py): Adam
-    (betas 0.9, 0.999) at ``lr`` decayed by 0.98 every 100 steps, start
-    ``E_0 = -(U + i U')/10`` with U, U' uniform on [0, 1) (the reference perturbs
-    ``-A = A_pos`` by ``P_0 = (U + i U')/10``; ``E = -P``). Differences: lr 0.02 and 3000
-    steps by default (the reference: 0.3 and 10000; measured at N = 64 in float64: lr 0.3 grew
-    ||E|| to 12.7% of ||A|| by step 500; lr 0.05 ends at kappa 49, ||E|| 3.9% with 17 modes
-    pushed right; lr 0.02 at kappa 82, ||E|| 1.4%, none pushed right), float64 throughout
-    (the reference trains P in complex64), numpy's generator draws ``E_0`` (``seed``), and the
-    iterate with the lowest loss is returned rather than the last one (the loss spikes when
-    two eigenvalues nearly collide). Deterministic on a given machine
-    (XLA's CPU LAPACK eig and SVD). Steps run in jitted chunks of ``chunk`` (``steps`` is
-    rounded up to a multiple); ``log(step, kappa, ||E||_F)`` is called after each chunk.
+    well-conditioned V while E stays small. The recipe is the reference's
+    (``perturbation_trainer`` in AnnanYu/Approximate_Diagonal, ``S4-PTD/src/models/sequence/
+    modules/s4block.py`` lines 422-462, commit ec98d6a): Adam (betas 0.9, 0.999) at
+    ``lr`` = 0.3 decayed by 0.98 every 100 steps, 10,000 steps. ``rank=None``: E is a full complex
+    matrix started, as there,
+    at ``E_0 = -(U + i U')/10`` with U, U' uniform on [0, 1) (the reference perturbs
+    ``-A = A_pos`` by ``P_0 = (U + i U')/10``; ``E = -P``). ``rank=r``: ``E = X Y^T`` with
+    complex ``X, Y [N, r]`` started at ``0.1 (Z + i Z')``, Z standard normal (the shipped
+    arrays; see ``scripts/ptd_perturbation.py`` for why and what each gives). Also differing
+    from the reference: float64 throughout (it trains P in complex64), numpy's generator draws
+    the start (``seed``), and the iterate with the lowest objective is returned rather than the
+    last one (the objective spikes when two eigenvalues nearly collide). Deterministic on a
+    given machine (XLA's CPU LAPACK eig and SVD). Steps run in jitted chunks of ``chunk``
+    (``steps`` is rounded up to a multiple); ``log(step, kappa, ||E||_F)`` is called after each
+    chunk.
     """
     import jax
 
@@ -257,7 +269,14 @@ def optimise_perturbation(
         raise ValueError(f"the PTD state size N must be an integer >= 1, got {N!r}")
     if not lam > 0 or not steps > 0:
         raise ValueError(f"PTD needs lam > 0 and steps > 0, got lam={lam}, steps={steps}")
-    p0 = -0.1 * np.random.default_rng(seed).uniform(size=(2, N, N))  # (Re E_0, Im E_0)
+    if rank is not None and not 1 <= rank <= N:
+        raise ValueError(f"the PTD rank must be in [1, N={N}] (or None: full), got {rank}")
+    rng = np.random.default_rng(seed)
+    if rank is None:
+        p0 = {"E": -0.1 * rng.uniform(size=(2, N, N))}  # (Re E_0, Im E_0)
+    else:
+        p0 = {"X": 0.1 * rng.standard_normal((2, N, rank)),
+              "Y": 0.1 * rng.standard_normal((2, N, rank))}
     # concrete even when a layer is built under a trace (nnx.eval_shape, jit)
     with (jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]),
           jax.ensure_compile_time_eval()):
@@ -267,40 +286,48 @@ def optimise_perturbation(
             carry, (kappa, norm) = run(carry)
             if log is not None:
                 log(done, float(kappa[-1]), float(norm[-1]))
-        best_p = np.asarray(finish(carry))
-    return best_p[0] + 1j * best_p[1]
+        return np.asarray(finish(carry))
 
 
 def ptd_data_path(N: int, lam: float = PTD_LAMBDA) -> Path:
     """Where the shipped perturbation for ``(N, lam)`` lives (``scripts/ptd_perturbation.py``
-    writes it: a header of ``#`` lines with its provenance, then N rows of
-    ``Re E[n, 0] Im E[n, 0] Re E[n, 1] ...``)."""
-    return PTD_DATA / f"legs_N{N}_lambda{lam:g}.txt"
+    writes it): gzip-compressed text (``np.loadtxt`` reads it as such), a header of ``#`` lines
+    with its provenance and what it gives (kappa(V), ||E||/||A||, modes reflected), then N rows
+    ``Re E[n, 0] Im E[n, 0] Re E[n, 1] ...`` with 4 decimals."""
+    return PTD_DATA / f"legs_N{N}_lambda{lam:g}.txt.gz"
+
+
+def shipped_sizes() -> list[int]:
+    """The state sizes N with a shipped perturbation, ascending."""
+    return sorted({int(p.name.split("_")[1][1:]) for p in PTD_DATA.glob("legs_N*_lambda*.txt.gz")})
 
 
 def default_lambda(N: int) -> float:
-    """The ``lambda`` of the array shipped for size N (the one with the smallest lambda if
-    several are), else :data:`PTD_LAMBDA` (3e-3, the paper's, for which N = 64 is shipped).
+    """The ``lambda`` of the array shipped for size N (the smallest if several are), else
+    :data:`PTD_LAMBDA` (3e-3, the reference's).
 
-    The trade-off between kappa(V) and ||E|| depends on N: at N <= 32 the paper's 3e-3 lets E
-    grow to 20-100% of ||A|| (kappa(V) -> 1), so the small sizes are shipped with a larger
-    lambda (see each file's header)."""
-    found = sorted(float(p.stem.split("_lambda")[1])
-                   for p in PTD_DATA.glob(f"legs_N{int(N)}_lambda*.txt"))
+    The trade-off between kappa(V) and ||E|| set by lambda depends on N and on the
+    optimiser (see :func:`optimise_perturbation`), so each size is shipped with the lambda
+    named in its file (and its header)."""
+    found = sorted(float(p.name.split("_lambda")[1].removesuffix(".txt.gz"))
+                   for p in PTD_DATA.glob(f"legs_N{int(N)}_lambda*.txt.gz"))
     return found[0] if found else PTD_LAMBDA
 
 
 @functools.cache
 def _perturbation(N: int, lam: float) -> np.ndarray:
     path = ptd_data_path(N, lam)
-    if path.exists():
-        rows = np.loadtxt(path, ndmin=2)
-        return rows[:, 0::2] + 1j * rows[:, 1::2]
-    warnings.warn(
-        f"no shipped S4-PTD perturbation for N={N}, lambda={lam:g} ({path.name}); optimising "
-        "one now (3000 Adam steps on the CPU: seconds for small N, minutes for N >= 64). "
-        "Ship it with scripts/ptd_perturbation.py to skip this.", stacklevel=3)
-    return optimise_perturbation(N, lam)
+    if not path.exists():
+        shipped = [f"N={n} (lambda {default_lambda(n):g})" for n in shipped_sizes()]
+        raise ValueError(
+            f"no S4-PTD perturbation is shipped for state size N={N} with lambda={lam:g} "
+            f"({path.name} is missing from {PTD_DATA}); shipped: {', '.join(shipped)}. Use one "
+            f"of those sizes (S5-PTD: a block size P/J among them), or optimise and ship one "
+            f"with `python scripts/ptd_perturbation.py --N {N} --lam {lam:g}` (minutes to hours "
+            "on a CPU for N >= 64)."
+        )
+    rows = np.loadtxt(path, ndmin=2)
+    return rows[:, 0::2] + 1j * rows[:, 1::2]
 
 
 def ptd_perturbation(N: int, lam: float | None = None) -> np.ndarray:
@@ -347,7 +374,7 @@ def ptd(N: int, lam: float | None = None) -> PTD:
 
 
 def diagonal_init(
-    kind: str, N: int, B_clip: float | None = 2.0
+    kind: str, N: int, B_clip: float | None = 2.0, B_half: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Diagonal SSM initialisation ``(Lambda [N//2], B [N//2])`` (complex128), N = state size.
 
@@ -355,12 +382,16 @@ def diagonal_init(
 
     - ``lin`` (S4D-Lin, S4D eq. (8)): ``Lambda_n = -1/2 + i pi n``, ``B_n = 1``.
     - ``inv`` (S4D-Inv, S4D eq. (9)): ``Lambda_n = -1/2 + i (N/pi) (N/(2n+1) - 1)``, ``B_n = 1``.
-    - ``legs`` (S4D-LegS, S4D Sec. 4): the diagonal part of HiPPO-LegS's DPLR form,
-      ``Lambda`` and ``V^H B / 2`` of :func:`dplr` (the low-rank term is dropped), with
-      ``Im B`` clamped to ``[-B_clip, B_clip]`` as the S4 reference (default 2.0; None: exact)
-      before halving. The half is the S4D theorem's: ``(diag(Lambda), B/2)`` has S4-LegS's
-      kernel as N grows, while ``(diag(Lambda), B)`` tends to twice it (measured in
-      docs/reproductions.md, claim 1a); state-spaces/s4 halves it too (``B_init="legs"``).
+    - ``legs`` (S4D-LegS, S4D Sec. 4): the diagonal part of HiPPO-LegS's DPLR form, ``Lambda``
+      and ``V^H B`` of :func:`dplr` (the low-rank term is dropped), ``Im B`` clamped to
+      ``[-B_clip, B_clip]`` as the S4 reference's ``nplr(..., B_clip=2.0)`` (None: exact), then
+      halved if ``B_half`` (default; so ``|Im B| <= B_clip / 2``). The half is the S4D
+      theorem's: ``(diag(Lambda), B/2)`` has S4-LegS's kernel as N grows, while
+      ``(diag(Lambda), B)`` tends to twice it (measured: docs/reproductions.md, row 1a); it is
+      the default so that S4D-LegS starts from S4-LegS's kernel. The reference code does not
+      halve: state-spaces/s4 ``src/models/sequence/kernels/dplr.py`` lines 96-98 (commit
+      e757cef), "theory (from S4D paper) says that B should be halved to match DPLR but we drop
+      this 0.5 factor for simplicity"; ``B_half=False`` gives its B (clipped, not halved).
     - ``ptd`` (S4-PTD): :func:`ptd`'s ``Lambda`` and ``V^-1 B`` (all N modes).
     """
     if kind not in DIAGONAL_INITS:
@@ -375,6 +406,6 @@ def diagonal_init(
         return -0.5 + 1j * (N / np.pi) * (N / (2 * n + 1) - 1), np.ones(N // 2, np.complex128)
     if kind == "legs":
         Lambda, _, B = dplr("legs", N, B_clip)
-        return Lambda, 0.5 * B
+        return Lambda, (0.5 if B_half else 1.0) * B
     system = ptd(N)
     return system.Lambda, system.B

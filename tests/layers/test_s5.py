@@ -125,7 +125,7 @@ def test_s5_ptd_keeps_every_mode_of_each_block():
     m = S5(H, rngs=nnx.Rngs(0), d_state=p, blocks=blocks, init="ptd")
     system = hippo.ptd(p // blocks)
     assert m.n_modes == p and not m.conj_sym
-    assert m.cond_V == system.cond and m.rel_norm_E == system.rel_norm < 0.05
+    assert m.cond_V == system.cond < 10 and m.rel_norm_E == system.rel_norm < 0.1
     assert_close(np.asarray(m.Lambda_re[...]), np.tile(system.Lambda.real, 2),
                                rtol=1e-6)
     Bt = np.asarray(m.B[...], np.float64) @ [1, 1j]
