@@ -2,7 +2,8 @@
 # GPU check: one command for a machine with an NVIDIA GPU whose python3 has jax[cuda], flax,
 # optax, orbax, einops, torch and triton (fla-core installed from its wheel), without
 # `datasets` or `tensorboardX`. Ends within ~8 minutes on an H100/H200 (every step has a time
-# limit) and writes OUT/bench.json, OUT/peers.json, OUT/imports.txt and OUT/gpu_check.md.
+# limit; the lowering tests and the JAX peers add at most 8 more) and writes OUT/bench.json,
+# OUT/peers.json, OUT/imports.txt, OUT/lowering.txt, OUT/jax_peers.txt and OUT/gpu_check.md.
 #
 #   scripts/gpu_check.sh [OUT]            # default OUT: gpu_check_out
 #   scripts/gpu_check.sh --smoke [OUT]    # tiny sizes on any machine (CPU): proves it runs
@@ -66,6 +67,19 @@ done
 timeout "$T_PEERS" $PY scripts/bench/gpu_peers.py "${PEERS[@]}" --json "$OUT/peers.json" \
   || echo "peers stopped (exit $?)"
 
-# 4. the markdown table
+# 4. lowering for CUDA and TPU (tests/test_lowering.py); on a GPU host the cuDNN attention
+#    export that a CPU-only install skips runs for real
+JAX_PLATFORMS= timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_lowering.py -rsx > "$OUT/lowering.txt" 2>&1 \
+  || echo "lowering: failed or stopped (exit $?), see $OUT/lowering.txt"
+tail -3 "$OUT/lowering.txt"
+
+# 5. JAX peers from the package index (mamba2-jax, deltanet-tpu, MaxText, recurrentgemma), when
+#    installed; absent ones print "not available"
+if [ "$SMOKE" = 1 ]; then JP=(--lengths 256 --repeats 1 --rounds 1); else JP=(--lengths 2048 8192); fi
+timeout 240 $PY scripts/bench/bench_jax_peers.py "${JP[@]}" > "$OUT/jax_peers.txt" 2>&1 \
+  || echo "jax peers stopped (exit $?)"
+cat "$OUT/jax_peers.txt"
+
+# 6. the markdown table
 $PY scripts/bench/gpu_report.py "$OUT"
 echo "== $(date -u +%FT%TZ) done: $OUT/gpu_check.md"

@@ -108,7 +108,7 @@ def _s5_cost(d: Dims) -> tuple[float, float]:
 def _s5_op(d: Dims, key: jax.Array) -> Call:
     from seqlab.ops.scan import linear_scan
 
-    return Call("ops.scan.linear_scan (associative)", linear_scan, _s5_inputs(d, key))
+    return Call("ops.scan.linear_scan", linear_scan, _s5_inputs(d, key))
 
 
 def _s5_ref(d: Dims, key: jax.Array) -> Call:

@@ -7,6 +7,7 @@ import pytest
 from _assert import assert_close
 from jax.test_util import check_grads
 
+from seqlab.ops import scan as scan_module
 from seqlab.ops.scan import linear_scan
 
 
@@ -21,9 +22,14 @@ def _loop(a, b, h0, reverse):
     return h
 
 
+@pytest.mark.parametrize("form", ["cpu", "gpu/tpu"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_linear_scan_matches_loop(reverse, with_h0):
+def test_linear_scan_matches_loop(reverse, with_h0, form, monkeypatch):
+    """Both forms: the CPU's sequential lax.scan and the associative scan of other platforms
+    (forced here by making ``on_cpu`` take its other branch)."""
+    if form == "gpu/tpu":
+        monkeypatch.setattr(scan_module, "on_cpu", lambda cpu_fn, other_fn, *args: other_fn(*args))
     rng = np.random.default_rng(0)
     shape = (2, 13, 3, 2)
     a = (rng.uniform(0.5, 1.0, shape) * np.exp(1j * rng.uniform(-1, 1, shape)))
