@@ -5,7 +5,7 @@ RMSNorm ``norm_f`` and an output layer (tied to the embedding or not); transform
 ``modeling_mamba2.py`` (``Mamba2Block.forward``, ``Mamba2Model.forward``). In seqlab: mixer
 ``mamba2`` (``seqlab.layers.hydra.Mamba2`` with ``use_bias``, ``conv_bias``, ``norm_eps``,
 ``dt_limit``), norm ``rms``, ffn ``none``, no head bias. The name table is in
-docs/interop/mamba2.md.
+docs/interop.md (Mamba-2).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _t(w: np.ndarray) -> np.ndarray:
 
 
 def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers names -> seqlab variable names (docs/interop/mamba2.md)."""
+    """transformers names -> seqlab variable names (docs/interop.md (Mamba-2))."""
     cfg = model_config(hf)
     args = cfg.mixer_args
     # mamba_ssm's original checkpoints name the embedding "embedding" (transformers renames it
