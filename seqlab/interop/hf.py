@@ -139,7 +139,7 @@ def _fill(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str) -> N
             raise InteropError(f"{source}: {name} has shape {tuple(value.shape)} in the "
                                f"checkpoint, {tuple(shape)} in the model built from its config; "
                                "config.json and the weights disagree.")
-        new.append((path, var.replace(jnp.asarray(value))))
+        new.append((path, var.replace(jnp.asarray(value, copy=False))))
     extra = sorted(set(arrays) - names)
     if extra:  # a family mapping that produced names the model does not have: a bug
         raise RuntimeError(f"{source}: mapped names not in the model: {extra[:5]}")
