@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from seqlab.config import ModelConfig
-from seqlab.interop.hf import InteropError, check_fields
+from seqlab.interop.hf import InteropError, check_fields, decoder_ends
 from seqlab.interop.llama import rope_parameters
 from seqlab.ops.rope import rope_type
 
@@ -194,10 +194,7 @@ def attention_to_seqlab(args: Mapping, tensors: Mapping[str, np.ndarray], src: s
 def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """transformers names -> seqlab variable names (docs/interop.md, DeepSeek-V3 / V2)."""
     cfg = model_config(hf)
-    out = {"embed.embedding": tensors["model.embed_tokens.weight"],
-           "backbone.final_norm.norm.scale": tensors["model.norm.weight"]}
-    if not cfg.tie_embeddings:
-        out["head.kernel"] = _t(tensors["lm_head.weight"])
+    out = decoder_ends(tensors, cfg.tie_embeddings)
     for i in range(cfg.n_layers):
         src, dst = f"model.layers.{i}.", f"backbone.blocks.{i}."
         for k, v in attention_to_seqlab(cfg.mixer_args, tensors, f"{src}self_attn.").items():
@@ -217,8 +214,4 @@ def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         m = extra.match(name)
         if m and int(m.group(1)) >= cfg.n_layers and hf.get("num_nextn_predict_layers"):
             tensors[name]  # noqa: B018  (marks it read)
-    if cfg.tie_embeddings and "lm_head.weight" in tensors:
-        if not np.array_equal(tensors["lm_head.weight"], out["embed.embedding"]):
-            raise InteropError("tie_word_embeddings is true but lm_head.weight differs from "
-                               "the embedding; the config and the weights disagree.")
     return out

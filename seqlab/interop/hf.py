@@ -117,6 +117,22 @@ def check_fields(hf: dict, supported: Mapping[str, Any], family_name: str) -> No
             )
 
 
+def decoder_ends(tensors: Mapping[str, np.ndarray], tie_embeddings: bool
+                 ) -> dict[str, np.ndarray]:
+    """The parts every transformers decoder LM names alike: the token embedding, the final
+    norm and the output layer (``lm_head.weight`` [V, d] -> ``head.kernel`` [d, V]; none when
+    tied, where a stored copy must equal the embedding)."""
+    out = {"embed.embedding": tensors["model.embed_tokens.weight"],
+           "backbone.final_norm.norm.scale": tensors["model.norm.weight"]}
+    if not tie_embeddings:
+        out["head.kernel"] = np.asarray(tensors["lm_head.weight"]).T
+    elif "lm_head.weight" in tensors and not np.array_equal(tensors["lm_head.weight"],
+                                                            out["embed.embedding"]):
+        raise InteropError("tie_word_embeddings is true but lm_head.weight differs from the "
+                           "embedding; the config and the weights disagree.")
+    return out
+
+
 def _fill(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str) -> None:
     """Set the variables of an abstract model (``nnx.eval_shape``) from ``arrays``; RNG
     streams get fixed keys (a loaded model is used in eval mode)."""

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from seqlab.config import ModelConfig
-from seqlab.interop.hf import InteropError, check_fields
+from seqlab.interop.hf import InteropError, check_fields, decoder_ends
 from seqlab.interop.llama import rope_parameters
 
 MODEL_TYPES = ("qwen3_next",)
@@ -148,10 +148,7 @@ def _attention(hf: dict, tensors: Mapping[str, np.ndarray], src: str) -> dict[st
 def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """transformers names -> seqlab variable names (docs/interop.md, Qwen3-Next)."""
     cfg = model_config(hf)
-    out = {"embed.embedding": tensors["model.embed_tokens.weight"],
-           "backbone.final_norm.norm.scale": tensors["model.norm.weight"]}
-    if not cfg.tie_embeddings:
-        out["head.kernel"] = _t(tensors["lm_head.weight"])
+    out = decoder_ends(tensors, cfg.tie_embeddings)
     for i, kind in enumerate(_layer_types(hf)):
         src, dst = f"model.layers.{i}.", f"backbone.blocks.{i}."
         mixer = (_deltanet(hf, tensors, f"{src}linear_attn.") if kind == "linear_attention"
@@ -163,10 +160,6 @@ def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
             [_t(tensors[f"{src}mlp.gate_proj.weight"]), _t(tensors[f"{src}mlp.up_proj.weight"])],
             axis=1)
         out[f"{dst}ffn.w_out.kernel"] = _t(tensors[f"{src}mlp.down_proj.weight"])
-    if cfg.tie_embeddings and "lm_head.weight" in tensors:
-        if not np.array_equal(tensors["lm_head.weight"], out["embed.embedding"]):
-            raise InteropError("tie_word_embeddings is true but lm_head.weight differs from "
-                               "the embedding; the config and the weights disagree.")
     return out
 
 
