@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from seqlab.config import ModelConfig
-from seqlab.interop.hf import InteropError, check_fields, decoder_ends
+from seqlab.interop.hf import InteropError, check_fields, decoder_ends, swiglu_to_seqlab
 from seqlab.interop.llama import rope_parameters
 from seqlab.ops.rope import rope_type
 
@@ -150,16 +150,8 @@ def moe_to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray], src: str
     if hf["model_type"] == "deepseek_v3":
         out["bias"] = tensors[f"{src}gate.e_score_correction_bias"]
     if hf.get("n_shared_experts"):
-        out.update(_mlp(tensors, f"{src}shared_experts.", "shared."))
+        out.update(swiglu_to_seqlab(tensors, f"{src}shared_experts.", "shared."))
     return out
-
-
-def _mlp(tensors: Mapping[str, np.ndarray], src: str, dst: str) -> dict[str, np.ndarray]:
-    """A SwiGLU MLP (gate_proj, up_proj, down_proj) -> seqlab FFN("glu") names under dst."""
-    return {f"{dst}w_in.kernel": np.concatenate(
-                [_t(tensors[f"{src}gate_proj.weight"]), _t(tensors[f"{src}up_proj.weight"])],
-                axis=1),
-            f"{dst}w_out.kernel": _t(tensors[f"{src}down_proj.weight"])}
 
 
 def attention_to_seqlab(args: Mapping, tensors: Mapping[str, np.ndarray], src: str
@@ -204,7 +196,7 @@ def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         if cfg.moe and i >= cfg.moe_first_layer:
             ffn = moe_to_seqlab(hf, tensors, f"{src}mlp.")
         else:
-            ffn = _mlp(tensors, f"{src}mlp.", "")
+            ffn = swiglu_to_seqlab(tensors, f"{src}mlp.", "")
         out.update({f"{dst}ffn.{k}": v for k, v in ffn.items()})
     # DeepSeek-V3's multi-token-prediction module is stored as layers n_layers.. (transformers
     # skips it on load too): it predicts further tokens for speculative decoding and has no

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -50,6 +51,15 @@ CONFIG = "config.json"
 # transformers buffers and bookkeeping stored in some checkpoints; they are not parameters
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
+# transformers >= 5 writes the floats JSON lacks as {"__float__": "Infinity"}
+# (PreTrainedConfig._encode_special_floats); read_config turns them back into floats
+SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _special_float(obj: dict):
+    if set(obj) == {"__float__"} and obj["__float__"] in SPECIAL_FLOATS:
+        return SPECIAL_FLOATS[obj["__float__"]]
+    return obj
 
 
 class InteropError(ValueError):
@@ -73,7 +83,7 @@ def read_config(folder: str | epath.PathLike) -> dict:
     """The folder's config.json as a dict."""
     path = epath.Path(folder) / CONFIG
     try:
-        hf = json.loads(path.read_text())
+        hf = json.loads(path.read_text(), object_hook=_special_float)
     except ValueError as e:
         raise InteropError(f"{path} is not valid JSON ({e}); the checkpoint is damaged.") from None
     if "model_type" not in hf:
@@ -131,6 +141,17 @@ def decoder_ends(tensors: Mapping[str, np.ndarray], tie_embeddings: bool
         raise InteropError("tie_word_embeddings is true but lm_head.weight differs from the "
                            "embedding; the config and the weights disagree.")
     return out
+
+
+def swiglu_to_seqlab(tensors: Mapping[str, np.ndarray], src: str, dst: str
+                     ) -> dict[str, np.ndarray]:
+    """A transformers SwiGLU MLP under ``src`` (``gate_proj``, ``up_proj``, ``down_proj``,
+    torch [out, in]) -> seqlab ``FFN("glu")`` names under ``dst``: ``w_in.kernel`` =
+    [gate^T | up^T] [d, 2h], ``w_out.kernel`` = down^T."""
+    return {f"{dst}w_in.kernel": np.concatenate(
+                [np.asarray(tensors[f"{src}gate_proj.weight"]).T,
+                 np.asarray(tensors[f"{src}up_proj.weight"]).T], axis=1),
+            f"{dst}w_out.kernel": np.asarray(tensors[f"{src}down_proj.weight"]).T}
 
 
 def _fill(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str) -> None:

@@ -30,29 +30,16 @@ DEFAULTS = {
 }
 
 
-# transformers >= 5 writes the floats JSON lacks as {"__float__": "Infinity"}
-# (PreTrainedConfig._encode_special_floats) and reads them back
-SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
-
-
-def _decode(v):
-    """A config value with transformers' special-float objects replaced by floats."""
-    if isinstance(v, dict) and set(v) == {"__float__"}:
-        return SPECIAL_FLOATS.get(v["__float__"], v)
-    return [_decode(t) for t in v] if isinstance(v, list | tuple) else v
-
-
 def _encode(v: float):
-    """The inverse of :func:`_decode` for one float."""
+    """transformers' JSON form of infinity (``hf.SPECIAL_FLOATS``), for config.json."""
     return {"__float__": "Infinity"} if v == math.inf else v
 
 
 def _get(hf: dict, key: str):
-    return _decode(hf.get(key, DEFAULTS[key]))
+    return hf.get(key, DEFAULTS[key])
 
 
 def _limit_ok(v) -> bool:
-    v = _decode(v)
     return (isinstance(v, list | tuple) and len(v) == 2
             and all(isinstance(t, int | float) for t in v) and 0 <= v[0] < v[1])
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from seqlab.config import ModelConfig
-from seqlab.interop.hf import InteropError, check_fields, decoder_ends
+from seqlab.interop.hf import InteropError, check_fields, decoder_ends, swiglu_to_seqlab
 from seqlab.interop.llama import rope_parameters
 
 MODEL_TYPES = ("qwen3_next",)
@@ -156,10 +156,7 @@ def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         out |= {f"{dst}mixer.{name}": value for name, value in mixer.items()}
         out[f"{dst}norm.norm.scale"] = tensors[f"{src}input_layernorm.weight"]
         out[f"{dst}ffn_norm.norm.scale"] = tensors[f"{src}post_attention_layernorm.weight"]
-        out[f"{dst}ffn.w_in.kernel"] = np.concatenate(
-            [_t(tensors[f"{src}mlp.gate_proj.weight"]), _t(tensors[f"{src}mlp.up_proj.weight"])],
-            axis=1)
-        out[f"{dst}ffn.w_out.kernel"] = _t(tensors[f"{src}mlp.down_proj.weight"])
+        out |= swiglu_to_seqlab(tensors, f"{src}mlp.", f"{dst}ffn.")
     return out
 
 

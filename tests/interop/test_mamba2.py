@@ -25,6 +25,7 @@ from flax import nnx
 
 import seqlab
 from seqlab.interop import InteropError, mamba2, save_transformers
+from seqlab.interop.hf import read_config
 
 VOCAB = 97
 D_CONV = 4
@@ -192,7 +193,7 @@ def test_unsupported_is_refused(tmp_path):
         seqlab.load(tmp_path)
 
 
-def test_export_refuses_what_transformers_cannot_hold():
+def test_export_refuses_what_transformers_cannot_hold(tmp_path):
     from seqlab.config import ModelConfig
 
     base = dict(mixer="mamba2", d_model=32, n_layers=1, norm="rms", bias=False,
@@ -204,5 +205,7 @@ def test_export_refuses_what_transformers_cannot_hold():
                                    VOCAB)
     hf = mamba2.transformers_config(ModelConfig(**{**base, "norm_eps": 1e-5}), VOCAB)
     assert hf["time_step_limit"] == [0.0, {"__float__": "Infinity"}]
-    assert mamba2.model_config(hf).mixer_args.get("dt_limit") is None
-    assert math.isinf(mamba2._decode(hf["time_step_limit"])[1])
+    (tmp_path / "config.json").write_text(json.dumps(hf))  # read back as a loader reads it
+    read = read_config(tmp_path)
+    assert math.isinf(read["time_step_limit"][1])
+    assert mamba2.model_config(read).mixer_args.get("dt_limit") is None
