@@ -1,12 +1,15 @@
 """seqlab's ops against JAX implementations from the package index, same inputs, same backend.
 
-    python scripts/bench/bench_jax_peers.py [--lengths 2048 4096 8192] [--repeats 3] [--rounds 2]
+    SEQLAB_S5_PATH=/path/to/lindermanlab-S5 python scripts/bench/bench_jax_peers.py \
+        [--lengths 2048 4096 8192] [--repeats 3] [--rounds 2] [--pairs ssd gdn scan s5]
 
-Each peer is imported when installed; an absent one is reported as such (nothing is required).
-For every pair the outputs and the input gradients are first checked equal (relative error
+Each peer is imported when installed (adapters in ``seqlab.bench.peers_jax``, which
+``seqlab bench`` also shows as peer columns); an absent one is reported as such (nothing is
+required). For every pair the outputs and the gradients are first checked equal (relative error
 printed), then forward and forward+backward are timed in alternation (``--rounds`` rounds, each
 side's best median of ``--repeats`` calls, ``seqlab.bench.timing.time_fn``; gradients w.r.t.
-the first two inputs). Ratio = peer time / seqlab time (> 1: seqlab is faster).
+every input, or for the scans w.r.t. (a, b) and for the S5 layer (parameters, input)).
+Ratio = peer time / seqlab time (> 1: seqlab is faster).
 
 - SSD (Mamba-2 chunked scan): ``seqlab.ops.ssd.ssd`` vs mamba2-jax ``modeling.ssd_forward``
   (B=1, H=4, P=N=64, chunk 64; the peer takes per-head B, C, given broadcast, and applies
@@ -17,25 +20,22 @@ the first two inputs). Ratio = peer time / seqlab time (> 1: seqlab is faster).
   (compute_dtype float32, chunk 64). B=1, H=4, K=V=128.
 - Diagonal linear scan ``h_t = a_t h_{t-1} + b_t`` (S5's and RG-LRU's recurrence, real):
   ``seqlab.ops.scan.linear_scan`` vs recurrentgemma ``jax.scan.linear_scan`` (B=1, D=1024).
+- S5 layer: ``seqlab.layers.S5`` (nothing after the SSM) vs lindermanlab/S5's ``S5SSM`` from a
+  checkout (not packaged; ``$SEQLAB_S5_PATH``) with the same parameters, B=4, H=128,
+  P=256 (128 modes kept by conjugate symmetry), the S5 paper's LRA sizes; gradients w.r.t. the
+  parameters and the input.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 
 import jax
 import jax.numpy as jnp
 
+from seqlab.bench import peers_jax
 from seqlab.bench.timing import fwd_bwd, time_fn
-
-
-def _peer(module: str, name: str):
-    try:
-        return getattr(importlib.import_module(module), name)
-    except Exception as e:  # noqa: BLE001 - an absent or broken peer is reported, not raised
-        return f"not available ({type(e).__name__}: {str(e)[:80]})"
 
 
 def _rel(a, b) -> float:
@@ -47,71 +47,97 @@ def _rel(a, b) -> float:
     return max(jax.tree.leaves(jax.tree.map(one, a, b)))
 
 
+def _absent(what: str) -> str:
+    return f"not available (install {what})"
+
+
 def ssd_pair(t: int, key):
+    from seqlab.bench.specs_base import Dims
+    from seqlab.bench.specs_ssm import _ssd_inputs
     from seqlab.ops.ssd import ssd
 
-    peer = _peer("mamba2_jax.modeling", "ssd_forward")
-    b, h, p, n = 1, 4, 64, 64
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    x = jax.random.normal(k1, (b, t, h, p))
-    dt = jax.nn.softplus(jax.random.normal(k2, (b, t, h)) - 2.0)
-    A = -jnp.exp(jnp.linspace(0.0, 1.0, h))
-    B = jax.random.normal(k3, (b, t, 1, n))
-    C = jax.random.normal(k4, (b, t, 1, n))
-
-    def ours(x, dt, A, B, C):
-        return ssd(x, dt, A, B, C, chunk_size=64)[0]
-
-    if isinstance(peer, str):
-        return "SSD", ours, (x, dt, A, B, C), {"mamba2-jax ssd_forward": peer}
-    zeros = jnp.zeros(h)
-
-    def theirs(x, dt, A, B, C):
-        Bh, Ch = (jnp.broadcast_to(m, (b, t, h, n)) for m in (B, C))
-        raw = jnp.log(jnp.expm1(dt))  # the peer applies softplus to its dt
-        return peer(x, raw, A, Bh, Ch, 64, zeros, zeros, 0.0, float("inf"))[0]
-
-    return "SSD", ours, (x, dt, A, B, C), {"mamba2-jax ssd_forward": (theirs, (x, dt, A, B, C))}
+    args = _ssd_inputs(Dims(1, t, 256, n_heads=4, head_dim=64, d_state=64), key)
+    peer = peers_jax.mamba2_jax_ssd(64)
+    return "SSD", lambda *a: ssd(*a, chunk_size=64)[0], args, {
+        "mamba2-jax ssd_forward": (peer, args) if peer else _absent("mamba2-jax")}
 
 
 def gdn_pair(t: int, key):
+    from seqlab.bench.specs_base import Dims
+    from seqlab.bench.specs_delta import _delta_inputs
     from seqlab.ops.delta import delta_product
 
-    b, h, d = 1, 4, 128
-    ks = jax.random.split(key, 5)
-    q = jax.random.normal(ks[0], (b, t, h, d))
-    k = jax.random.normal(ks[1], (b, t, h, d))
-    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
-    v = jax.random.normal(ks[2], (b, t, h, d))
-    beta = jax.nn.sigmoid(jax.random.normal(ks[3], (b, t, h)))
-    g = jax.nn.log_sigmoid(jax.random.normal(ks[4], (b, t, h)) + 4.0)
-
-    def ours(q, k, v, beta, g):
-        return delta_product(q, k, v, beta, g, num_householder=1)[0]
-
-    peers = {}
-    tpu = _peer("deltanet_tpu.variants", "chunk_gdn")
-    peers["deltanet-tpu chunk_gdn (fallback_scan)"] = tpu if isinstance(tpu, str) else (
-        lambda q, k, v, beta, g: tpu(q, k, v, g, beta, chunk_size=128, precision="fp32",
-                                     fallback_scan=True), (q, k, v, beta, g))
-    mt = _peer("maxtext.models.qwen3", "jax_chunk_gated_delta_rule")
-    peers["MaxText jax_chunk_gated_delta_rule"] = mt if isinstance(mt, str) else (
-        lambda q, k, v, beta, g: mt(q, k, v, g, beta, chunk_size=64,
-                                    compute_dtype=jnp.float32)[0], (q, k, v, beta, g))
-    return "gated delta rule", ours, (q, k, v, beta, g), peers
+    args = _delta_inputs(Dims(1, t, 512, n_heads=4, head_dim=128), key, 1, True)
+    tpu, mt = peers_jax.deltanet_tpu_gdn(), peers_jax.maxtext_gdn(64)
+    return "gated delta rule", lambda *a: delta_product(*a, num_householder=1)[0], args, {
+        "deltanet-tpu chunk_gdn (fallback_scan)": (tpu, args) if tpu else _absent("deltanet-tpu"),
+        "MaxText jax_chunk_gated_delta_rule": (mt, args) if mt else _absent("maxtext")}
 
 
 def scan_pair(t: int, key):
     from seqlab.ops.scan import linear_scan
 
-    peer = _peer("recurrentgemma.jax.scan", "linear_scan")
     k1, k2 = jax.random.split(key)
-    a = jax.random.uniform(k1, (1, t, 1024), minval=0.5, maxval=1.0)
-    x = jax.random.normal(k2, (1, t, 1024))
-    if isinstance(peer, str):
-        return "linear scan", linear_scan, (a, x), {"recurrentgemma linear_scan": peer}
-    return "linear scan", linear_scan, (a, x), {
-        "recurrentgemma linear_scan": (lambda a, x: peer(x, a)[0], (a, x))}
+    args = (jax.random.uniform(k1, (1, t, 1024), minval=0.5, maxval=1.0),
+            jax.random.normal(k2, (1, t, 1024)))
+    peer = peers_jax.recurrentgemma_scan()
+    return "linear scan", linear_scan, args, {
+        "recurrentgemma linear_scan": (peer, args) if peer else _absent("recurrentgemma")}
+
+
+def s5_pair(t: int, key, batch: int = 4, H: int = 128, P: int = 256):
+    """seqlab's S5 layer against lindermanlab/S5's ``S5SSM`` (SSM + D u, zoh, conjugate
+    symmetry, no clipping: its defaults) with the same parameters: ours is built with
+    ``out="none", activation="identity"`` (nothing after the SSM), theirs is initialised and its
+    parameters replaced by ours. Gradients w.r.t. the parameters and the input."""
+    from flax import nnx
+
+    from seqlab.layers.s5 import S5
+
+    ours = S5(H, d_state=P, rngs=nnx.Rngs(0), out="none", activation="identity")
+    graph, state, rest = nnx.split(ours, nnx.Param, ...)  # rest: the dropout's RNG state
+    u = jax.random.normal(key, (batch, t, H))
+    label = f"S5 layer (B={batch}, H={H}, P={P})"
+
+    def f_ours(state, u):
+        return nnx.merge(graph, state, rest)(u)
+
+    cls = peers_jax.s5_module()
+    if cls is None:
+        where = f"a lindermanlab/S5 checkout: ${peers_jax.S5_PATH_VAR}"
+        return label, f_ours, (state, u), {"lindermanlab/S5 S5SSM": _absent(where)}
+    import numpy as np
+
+    M = ours.n_modes
+    module = cls(Lambda_re_init=ours.Lambda_re[...], Lambda_im_init=ours.Lambda_im[...],
+                 V=jnp.eye(2 * M, M), Vinv=jnp.eye(M, 2 * M), H=H, P=M,  # replaced below
+                 C_init="trunc_standard_normal",
+                 discretization="zoh", dt_min=1e-3, dt_max=1e-1, conj_sym=True)
+    theirs = module.init(jax.random.PRNGKey(1), u[0])
+    theirs = {"params": dict(theirs["params"], B=ours.B[...], C=ours.C[...][0], D=ours.D[...],
+                             log_step=ours.log_dt[...][:, None])}
+    assert all(np.shape(theirs["params"][k]) == np.shape(v) for k, v in
+               module.init(jax.random.PRNGKey(1), u[0])["params"].items())
+
+    def f_theirs(params, u):
+        return jax.vmap(lambda x: module.apply(params, x))(u)
+
+    return label, f_ours, (state, u), {"lindermanlab/S5 S5SSM": (f_theirs, (theirs, u))}
+
+
+def _grads_comparable(which: str, grads):
+    """The S5 pair's input and parameter gradients of either side as one flat dict (the other
+    pairs' gradients are already alike)."""
+    if which != "s5":
+        return grads
+    params, du = grads
+    if isinstance(params, dict):  # lindermanlab/S5's
+        p = params["params"]
+        return {"u": du, "Lambda_re": p["Lambda_re"], "Lambda_im": p["Lambda_im"], "B": p["B"],
+                "C": p["C"], "D": p["D"], "log_dt": p["log_step"][:, 0]}
+    p = {k: v.get_value() if hasattr(v, "get_value") else v.value for k, v in params.items()}
+    return {"u": du, "Lambda_re": p["Lambda_re"], "Lambda_im": p["Lambda_im"], "B": p["B"],
+            "C": p["C"][0], "D": p["D"], "log_dt": p["log_dt"]}
 
 
 def _best(fns, args, rounds: int, repeats: int) -> list[float]:
@@ -127,28 +153,31 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--pairs", nargs="+", default=["ssd", "gdn", "scan"])
+    ap.add_argument("--pairs", nargs="+", default=["ssd", "gdn", "scan", "s5"],
+                    choices=["ssd", "gdn", "scan", "s5"])
     args = ap.parse_args()
     print(f"jax {jax.__version__} backend={jax.default_backend()} "
           f"device={jax.devices()[0].device_kind} load={os.getloadavg()[0]:.1f}")
-    print(f"{'op':18} {'peer':42} {'T':>5} {'rel.err':>8} {'ours fwd':>9} {'peer fwd':>9} "
+    print(f"{'op':34} {'peer':40} {'T':>5} {'rel.err':>8} {'ours fwd':>9} {'peer fwd':>9} "
           f"{'ratio':>6} {'ours f+b':>9} {'peer f+b':>9} {'ratio':>6}")
-    pairs = {"ssd": ssd_pair, "gdn": gdn_pair, "scan": scan_pair}
+    pairs = {"ssd": ssd_pair, "gdn": gdn_pair, "scan": scan_pair, "s5": s5_pair}
     for t in args.lengths:
         for which in args.pairs:
             label, ours, ours_args, peers = pairs[which](t, jax.random.PRNGKey(t))
+            wrt = (0, 1) if which in ("scan", "s5") else tuple(range(len(ours_args)))
             for name, peer in peers.items():
                 if isinstance(peer, str):
-                    print(f"{label:18} {name:42} {t:5d} {peer}")
+                    print(f"{label:34} {name:40} {t:5d} {peer}")
                     continue
                 theirs, their_args = peer
+                grads = [_grads_comparable(which, jax.jit(fwd_bwd(fn, wrt))(*a))
+                         for fn, a in ((ours, ours_args), (theirs, their_args))]
                 err = max(_rel(jax.jit(ours)(*ours_args), jax.jit(theirs)(*their_args)),
-                          _rel(jax.jit(fwd_bwd(ours, (0, 1)))(*ours_args),
-                               jax.jit(fwd_bwd(theirs, (0, 1)))(*their_args)))
+                          _rel(*grads))
                 f = _best([ours, theirs], [ours_args, their_args], args.rounds, args.repeats)
-                fb = _best([fwd_bwd(ours, (0, 1)), fwd_bwd(theirs, (0, 1))],
+                fb = _best([fwd_bwd(ours, wrt), fwd_bwd(theirs, wrt)],
                            [ours_args, their_args], args.rounds, args.repeats)
-                print(f"{label:18} {name:42} {t:5d} {err:8.1e} {f[0] * 1e3:8.1f}ms "
+                print(f"{label:34} {name:40} {t:5d} {err:8.1e} {f[0] * 1e3:8.1f}ms "
                       f"{f[1] * 1e3:8.1f}ms {f[1] / f[0]:5.2f}x {fb[0] * 1e3:8.1f}ms "
                       f"{fb[1] * 1e3:8.1f}ms {fb[1] / fb[0]:5.2f}x  load="
                       f"{os.getloadavg()[0]:.1f}", flush=True)

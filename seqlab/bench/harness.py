@@ -44,9 +44,10 @@ ROW_KEYS = (
     "op", "reference", "peers",
 )  # fmt: skip
 """Keys of every row of ``report["results"]``. ``op`` and ``reference`` are ``{name, s, note}``
-or None; ``peers`` a list of ``{name, s, note, op_speedup}``; ``status`` is ``ok``, ``oom``,
-``budget``, ``error``, ``skipped`` or ``op-only`` (a known op whose mixer is not registered yet:
-named explicitly on the command line, it gets the op-level comparisons only)."""
+or None; ``peers`` a list of ``{name, s, note, op_speedup}`` (and ``rel_err``, the peer's
+output against the op's on the same inputs, where the peer takes them); ``status`` is ``ok``,
+``oom``, ``budget``, ``error``, ``skipped`` or ``op-only`` (a known op whose mixer is not
+registered yet: named explicitly on the command line, it gets the op-level comparisons only)."""
 DECODE_KEYS = (
     "mixer", "context", "batch", "status", "note", "step_s", "tokens_per_s", "cache_bytes",
     "cache_bytes_per_token",
@@ -195,8 +196,11 @@ def _component(
     growth: float,
     args: argparse.Namespace,
     max_bytes: int | None,
+    op: Callable[[Dims, jax.Array], Call | None] | None = None,
 ) -> dict[str, Any] | None:
-    """Time one op/reference/peer call; a dict {name, s, note} or None when it does not apply."""
+    """Time one op/reference/peer call; a dict {name, s, note} or None when it does not apply.
+    A peer built ``same_as_op`` is first compared with ``op`` (same inputs): its relative
+    error is the dict's ``rel_err``, and one above 1e-3 is timed but noted."""
     if builder is None:
         return None
     try:
@@ -205,6 +209,14 @@ def _component(
         return {"name": label, "s": None, "note": f"skipped: not available ({_short(e)})"}
     if call is None:
         return None
+    checked: dict[str, Any] = {}
+    if call.same_as_op and op is not None:
+        try:
+            checked["rel_err"] = _rel_err(op(dims, jax.random.PRNGKey(dims.length)), call)
+        except Exception as e:  # noqa: BLE001 - a failing peer must not stop the sweep
+            return {"name": call.name, "s": None, "note": "error: " + _short(e)}
+        if not checked["rel_err"] <= 1e-3:
+            checked["note"] = f"values differ from the op (rel. error {checked['rel_err']:.1e})"
     over = budget.over(label + call.name, dims.length, growth)
     if over:
         return {"name": call.name, "s": None, "note": over}
@@ -215,7 +227,15 @@ def _component(
         budget.record(label + call.name, 1, math.inf)
         return {"name": call.name, "s": None, "note": note}
     budget.record(label + call.name, dims.length, t.median_s)
-    return {"name": call.name, "s": t.median_s, "note": ""}
+    return {"name": call.name, "s": t.median_s, "note": "", **checked}
+
+
+def _rel_err(op: Call | None, peer: Call) -> float | None:
+    """||peer - op|| / ||op|| of the two calls' outputs (jitted, float32), or None without op."""
+    if op is None:
+        return None
+    want, got = (jnp.asarray(jax.jit(c.fn)(*c.args), jnp.float32) for c in (op, peer))
+    return float(jnp.linalg.norm(got - want) / jnp.maximum(jnp.linalg.norm(want), 1e-30))
 
 
 def _matmul_params(state: Any) -> int:
@@ -351,7 +371,7 @@ def _compare(row: dict, spec: MixerSpec, dims: Dims, budget: _Budget, growth: fl
     row["reference"] = _component(spec.reference, dims, "ref", budget, growth, args, max_bytes)
     op_s = (row["op"] or {}).get("s")
     for builder in spec.peers:
-        peer = _component(builder, dims, "peer", budget, growth, args, max_bytes)
+        peer = _component(builder, dims, "peer", budget, growth, args, max_bytes, spec.op)
         if peer is not None:
             peer["op_speedup"] = peer["s"] / op_s if peer["s"] and op_s else None
             row["peers"].append(peer)

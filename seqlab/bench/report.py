@@ -54,8 +54,9 @@ def format_table(report: dict[str, Any]) -> str:
         notes += [f"{k}: {c['note']}" for k, c in (("op", op), ("ref", ref)) if c.get("note")]
         notes += [f"P{i + 1}: {pe['note']}" for i, pe in enumerate(r["peers"]) if pe["note"]]
         if op or ref:
-            legend[r["mixer"]] = (op.get("name"), ref.get("name"),
-                                  [pe["name"] for pe in r["peers"]])
+            legend[r["mixer"]] = (op.get("name"), ref.get("name"), [
+                pe["name"] + (f" (same inputs, rel. error {pe['rel_err']:.1e})"
+                              if pe.get("rel_err") is not None else "") for pe in r["peers"]])
         bound = f"{r['bound_by']}" + ("*" if r["bound_source"] == "xla-cost-analysis" else "")
         rows.append([
             r["mixer"], str(r["length"]), _ms(r["fwd_s"]), _ms(r["fwd_bwd_s"]),

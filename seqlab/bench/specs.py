@@ -4,7 +4,9 @@ For every registered mixer name, a :class:`MixerSpec` says
 - ``op``: how to call the mixer's core op from ``seqlab.ops`` at the benchmark's sizes;
 - ``reference``: the naive form of the same computation (the "speedup" denominator);
 - ``peers``: other implementations of the same core (flash-linear-attention's torch references
-  on CPU / Triton on GPU, ``jax.nn.dot_product_attention``, a tutorial-style S4D);
+  on CPU / Triton on GPU, ``jax.nn.dot_product_attention``, a tutorial-style S4D, and the JAX
+  peers of :mod:`seqlab.bench.peers_jax` where installed: recurrentgemma's and
+  lindermanlab/S5's scans, mamba2-jax's SSD, deltanet-tpu's and MaxText's gated delta rule);
 - ``core_cost``: the FLOPs and bytes the core *must* do (the minimal arithmetic of the
   recurrence or attention, not what a given algorithm happens to do), for the physical bound;
 - ``complexity``: the asymptotic cost in the length, for the scaling plot.
@@ -48,9 +50,12 @@ from seqlab.bench.specs_ssm import (
     _s4d_op,
     _s4d_tutorial,
     _s5_cost,
+    _s5_lindermanlab,
     _s5_op,
+    _s5_recurrentgemma,
     _s5_ref,
     _ssd_cost,
+    _ssd_mamba2_jax,
     _ssd_op,
     _ssd_ref,
 )
@@ -66,11 +71,13 @@ SPECS: dict[str, MixerSpec] = {
     "s4d": _conv_spec(_s4d_cost, _s4d_op),
     "s4-ptd": _conv_spec(_s4d_cost, _s4d_op),
     "s4": _conv_spec(_s4_cost, _s4_op),
-    "s5": MixerSpec("L", _s5_cost, op=_s5_op, reference=_s5_ref),
+    "s5": MixerSpec("L", _s5_cost, op=_s5_op, reference=_s5_ref,
+                    peers=(_s5_recurrentgemma, _s5_lindermanlab)),
     "deltanet": _delta_spec(1, gated=False),
     "gated-deltanet": _delta_spec(1, gated=True),
     "deltaproduct": _delta_spec(2, gated=True),
-    "mamba2": MixerSpec("L", _ssd_cost(1), op=_ssd_op, reference=_ssd_ref),
+    "mamba2": MixerSpec("L", _ssd_cost(1), op=_ssd_op, reference=_ssd_ref,
+                        peers=(_ssd_mamba2_jax,)),
     "hydra": MixerSpec("L", _ssd_cost(2), op=_hydra_op, reference=_hydra_ref),
     # two Mamba-2 passes (the default inner mixer), one per direction
     "bidirectional": MixerSpec("L", _ssd_cost(2), op=_ssd_op, reference=_ssd_ref),

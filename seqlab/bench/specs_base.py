@@ -38,12 +38,15 @@ class Dims:
 
 @dataclass(frozen=True)
 class Call:
-    """One timed call: ``fn(*args)``. backend "jax" (jitted) or "torch" (timed as is)."""
+    """One timed call: ``fn(*args)``. backend "jax" (jitted) or "torch" (timed as is).
+    ``same_as_op``: a peer that takes the op's own inputs and returns its output; the bench
+    compares the two before timing (``rel_err`` of the row's peer entry)."""
 
     name: str
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     backend: str = "jax"
+    same_as_op: bool = False
 
 
 Builder = Callable[[Dims, jax.Array], Call | None]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from seqlab.bench import peers
+from seqlab.bench import peers, peers_jax
 from seqlab.bench.specs_base import F32, Builder, Call, Dims, MixerSpec, _keys, _normal, _torch
 
 # ----------------------------------------------------------------------------- delta family
@@ -84,12 +84,28 @@ def _fla_delta(n: int, gated: bool) -> Builder:
     return build
 
 
+def _jax_gdn(which: str) -> Builder:
+    """A JAX gated delta rule (n = 1) on the op's inputs: deltanet-tpu (K = V = 128 only) or
+    MaxText (``seqlab.bench.peers_jax``)."""
+    def build(d: Dims, key: jax.Array) -> Call | None:
+        if which == "deltanet-tpu":
+            f = peers_jax.deltanet_tpu_gdn() if d.head_dim == 128 else None
+            name = "deltanet-tpu chunk_gdn (JAX)"
+        else:
+            f, name = peers_jax.maxtext_gdn(d.chunk_size), "MaxText jax_chunk_gated_delta_rule"
+        return None if f is None else Call(name, f, _delta_inputs(d, key, 1, True),
+                                           same_as_op=True)
+
+    return build
+
+
 def _delta_spec(n: int, gated: bool) -> MixerSpec:
+    jax_peers = (_jax_gdn("deltanet-tpu"), _jax_gdn("maxtext")) if n == 1 and gated else ()
     return MixerSpec(
         complexity="L",
         core_cost=_delta_cost(n),
         op=_delta_call(n, gated, recurrent=False),
         reference=_delta_call(n, gated, recurrent=True),
-        peers=(_fla_delta(n, gated),),
+        peers=(_fla_delta(n, gated), *jax_peers),
         defaults={"n_householder": n},
     )

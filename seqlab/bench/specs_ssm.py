@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from seqlab.bench import peers
+from seqlab.bench import peers, peers_jax
 from seqlab.bench.specs_base import F32, Call, Dims, _keys, _log2, _normal
 from seqlab.ops.reference import scan as reference_scan
 from seqlab.ops.reference import ssd as reference_ssd
@@ -115,6 +115,18 @@ def _s5_ref(d: Dims, key: jax.Array) -> Call:
     return Call("sequential lax.scan", reference_scan.linear_recurrence, _s5_inputs(d, key))
 
 
+def _s5_recurrentgemma(d: Dims, key: jax.Array) -> Call | None:
+    f = peers_jax.recurrentgemma_scan()
+    return None if f is None else Call("recurrentgemma linear_scan (JAX)", f, _s5_inputs(d, key),
+                                       same_as_op=True)
+
+
+def _s5_lindermanlab(d: Dims, key: jax.Array) -> Call | None:
+    f = peers_jax.s5_scan()
+    return None if f is None else Call("lindermanlab/S5 apply_ssm scan (JAX)", f,
+                                       _s5_inputs(d, key), same_as_op=True)
+
+
 # ----------------------------------------------------------------------------- SSD (Mamba-2, Hydra)
 
 
@@ -155,6 +167,12 @@ def _ssd_op(d: Dims, key: jax.Array) -> Call:
 
 def _ssd_ref(d: Dims, key: jax.Array) -> Call:
     return Call("sequential lax.scan", ssd_sequential, _ssd_inputs(d, key))
+
+
+def _ssd_mamba2_jax(d: Dims, key: jax.Array) -> Call | None:
+    f = peers_jax.mamba2_jax_ssd(d.chunk_size)
+    return None if f is None else Call("mamba2-jax ssd_forward (JAX)", f, _ssd_inputs(d, key),
+                                       same_as_op=True)
 
 
 def _hydra_inputs(d: Dims, key: jax.Array):

@@ -156,7 +156,12 @@ TOY_SPEC = MixerSpec(
     reference=lambda d, key: Call("triangular matmul", lambda x: jnp.einsum(
         "ts,bsd->btd", jnp.tril(jnp.ones((x.shape[1],) * 2)), x),
         (jnp.ones((d.batch, d.length, d.d_model)),)),
-    peers=(_missing_op, lambda d, key: None),
+    peers=(_missing_op, lambda d, key: None,
+           # peers on the op's own inputs: checked against it before timing
+           lambda d, key: Call("associative cumsum", lambda x: jax.lax.associative_scan(
+               jnp.add, x, axis=1), (jnp.ones((d.batch, d.length, d.d_model)),), same_as_op=True),
+           lambda d, key: Call("doubled cumsum", lambda x: 2 * jnp.cumsum(x, 1),
+                               (jnp.ones((d.batch, d.length, d.d_model)),), same_as_op=True)),
 )
 
 
@@ -184,7 +189,11 @@ def test_cli_smoke_json_schema_and_plot(tmp_path, monkeypatch, capsys):
         assert r["flops"] == 2.0 * r["length"] * 8 + 2.0 * r["length"] * 8 * 8  # core + proj
         assert r["op"]["s"] > 0 and r["reference"]["s"] > 0
         assert r["peers"][0]["s"] is None and "not available" in r["peers"][0]["note"]
-        assert len(r["peers"]) == 1  # a peer builder returning None is not installed: no entry
+        assert len(r["peers"]) == 3  # a peer builder returning None is not installed: no entry
+        same, wrong = r["peers"][1:]
+        assert same["rel_err"] < 1e-6 and same["note"] == "" and same["s"] > 0
+        assert wrong["rel_err"] > 0.1 and "values differ from the op" in wrong["note"]
+    assert "associative cumsum (same inputs, rel. error 0.0e+00)" in table
     assert [d["context"] for d in report["decode"]] == [8, 16]
     for d in report["decode"]:
         assert tuple(d) == harness.DECODE_KEYS and d["status"] == "ok"

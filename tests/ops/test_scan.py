@@ -55,3 +55,57 @@ def test_linear_scan_broadcast_float32_and_gradients():
                     (a_full, jnp.asarray(b), jnp.asarray(b[:, 0])), order=1, modes=["rev"])
     with pytest.raises(ValueError, match="batch, length"):
         linear_scan(jnp.ones(3), jnp.ones(3))
+
+
+@pytest.mark.parametrize("form", ["cpu", "gpu/tpu"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_scan_gradients_match_the_loop(reverse, form, monkeypatch):
+    """The VJP written for ``linear_scan`` (the transposed recurrence) against JAX's own
+    differentiation of the step-by-step loop, float64, complex decays and inputs, an initial
+    state, batch 2, odd length; the decay broadcast over the batch (its gradient is summed)."""
+    if form == "gpu/tpu":
+        monkeypatch.setattr(scan_module, "on_cpu", lambda cpu_fn, other_fn, *args: other_fn(*args))
+    rng = np.random.default_rng(2)
+    shape = (2, 11, 3)
+    a = rng.uniform(0.5, 1.0, (1,) + shape[1:]) * np.exp(1j * rng.uniform(-1, 1, (1,) + shape[1:]))
+    b = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    h0 = rng.standard_normal((2, 3)) + 1j * rng.standard_normal((2, 3))
+    w = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+    def loop(a, b, h0):
+        a = jnp.broadcast_to(a, b.shape)
+        state, hs = h0, [None] * b.shape[1]
+        for t in (range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])):
+            state = a[:, t] * state + b[:, t]
+            hs[t] = state
+        return jnp.stack(hs, 1)
+
+    with jax.enable_x64(True):
+        args = tuple(map(jnp.asarray, (a, b, h0)))
+        for f in (loop, lambda a, b, h0: linear_scan(a, b, h0, reverse=reverse)):
+            assert_close(np.asarray(f(*args)), np.asarray(loop(*args)), rtol=1e-12, atol=1e-12)
+        loss = lambda f: lambda *x: jnp.sum(jnp.real(f(*x) * w))  # noqa: E731
+        want = jax.grad(loss(loop), argnums=(0, 1, 2))(*args)
+        got = jax.jit(jax.grad(loss(lambda a, b, h0: linear_scan(a, b, h0, reverse=reverse)),
+                               argnums=(0, 1, 2)))(*args)
+        for g, r in zip(got, want, strict=True):
+            assert g.shape == r.shape
+            assert_close(np.asarray(g), np.asarray(r), rtol=1e-11, atol=1e-11)
+
+
+def test_linear_scan_on_the_cpu_is_one_plain_loop():
+    """On the CPU, ``linear_scan`` compiles to the program a bare ``lax.scan`` compiles to: the
+    platform choice leaves no conditional behind, the forward is one loop and forward+backward
+    two (the associative form would be O(log length) passes); docs/performance.md, JAX peers."""
+    a = jnp.full((1, 64, 8), 0.9)
+    b = jnp.ones((1, 64, 8))
+
+    def compiled(f):
+        return jax.jit(f).lower(a, b).compile().as_text()
+
+    def loss(a, b):
+        return jnp.sum(linear_scan(a, b))
+
+    fwd, fwd_bwd = compiled(linear_scan), compiled(jax.grad(loss, argnums=(0, 1)))
+    assert "conditional" not in fwd and "conditional" not in fwd_bwd
+    assert fwd.count(" while(") == 1 and fwd_bwd.count(" while(") == 2
