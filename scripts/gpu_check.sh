@@ -73,8 +73,9 @@ JAX_PLATFORMS= timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_lower
   || echo "lowering: failed or stopped (exit $?), see $OUT/lowering.txt"
 tail -3 "$OUT/lowering.txt"
 
-# 5. JAX peers from the package index (mamba2-jax, deltanet-tpu, MaxText, recurrentgemma), when
-#    installed; absent ones print "not available"
+# 5. JAX peers (mamba2-jax, deltanet-tpu, MaxText, recurrentgemma from the package index, and
+#    lindermanlab/S5 from a checkout named by $SEQLAB_S5_PATH), when installed; absent ones print
+#    "not available". The seqlab bench runs of step 2 show the same peers as columns.
 if [ "$SMOKE" = 1 ]; then JP=(--lengths 256 --repeats 1 --rounds 1); else JP=(--lengths 2048 8192); fi
 timeout 240 $PY scripts/bench/bench_jax_peers.py "${JP[@]}" > "$OUT/jax_peers.txt" 2>&1 \
   || echo "jax peers stopped (exit $?)"
