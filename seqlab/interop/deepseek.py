@@ -25,7 +25,13 @@ import numpy as np
 from flax import nnx
 
 from seqlab.config import ModelConfig
-from seqlab.interop.hf import InteropError, check_fields, decoder_ends, swiglu_to_seqlab
+from seqlab.interop.hf import (
+    InteropError,
+    check_fields,
+    decoder_ends,
+    experts_to_seqlab,
+    swiglu_to_seqlab,
+)
 from seqlab.interop.llama import rope_parameters
 from seqlab.ops.rope import rope_type
 
@@ -134,19 +140,9 @@ def moe_args(hf: dict) -> dict:
 def moe_to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray], src: str
                   ) -> dict[str, np.ndarray]:
     """One routed layer: transformers names under ``src`` ("model.layers.3.mlp.") -> MoE
-    variable names. Experts fused as transformers >= 5 writes them (``experts.gate_up_proj``
-    [E, 2 hidden, d], ``experts.down_proj`` [E, d, hidden]) or one module per expert
-    (``experts.{e}.gate_proj.weight``, ... as DeepSeek's published checkpoints)."""
-    out = {"router.kernel": _t(tensors[f"{src}gate.weight"])}
-    if f"{src}experts.gate_up_proj" in tensors:
-        out["w_in"] = np.asarray(tensors[f"{src}experts.gate_up_proj"]).transpose(0, 2, 1)
-        out["w_out"] = np.asarray(tensors[f"{src}experts.down_proj"]).transpose(0, 2, 1)
-    else:
-        e = range(hf["n_routed_experts"])
-        out["w_in"] = np.stack([np.concatenate(
-            [_t(tensors[f"{src}experts.{i}.gate_proj.weight"]),
-             _t(tensors[f"{src}experts.{i}.up_proj.weight"])], axis=1) for i in e])
-        out["w_out"] = np.stack([_t(tensors[f"{src}experts.{i}.down_proj.weight"]) for i in e])
+    variable names (the experts: ``hf.experts_to_seqlab``, fused or one module per expert),
+    with V3's selection bias and the shared experts."""
+    out = experts_to_seqlab(tensors, src, hf["n_routed_experts"])
     if hf["model_type"] == "deepseek_v3":
         out["bias"] = tensors[f"{src}gate.e_score_correction_bias"]
     if hf.get("n_shared_experts"):

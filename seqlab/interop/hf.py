@@ -154,6 +154,39 @@ def swiglu_to_seqlab(tensors: Mapping[str, np.ndarray], src: str, dst: str
             f"{dst}w_out.kernel": np.asarray(tensors[f"{src}down_proj.weight"]).T}
 
 
+def experts_to_seqlab(tensors: Mapping[str, np.ndarray], src: str, n_experts: int
+                      ) -> dict[str, np.ndarray]:
+    """A transformers routed-experts MLP under ``src`` ("model.layers.3.mlp.") -> the
+    ``MoE`` router and expert weights (``router.kernel`` [d, E], ``w_in`` [E, d, 2 hidden] =
+    [gate | up], ``w_out`` [E, hidden, d]). The router is ``gate.weight`` [E, d]; the experts
+    either fused as transformers >= 5 writes them (``experts.gate_up_proj`` [E, 2 hidden, d],
+    ``experts.down_proj`` [E, d, hidden]) or one module per expert
+    (``experts.{e}.gate_proj.weight``, ... as the published DeepSeek and Qwen checkpoints)."""
+    out = {"router.kernel": np.asarray(tensors[f"{src}gate.weight"]).T}
+    if f"{src}experts.gate_up_proj" in tensors:
+        out["w_in"] = np.asarray(tensors[f"{src}experts.gate_up_proj"]).transpose(0, 2, 1)
+        out["w_out"] = np.asarray(tensors[f"{src}experts.down_proj"]).transpose(0, 2, 1)
+        return out
+    name = f"{src}experts.{{}}.{{}}_proj.weight".format
+    out["w_in"] = np.stack([np.concatenate([np.asarray(tensors[name(e, "gate")]).T,
+                                            np.asarray(tensors[name(e, "up")]).T], axis=1)
+                            for e in range(n_experts)])
+    out["w_out"] = np.stack([np.asarray(tensors[name(e, "down")]).T for e in range(n_experts)])
+    return out
+
+
+def experts_to_transformers(moe: Mapping[str, np.ndarray], dst: str) -> dict[str, np.ndarray]:
+    """The inverse of :func:`experts_to_seqlab`, one module per expert: the layout of the
+    published checkpoints, and the one transformers 5.25's ``save_pretrained`` writes."""
+    out = {f"{dst}gate.weight": np.asarray(moe["router.kernel"]).T}
+    for e, (w_in, w_out) in enumerate(zip(moe["w_in"], moe["w_out"], strict=True)):
+        gate, up = np.split(np.asarray(w_in), 2, axis=1)
+        out |= {f"{dst}experts.{e}.gate_proj.weight": gate.T,
+                f"{dst}experts.{e}.up_proj.weight": up.T,
+                f"{dst}experts.{e}.down_proj.weight": np.asarray(w_out).T}
+    return out
+
+
 def _fill(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str) -> None:
     """Set the variables of an abstract model (``nnx.eval_shape``) from ``arrays``; RNG
     streams get fixed keys (a loaded model is used in eval mode)."""

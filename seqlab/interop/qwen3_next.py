@@ -1,4 +1,4 @@
-"""The Qwen3-Next family (transformers ``Qwen3NextForCausalLM``), dense layers.
+"""The Qwen3-Next family (transformers ``Qwen3NextForCausalLM``).
 
 A pre-norm decoder whose layers are Gated DeltaNet (``layer_types`` "linear_attention") or gated
 attention ("full_attention"): ``x + mixer(norm(x))``, ``x + MLP(norm(x))``, every norm the
@@ -10,8 +10,11 @@ without biases. transformers fuses the DeltaNet projections per key-head group
 (``in_proj_qkvz``: per key head [q | k | v of its r value heads | z of them]; ``in_proj_ba``:
 per key head [b of its r value heads | a of them]) and convolves [q | k | v] with one depthwise
 conv1d; the names, splits and transposes are in docs/interop.md. The routed mixture-of-experts
-MLP (``num_experts`` > 0 on layers not in ``mlp_only_layers``) is not implemented: such a
-config is refused.
+MLP (``num_experts`` > 0 on layers not in ``mlp_only_layers``, every ``decoder_sparse_step``-th
+layer) is ``seqlab.models.moe.MoE`` with a softmax router, ``norm_topk_prob``, and one shared
+SwiGLU expert of width ``shared_expert_intermediate_size`` scaled by ``sigmoid(x w_s)``
+(``shared_gate``); seqlab puts it on the layers ``moe_first_layer`` and later, so a config whose
+sparse layers are not such a run of final layers is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from seqlab.config import ModelConfig
-from seqlab.interop.hf import InteropError, check_fields, decoder_ends, swiglu_to_seqlab
+from seqlab.interop.hf import (
+    InteropError,
+    check_fields,
+    decoder_ends,
+    experts_to_seqlab,
+    experts_to_transformers,
+    swiglu_to_seqlab,
+)
 from seqlab.interop.llama import rope_parameters
 
 MODEL_TYPES = ("qwen3_next",)
@@ -92,17 +102,35 @@ def _attention_args(hf: dict) -> dict:
             "out_bias": bias}
 
 
-def model_config(hf: dict) -> ModelConfig:
-    """The seqlab ModelConfig of a Qwen3-Next config.json (dense MLP layers only)."""
-    check_fields(hf, {"hidden_act": "silu", "attention_dropout": lambda p: True,
-                      "output_router_logits": lambda v: True}, "qwen3_next")
-    if sparse := sparse_layers(hf):
+def _moe_args(hf: dict) -> tuple[dict | None, int]:
+    """The ``MoE`` arguments of the sparse layers and the first of them (None, n_layers: no
+    sparse layer); InteropError when they are not the final layers from some layer on."""
+    n_layers, sparse = hf["num_hidden_layers"], sparse_layers(hf)
+    if not sparse:
+        return None, n_layers
+    if sparse != list(range(sparse[0], n_layers)):
         raise InteropError(
             f"qwen3_next: layers {sparse} use the routed mixture-of-experts MLP (num_experts="
             f"{hf.get('num_experts')}, decoder_sparse_step={hf.get('decoder_sparse_step', 1)}, "
-            f"mlp_only_layers={hf.get('mlp_only_layers')}); seqlab implements the dense MLP "
-            "layers only. A checkpoint with num_experts=0 (or every layer in mlp_only_layers) "
-            "loads.")
+            f"mlp_only_layers={hf.get('mlp_only_layers')}); seqlab puts the mixture of experts "
+            "on every layer from one layer on (ModelConfig.moe_first_layer), so it maps sparse "
+            "layers that are the final ones only.")
+    if not hf.get("shared_expert_intermediate_size"):
+        raise InteropError("qwen3_next: shared_expert_intermediate_size must be > 0 (the "
+                           "shared expert of Qwen3NextSparseMoeBlock).")
+    return {"n_experts": hf["num_experts"], "top_k": hf["num_experts_per_tok"],
+            "hidden": hf["moe_intermediate_size"], "n_shared": 1,
+            "shared_hidden": hf["shared_expert_intermediate_size"], "shared_gate": True,
+            "scoring": "softmax", "norm_topk_prob": bool(hf.get("norm_topk_prob", True))
+            }, sparse[0]
+
+
+def model_config(hf: dict) -> ModelConfig:
+    """The seqlab ModelConfig of a Qwen3-Next config.json."""
+    check_fields(hf, {"hidden_act": "silu", "attention_dropout": lambda p: True,
+                      "output_router_logits": lambda v: True,
+                      "router_aux_loss_coef": lambda v: True}, "qwen3_next")  # training only
+    moe, first_sparse = _moe_args(hf)
     pattern = tuple(MIXERS[t] for t in _layer_types(hf))
     args = {"gated-deltanet": _deltanet_args, "mha": _attention_args}
     return ModelConfig(
@@ -110,7 +138,8 @@ def model_config(hf: dict) -> ModelConfig:
         mixer_args={name: args[name](hf) for name in sorted(set(pattern))},
         norm="rms_offset", norm_eps=float(hf.get("rms_norm_eps", 1e-6)), prenorm=True,
         ffn="glu", ffn_hidden=hf["intermediate_size"], bias=False,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), moe=moe,
+        moe_first_layer=first_sparse if moe else 0,
     )
 
 
@@ -156,7 +185,14 @@ def to_seqlab(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         out |= {f"{dst}mixer.{name}": value for name, value in mixer.items()}
         out[f"{dst}norm.norm.scale"] = tensors[f"{src}input_layernorm.weight"]
         out[f"{dst}ffn_norm.norm.scale"] = tensors[f"{src}post_attention_layernorm.weight"]
-        out |= swiglu_to_seqlab(tensors, f"{src}mlp.", f"{dst}ffn.")
+        if cfg.moe and i >= cfg.moe_first_layer:
+            moe = experts_to_seqlab(tensors, f"{src}mlp.", cfg.moe["n_experts"])
+            moe |= swiglu_to_seqlab(tensors, f"{src}mlp.shared_expert.", "shared.")
+            moe["shared_gate.kernel"] = np.asarray(
+                tensors[f"{src}mlp.shared_expert_gate.weight"]).T
+            out |= {f"{dst}ffn.{name}": value for name, value in moe.items()}
+        else:
+            out |= swiglu_to_seqlab(tensors, f"{src}mlp.", f"{dst}ffn.")
     return out
 
 
@@ -208,9 +244,34 @@ def _export_attention(args: dict, d_model: int, eps: float, problems: list[str])
                                 "partial_rotary_factor": rope_dim / head_dim}}
 
 
+def _export_moe(cfg: ModelConfig, problems: list[str]) -> dict:
+    """The config fields of ``cfg.moe`` (Qwen3-Next's sparse MLP on layers
+    ``moe_first_layer`` and later), or the dense model's (``num_experts`` 0)."""
+    if not cfg.moe:
+        return {"num_experts": 0, "mlp_only_layers": []}
+    m = cfg.moe
+    fixed = {"scoring": "softmax", "score_bias": False, "n_group": None, "topk_group": None,
+             "routed_scaling_factor": 1.0, "n_shared": 1, "shared_gate": True}
+    defaults = {"scoring": "softmax", "score_bias": False, "routed_scaling_factor": 1.0,
+                "n_shared": 0, "shared_gate": False}
+    wrong = [k for k, v in fixed.items() if m.get(k, defaults.get(k)) != v]
+    wrong += [k for k in m if k not in fixed and k not in
+              {"n_experts", "top_k", "hidden", "shared_hidden", "norm_topk_prob",
+               "group_score"}]
+    if wrong:
+        problems.append(f"moe options {sorted(wrong)} differ from Qwen3-Next's mixture of "
+                        "experts (softmax router without bias or groups, scaling 1, one shared "
+                        "expert with a sigmoid gate)")
+    return {"num_experts": m["n_experts"], "num_experts_per_tok": m["top_k"],
+            "moe_intermediate_size": m["hidden"],
+            "shared_expert_intermediate_size": m.get("shared_hidden") or m["hidden"],
+            "norm_topk_prob": bool(m.get("norm_topk_prob", False)), "decoder_sparse_step": 1,
+            "mlp_only_layers": list(range(cfg.moe_first_layer))}
+
+
 def transformers_config(cfg: ModelConfig, vocab_size: int) -> dict:
-    """config.json of the (dense) Qwen3-Next model equal to ``cfg``; InteropError naming what
-    does not fit."""
+    """config.json of the Qwen3-Next model equal to ``cfg``; InteropError naming what does not
+    fit."""
     from seqlab.models.builder import layer_mixers, mixer_args_for
 
     mixers, problems = layer_mixers(cfg.mixer, cfg.n_layers, cfg.pattern), []
@@ -229,8 +290,8 @@ def transformers_config(cfg: ModelConfig, vocab_size: int) -> dict:
           "intermediate_size": cfg.ffn_hidden or cfg.ffn_expand * cfg.d_model,
           "num_hidden_layers": cfg.n_layers, "hidden_act": "silu", "rms_norm_eps": eps,
           "tie_word_embeddings": cfg.tie_embeddings, "max_position_embeddings": 2**17,
-          "layer_types": [kinds.get(m, m) for m in mixers], "num_experts": 0,
-          "mlp_only_layers": [], "dtype": "float32"}
+          "layer_types": [kinds.get(m, m) for m in mixers], "dtype": "float32",
+          **_export_moe(cfg, problems)}
     export = {"gated-deltanet": _export_deltanet, "mha": _export_attention}
     for name in sorted(set(mixers) & set(export)):
         hf |= export[name](mixer_args_for(name, cfg.mixer_args, cfg.pattern), cfg.d_model, eps,
@@ -263,10 +324,23 @@ def to_transformers(cfg: ModelConfig, arrays: Mapping[str, np.ndarray]
             out[f"{dst}self_attn.k_norm.weight"] = m["k_norm.scale"]
         out[f"{dst}input_layernorm.weight"] = arrays[f"{src}norm.norm.scale"]
         out[f"{dst}post_attention_layernorm.weight"] = arrays[f"{src}ffn_norm.norm.scale"]
-        gate, up = np.split(arrays[f"{src}ffn.w_in.kernel"], 2, axis=1)
-        out[f"{dst}mlp.gate_proj.weight"], out[f"{dst}mlp.up_proj.weight"] = _t(gate), _t(up)
-        out[f"{dst}mlp.down_proj.weight"] = _t(arrays[f"{src}ffn.w_out.kernel"])
+        ffn = f"{src}ffn."
+        if cfg.moe and i >= cfg.moe_first_layer:
+            out |= experts_to_transformers({k[len(ffn):]: v for k, v in arrays.items()
+                                            if k.startswith(ffn)}, f"{dst}mlp.")
+            out |= _swiglu_back(arrays, f"{ffn}shared.", f"{dst}mlp.shared_expert.")
+            out[f"{dst}mlp.shared_expert_gate.weight"] = _t(arrays[f"{ffn}shared_gate.kernel"])
+        else:
+            out |= _swiglu_back(arrays, ffn, f"{dst}mlp.")
     return out
+
+
+def _swiglu_back(arrays: Mapping[str, np.ndarray], src: str, dst: str) -> dict[str, np.ndarray]:
+    """seqlab ``FFN("glu")`` under ``src`` -> transformers ``gate_proj`` / ``up_proj`` /
+    ``down_proj`` under ``dst`` (the inverse of ``swiglu_to_seqlab``)."""
+    gate, up = np.split(arrays[f"{src}w_in.kernel"], 2, axis=1)
+    return {f"{dst}gate_proj.weight": _t(gate), f"{dst}up_proj.weight": _t(up),
+            f"{dst}down_proj.weight": _t(arrays[f"{src}w_out.kernel"])}
 
 
 def _deltanet_back(hf: dict, m: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

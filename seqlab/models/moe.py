@@ -14,6 +14,9 @@ shared experts as one SwiGLU of width ``n_shared * hidden``:
     g_e = s_e for e in K (0 elsewhere), divided by sum_K s_e if ``norm_topk_prob``,
           times ``routed_scaling_factor``
     y = sum_{e in K} g_e FFN_e(x) + FFN_shared(x)        (DeepSeek-V3 eq. 12-16)
+    y = sum_{e in K} g_e FFN_e(x) + sigmoid(x w_s) FFN_shared(x)   (``shared_gate``: Qwen3-Next's
+        gated shared expert, w_s [d_model]; transformers 5.25 ``modeling_qwen3_next.py``
+        ``Qwen3NextSparseMoeBlock``, lines 936-955)
 
 The router runs in float32 (float64 with a float64 ``dtype``). The gradient reaches the router
 through g (the selection K is piecewise constant) and the experts through their outputs. The
@@ -41,15 +44,17 @@ class MoE(nnx.Module):
     """Routed experts plus shared experts. x: [batch, length, d_model] -> same shape.
 
     Options: n_experts, top_k, hidden (each expert's hidden width), n_shared (shared experts,
-    0 = none), scoring ("softmax" | "sigmoid"), score_bias (DeepSeek-V3's selection bias),
-    n_group / topk_group (group-limited routing; None = no groups), group_score ("max" |
-    "top2"), norm_topk_prob, routed_scaling_factor. Parameters: router.kernel [d, E],
-    w_in [E, d, 2 hidden] (= [gate | up] per expert), w_out [E, hidden, d], bias [E]
-    (``score_bias``), shared (a ``FFN("glu")`` without biases).
+    0 = none), shared_hidden (the shared SwiGLU's width; default ``n_shared * hidden``),
+    shared_gate (scale the shared experts' output by ``sigmoid(x w_s)``), scoring ("softmax" |
+    "sigmoid"), score_bias (DeepSeek-V3's selection bias), n_group / topk_group (group-limited
+    routing; None = no groups), group_score ("max" | "top2"), norm_topk_prob,
+    routed_scaling_factor. Parameters: router.kernel [d, E], w_in [E, d, 2 hidden] (= [gate |
+    up] per expert), w_out [E, hidden, d], bias [E] (``score_bias``), shared (a ``FFN("glu")`` without biases), shared_gate.kernel [d, 1].
     """
 
     def __init__(self, d_model: int, *, n_experts: int, top_k: int, hidden: int,
-                 n_shared: int = 0, scoring: str = "softmax", score_bias: bool = False,
+                 n_shared: int = 0, shared_hidden: int | None = None,
+                 shared_gate: bool = False, scoring: str = "softmax", score_bias: bool = False,
                  n_group: int | None = None, topk_group: int | None = None,
                  group_score: str = "max", norm_topk_prob: bool = False,
                  routed_scaling_factor: float = 1.0, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -66,6 +71,9 @@ class MoE(nnx.Module):
                 f"topk_group ({topk_group}) <= n_group, and 0 < top_k ({top_k}) <= the experts "
                 f"of the topk_group groups ({allowed}); change them so that top_k experts can "
                 "always be chosen.")
+        if shared_gate and not n_shared:
+            raise ModelBuildError("MoE shared_gate=True gates the shared experts; set n_shared "
+                                  ">= 1 (and shared_hidden for their width) or drop it.")
         self.n_experts, self.top_k, self.scoring = n_experts, top_k, scoring
         self.n_group, self.topk_group, self.group_score = groups, topk_group or groups, group_score
         self.norm_topk_prob, self.scaling = norm_topk_prob, routed_scaling_factor
@@ -75,8 +83,10 @@ class MoE(nnx.Module):
         self.w_in = nnx.Param(init(rngs.params(), (n_experts, d_model, 2 * hidden)))
         self.w_out = nnx.Param(init(rngs.params(), (n_experts, hidden, d_model)))
         self.bias = RouterBias(jnp.zeros((n_experts,))) if score_bias else None
-        self.shared = (FFN("glu", d_model, 1, hidden=n_shared * hidden, bias=False, dtype=dtype,
-                           rngs=rngs) if n_shared else None)
+        self.shared = (FFN("glu", d_model, 1, hidden=shared_hidden or n_shared * hidden,
+                           bias=False, dtype=dtype, rngs=rngs) if n_shared else None)
+        self.shared_gate = (nnx.Linear(d_model, 1, use_bias=False, dtype=dtype, rngs=rngs)
+                            if shared_gate else None)
 
     def gates(self, x: jax.Array) -> jax.Array:
         """Routing weights g [..., E] (float32; zero outside each token's top_k experts).
@@ -109,4 +119,9 @@ class MoE(nnx.Module):
         gate, up = jnp.split(h, 2, axis=-1)
         y = jnp.einsum("...ef,efd,...e->...d", jax.nn.silu(gate) * up,
                        self.w_out[...].astype(self.dtype), g)
-        return y if self.shared is None else y + self.shared(x)
+        if self.shared is None:
+            return y
+        shared = self.shared(x)
+        if self.shared_gate is not None:
+            shared = jax.nn.sigmoid(self.shared_gate(x)) * shared
+        return y + shared

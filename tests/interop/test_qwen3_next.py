@@ -1,5 +1,6 @@
-"""Qwen3-Next checkpoints (dense layers): transformers' Gated DeltaNet layer and whole model
-against seqlab's modules (logits, padding, greedy decode); clear errors for what is missing.
+"""Qwen3-Next checkpoints: transformers' Gated DeltaNet layer and whole models (dense, and with
+the sparse mixture-of-experts MLP) against seqlab's modules (logits, padding, greedy decode,
+round trip); clear errors for what is missing.
 
 On the CPU transformers runs its own torch forms of the delta rule and the short convolution
 (``integrations/hub_kernels.py``: fla and causal-conv1d only for cuda/xpu/... inputs), so the
@@ -118,14 +119,69 @@ def test_round_trip_to_transformers(pair, tmp_path):
         family.transformers_config(plain, VOCAB)
 
 
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+           shared_expert_intermediate_size=24, decoder_sparse_step=1, mlp_only_layers=[0])
+
+
+@pytest.fixture(scope="module")
+def moe_pair(tmp_path_factory):
+    """Layer 0 dense, layers 1-2 sparse (4 experts, top 2, a gated shared expert)."""
+    folder = tmp_path_factory.mktemp("qwen3_next_moe")
+    hf = save_tiny(transformers.Qwen3NextForCausalLM, config(**MOE), folder)
+    model, cfg = seqlab.load(folder)
+    return hf, model, cfg, folder
+
+
+def test_moe_logits_decode_and_round_trip(moe_pair, tmp_path):
+    hf, model, cfg, folder = moe_pair
+    assert cfg.model.moe_first_layer == 1 and cfg.model.moe["shared_gate"]
+    tokens = random_tokens(VOCAB, (2, 29), seed=4)
+    want = hf_logits(hf, tokens)
+    assert rel_err(model(tokens), want) <= RTOL
+    # the routing varies over these tokens: several experts are chosen first
+    x = np.asarray(model.embed(tokens))
+    gates = np.asarray(model.backbone.blocks[1].ffn.gates(x))
+    assert len(np.unique(gates.argmax(-1))) > 1
+    prompt = random_tokens(VOCAB, (2, 7), seed=5)
+    np.testing.assert_array_equal(np.asarray(seqlab.generate(model, prompt, 10, temperature=0)),
+                                  hf_greedy(hf, prompt, 10))
+    out = save_transformers(model, cfg, tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    assert rel_err(hf_logits(back, tokens), want) <= RTOL
+    written = json.loads((out / "config.json").read_text())
+    assert written["mlp_only_layers"] == [0] and written["num_experts"] == 4
+    assert rel_err(seqlab.load(out)[0](tokens), want) <= RTOL
+
+
+def test_moe_experts_fused(moe_pair, tmp_path):
+    """transformers 5.25 writes one module per expert (``experts.{e}.gate_proj.weight``, as the
+    published checkpoints; the fixture's folder) but holds them fused in memory
+    (``experts.gate_up_proj`` [E, 2 hidden, d], ``experts.down_proj``): that layout written to a
+    file loads to the same logits."""
+    safetensors = pytest.importorskip("safetensors.numpy")
+    hf, model, _, folder = moe_pair
+    tensors = {k: np.ascontiguousarray(v.numpy()) for k, v in hf.state_dict().items()}
+    assert "model.layers.1.mlp.experts.gate_up_proj" in tensors
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    safetensors.save_file(tensors, tmp_path / "model.safetensors")
+    fused, _ = seqlab.load(tmp_path)
+    tokens = random_tokens(VOCAB, (1, 17), seed=6)
+    assert rel_err(fused(tokens), model(tokens)) <= 1e-6
+
+
 def test_unsupported_features_are_refused(pair, tmp_path):
     _, _, _, folder = pair
     hf = json.loads((folder / "config.json").read_text())
-    with pytest.raises(InteropError, match=r"layers \[0, 1, 2\] use the routed mixture"):
-        family.model_config({**hf, "num_experts": 4})
-    family.model_config({**hf, "num_experts": 4, "mlp_only_layers": [0, 1, 2]})  # all dense
-    with pytest.raises(InteropError, match=r"layers \[1\]"):
-        family.model_config({**hf, "num_experts": 4, "decoder_sparse_step": 2})
+    moe = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
+           "shared_expert_intermediate_size": 8}
+    assert family.model_config({**hf, **moe}).moe_first_layer == 0  # every layer sparse
+    family.model_config({**hf, **moe, "mlp_only_layers": [0, 1, 2]})  # all dense
+    with pytest.raises(InteropError, match=r"layers \[1\] use the routed mixture"):
+        family.model_config({**hf, **moe, "decoder_sparse_step": 2})
+    with pytest.raises(InteropError, match=r"layers \[0, 2\] use the routed mixture"):
+        family.model_config({**hf, **moe, "mlp_only_layers": [1]})
+    with pytest.raises(InteropError, match="shared_expert_intermediate_size"):
+        family.model_config({**hf, **moe, "shared_expert_intermediate_size": 0})
     with pytest.raises(InteropError, match="layer_types"):
         family.model_config({**hf, "layer_types": ["linear_attention", "sliding_attention",
                                                    "linear_attention"]})

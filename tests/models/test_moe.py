@@ -16,6 +16,8 @@ CASES = {
     "v2-groups": dict(scoring="softmax", top_k=3, n_group=4, topk_group=2, group_score="max"),
     "v3": dict(scoring="sigmoid", score_bias=True, top_k=3, n_group=4, topk_group=2,
                group_score="top2", norm_topk_prob=True, routed_scaling_factor=2.5, n_shared=1),
+    "qwen3-next": dict(scoring="softmax", top_k=3, norm_topk_prob=True, n_shared=1,
+                       shared_hidden=7, shared_gate=True),
 }
 
 
@@ -45,7 +47,10 @@ def reference(p, x, o):
             y = y + we * o.get("routed_scaling_factor", 1.0) * ((silu(gate) * up) @ p["w_out"][e])
         if o.get("n_shared"):
             gate, up = jnp.split(x[t] @ p["shared_in"], 2)
-            y = y + (silu(gate) * up) @ p["shared_out"]
+            shared = (silu(gate) * up) @ p["shared_out"]
+            if o.get("shared_gate"):
+                shared = shared / (1 + jnp.exp(-(x[t] @ p["shared_gate"])))
+            y = y + shared
         out.append(y)
     return jnp.stack(out)
 
@@ -65,10 +70,14 @@ def test_moe_matches_per_token_reference(case):
             p["bias"] = rng.standard_normal(E) / 4
             layer.bias.set_value(jnp.asarray(p["bias"]))
         if o.get("n_shared"):
-            p["shared_in"] = rng.standard_normal((D, 2 * H * o["n_shared"]))
-            p["shared_out"] = rng.standard_normal((H * o["n_shared"], D)) / 3
+            width = o.get("shared_hidden") or H * o["n_shared"]
+            p["shared_in"] = rng.standard_normal((D, 2 * width))
+            p["shared_out"] = rng.standard_normal((width, D)) / 3
             layer.shared.w_in.kernel.set_value(jnp.asarray(p["shared_in"]))
             layer.shared.w_out.kernel.set_value(jnp.asarray(p["shared_out"]))
+        if o.get("shared_gate"):
+            p["shared_gate"] = rng.standard_normal((D, 1))
+            layer.shared_gate.kernel.set_value(jnp.asarray(p["shared_gate"]))
         p = {k: jnp.asarray(v) for k, v in p.items()}
         x = jnp.asarray(rng.standard_normal((2, 5, D)))
         np.testing.assert_allclose(layer(x), reference(p, x.reshape(-1, D), o).reshape(x.shape),
@@ -90,12 +99,19 @@ def test_moe_matches_per_token_reference(case):
         gs = {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(gs)}
         want = jax.grad(theirs, (0, 1, 2, 3))(p["router"], p["w_in"], p["w_out"], x)
         got = (gs["router.kernel"], gs["w_in"], gs["w_out"], gx)
+        if o.get("shared_gate"):  # and the shared expert's gate
+            got += (gs["shared_gate.kernel"],)
+            want += (jax.grad(lambda w: jnp.sum(reference(
+                {**p, "shared_gate": w}, x.reshape(-1, D), o).reshape(x.shape) * c))(
+                    p["shared_gate"]),)
         for g1, g2 in zip(got, want, strict=True):
             assert float(jnp.abs(g2).max()) > 0
             np.testing.assert_allclose(g1, g2, rtol=1e-10, atol=1e-10)
 
 
 def test_moe_refuses_impossible_routing():
+    with pytest.raises(ModelBuildError, match="shared_gate"):
+        MoE(D, n_experts=E, hidden=H, top_k=2, shared_gate=True, rngs=nnx.Rngs(0))
     with pytest.raises(ModelBuildError, match="top_k"):
         MoE(D, n_experts=E, hidden=H, top_k=5, n_group=4, topk_group=2, rngs=nnx.Rngs(0))
     with pytest.raises(ModelBuildError, match="scoring"):
