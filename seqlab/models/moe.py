@@ -49,7 +49,8 @@ class MoE(nnx.Module):
     "sigmoid"), score_bias (DeepSeek-V3's selection bias), n_group / topk_group (group-limited
     routing; None = no groups), group_score ("max" | "top2"), norm_topk_prob,
     routed_scaling_factor. Parameters: router.kernel [d, E], w_in [E, d, 2 hidden] (= [gate |
-    up] per expert), w_out [E, hidden, d], bias [E] (``score_bias``), shared (a ``FFN("glu")`` without biases), shared_gate.kernel [d, 1].
+    up] per expert), w_out [E, hidden, d], bias [E] (``score_bias``), shared (a
+    ``FFN("glu")`` without biases), shared_gate.kernel [d, 1].
     """
 
     def __init__(self, d_model: int, *, n_experts: int, top_k: int, hidden: int,
