@@ -57,3 +57,21 @@ def test_s5_checkout_is_imported_from_the_path(monkeypatch, tmp_path):
                     jnp.complex64)
     assert_close(np.asarray(jax.jit(scan)(a, b)), np.asarray(linear_scan(a, b)), rtol=1e-5,
                  atol=1e-6)
+
+
+def test_bench_jax_peers_script_reports_absent_peers(monkeypatch, capsys):
+    """The script runs where no peer is installed and says so for each (CI has none)."""
+    from pathlib import Path
+
+    monkeypatch.delenv(peers_jax.S5_PATH_VAR, raising=False)
+    monkeypatch.setattr(peers_jax, "_import", lambda module, name: None)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
+    import bench_jax_peers
+
+    monkeypatch.setattr(sys, "argv", ["bench_jax_peers.py", "--lengths", "32", "--repeats", "1",
+                                      "--rounds", "1"])
+    bench_jax_peers.main()
+    out = capsys.readouterr().out
+    for peer in ("mamba2-jax", "deltanet-tpu", "MaxText", "recurrentgemma", "lindermanlab/S5"):
+        assert peer in out
+    assert out.count("not available") == 5
