@@ -22,6 +22,7 @@ out, and on a loaded machine threads contend (N = 64: 10 ms a step on one thread
 the default thread pools, measured at load ~7 on the 2-core development machine).
 
     python scripts/ptd_perturbation.py --N 64 [--lam 10] [--rank 2] [--steps 10000] [--lr 0.3]
+    python scripts/ptd_perturbation.py --N 128 --lam 1 --rank 4
 """
 
 from __future__ import annotations

@@ -323,8 +323,9 @@ def _perturbation(N: int, lam: float) -> np.ndarray:
             f"no S4-PTD perturbation is shipped for state size N={N} with lambda={lam:g} "
             f"({path.name} is missing from {PTD_DATA}); shipped: {', '.join(shipped)}. Use one "
             f"of those sizes (S5-PTD: a block size P/J among them), or optimise and ship one "
-            f"with `python scripts/ptd_perturbation.py --N {N} --lam {lam:g}` (minutes to hours "
-            "on a CPU for N >= 64)."
+            f"with `python scripts/ptd_perturbation.py --N {N} --lam {lam:g} --rank "
+            f"{max(2, N // 32)}` (a larger N needs a larger rank of E: the shipped files' headers "
+            "say which each used; minutes to hours on a CPU for N >= 64)."
         )
     rows = np.loadtxt(path, ndmin=2)
     return rows[:, 0::2] + 1j * rows[:, 1::2]
@@ -332,8 +333,8 @@ def _perturbation(N: int, lam: float) -> np.ndarray:
 
 def ptd_perturbation(N: int, lam: float | None = None) -> np.ndarray:
     """``E [N, N]`` (complex128) of :func:`optimise_perturbation`: the shipped array for
-    ``(N, lam)`` if there is one (:func:`ptd_data_path`), else optimised now; cached in memory.
-    ``lam=None``: :func:`default_lambda`."""
+    ``(N, lam)`` (:func:`ptd_data_path`; ValueError naming the script when there is none),
+    cached in memory. ``lam=None``: :func:`default_lambda`."""
     lam = default_lambda(N) if lam is None else lam
     return _perturbation(int(N), float(lam)).copy()
 
