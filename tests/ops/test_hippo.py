@@ -203,9 +203,10 @@ QUALITY = {64: (15.0, 0.05), 128: (30.0, 0.05), 256: (30.0, 0.055)}
 
 @pytest.mark.parametrize("N", sorted(QUALITY))
 def test_ptd_is_well_conditioned_small_and_stable(N):
-    """N = 64: kappa(V) <= 15 with ||E|| <= 5% ||A||; N = 128: kappa(V) <= 30 (Frobenius and
-    spectral norms); N = 256: kappa(V) <= 30 with ||E|| <= 5.5% ||A||; all N modes kept and strictly stable after reflection; the shipped header
-    states what the array gives (provenance is honest)."""
+    """N = 64: kappa(V) <= 15 with ||E|| <= 5% ||A||; N = 128: kappa(V) <= 30 with ||E|| <= 5%
+    ||A||; N = 256: kappa(V) <= 30 with ||E|| <= 5.5% ||A|| (Frobenius and spectral norms); all
+    N modes kept and strictly stable after reflection; the shipped header states what the array
+    gives (provenance is honest)."""
     A, B = hippo.transition("legs", N)
     E, header = _shipped(N)
     assert E.shape == (N, N) and np.iscomplexobj(E) and np.abs(E.imag).max() > 0
