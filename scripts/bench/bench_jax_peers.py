@@ -22,8 +22,9 @@ Ratio = peer time / seqlab time (> 1: seqlab is faster).
   ``seqlab.ops.scan.linear_scan`` vs recurrentgemma ``jax.scan.linear_scan`` (B=1, D=1024).
 - S5 layer: ``seqlab.layers.S5`` (nothing after the SSM) vs lindermanlab/S5's ``S5SSM`` from a
   checkout (not packaged; ``$SEQLAB_S5_PATH``) with the same parameters, B=4, H=128,
-  P=256 (128 modes kept by conjugate symmetry), the S5 paper's LRA sizes; gradients w.r.t. the
-  parameters and the input.
+  P=256 (128 modes kept by conjugate symmetry): lindermanlab/S5's Retrieval and Path-X sizes
+  (``bin/run_experiments/run_lra_aan.sh``, ``run_lra_pathx.sh``; batch 32 there); gradients
+  w.r.t. the parameters and the input.
 """
 
 from __future__ import annotations
