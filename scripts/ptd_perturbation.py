@@ -17,7 +17,7 @@ code (see docs/reproductions.md, row 3a, for the numbers); the reference's shipp
 array's first two singular values hold 90% of its energy) with lambda = 6 reaches kappa(V)
 <= 15 at ||E||/||A|| <= 0.05 at N = 64. The rank must grow with N: at N = 128 rank 2 stalls
 near kappa 48 whatever lambda (1, 3, 10), rank 4 with lambda 1 reaches 19 at 0.046; N = 256
-is shipped at rank 8, lambda 4 (kappa 26 at 0.052). Each file's header has its command and
+is shipped at rank 8, lambda 8 (kappa 26.7 at 0.046). Each file's header has its command and
 what it gives.
 
 The optimiser runs on one thread (XLA and BLAS): the N x N eig and SVD are too small to share
@@ -26,7 +26,7 @@ the default thread pools, measured at load ~7 on the 2-core development machine)
 
     python scripts/ptd_perturbation.py --N 64 [--lam 10] [--rank 2] [--steps 10000] [--lr 0.3]
     python scripts/ptd_perturbation.py --N 128 --lam 1 --rank 4
-    python scripts/ptd_perturbation.py --N 256 --lam 4 --rank 8
+    python scripts/ptd_perturbation.py --N 256 --lam 8 --rank 8
 """
 
 from __future__ import annotations
