@@ -154,6 +154,26 @@ def swiglu_to_seqlab(tensors: Mapping[str, np.ndarray], src: str, dst: str
             f"{dst}w_out.kernel": np.asarray(tensors[f"{src}down_proj.weight"]).T}
 
 
+def decoder_ends_to_transformers(arrays: Mapping[str, np.ndarray], tie_embeddings: bool
+                                 ) -> dict[str, np.ndarray]:
+    """The inverse of :func:`decoder_ends`: embedding, final norm, output layer (none when
+    tied)."""
+    out = {"model.embed_tokens.weight": arrays["embed.embedding"],
+           "model.norm.weight": arrays["backbone.final_norm.norm.scale"]}
+    if not tie_embeddings:
+        out["lm_head.weight"] = np.asarray(arrays["head.kernel"]).T
+    return out
+
+
+def swiglu_to_transformers(arrays: Mapping[str, np.ndarray], src: str, dst: str
+                           ) -> dict[str, np.ndarray]:
+    """The inverse of :func:`swiglu_to_seqlab`: seqlab ``FFN("glu")`` under ``src`` ->
+    ``gate_proj`` / ``up_proj`` / ``down_proj`` (torch [out, in]) under ``dst``."""
+    gate, up = np.split(np.asarray(arrays[f"{src}w_in.kernel"]), 2, axis=1)
+    return {f"{dst}gate_proj.weight": gate.T, f"{dst}up_proj.weight": up.T,
+            f"{dst}down_proj.weight": np.asarray(arrays[f"{src}w_out.kernel"]).T}
+
+
 def experts_to_seqlab(tensors: Mapping[str, np.ndarray], src: str, n_experts: int
                       ) -> dict[str, np.ndarray]:
     """A transformers routed-experts MLP under ``src`` ("model.layers.3.mlp.") -> the

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from seqlab.config import ModelConfig
-from seqlab.interop.hf import InteropError, check_fields, decoder_ends, swiglu_to_seqlab
+from seqlab.interop.hf import (
+    InteropError,
+    check_fields,
+    decoder_ends,
+    decoder_ends_to_transformers,
+    swiglu_to_seqlab,
+    swiglu_to_transformers,
+)
 
 MODEL_TYPES = ("llama", "qwen2")
 
@@ -138,10 +145,7 @@ def transformers_config(cfg: ModelConfig, vocab_size: int) -> dict:
 def to_transformers(cfg: ModelConfig, arrays: Mapping[str, np.ndarray]
                     ) -> dict[str, np.ndarray]:
     """seqlab variable names -> transformers names (the inverse of ``to_seqlab``)."""
-    out = {"model.embed_tokens.weight": arrays["embed.embedding"],
-           "model.norm.weight": arrays["backbone.final_norm.norm.scale"]}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = _t(arrays["head.kernel"])
+    out = decoder_ends_to_transformers(arrays, cfg.tie_embeddings)
     for i in range(cfg.n_layers):
         src, dst = f"backbone.blocks.{i}.", f"model.layers.{i}."
         for ours, theirs in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"),
@@ -151,7 +155,5 @@ def to_transformers(cfg: ModelConfig, arrays: Mapping[str, np.ndarray]
                 out[f"{dst}self_attn.{theirs}.bias"] = arrays[f"{src}mixer.{ours}.bias"]
         out[f"{dst}input_layernorm.weight"] = arrays[f"{src}norm.norm.scale"]
         out[f"{dst}post_attention_layernorm.weight"] = arrays[f"{src}ffn_norm.norm.scale"]
-        gate, up = np.split(arrays[f"{src}ffn.w_in.kernel"], 2, axis=1)
-        out[f"{dst}mlp.gate_proj.weight"], out[f"{dst}mlp.up_proj.weight"] = _t(gate), _t(up)
-        out[f"{dst}mlp.down_proj.weight"] = _t(arrays[f"{src}ffn.w_out.kernel"])
+        out |= swiglu_to_transformers(arrays, f"{src}ffn.", f"{dst}mlp.")
     return out

@@ -28,9 +28,11 @@ from seqlab.interop.hf import (
     InteropError,
     check_fields,
     decoder_ends,
+    decoder_ends_to_transformers,
     experts_to_seqlab,
     experts_to_transformers,
     swiglu_to_seqlab,
+    swiglu_to_transformers,
 )
 from seqlab.interop.llama import rope_parameters
 
@@ -220,7 +222,6 @@ def _export_deltanet(args: dict, d_model: int, eps: float, problems: list[str]) 
             "linear_conv_kernel_dim": args.get("d_conv", 4)}
 
 
-
 def _export_attention(args: dict, d_model: int, eps: float, problems: list[str]) -> dict:
     n_heads = args.get("n_heads", 4)
     head_dim = args.get("head_dim") or d_model // n_heads
@@ -305,10 +306,7 @@ def to_transformers(cfg: ModelConfig, arrays: Mapping[str, np.ndarray]
                     ) -> dict[str, np.ndarray]:
     """seqlab variable names -> transformers names (the inverse of ``to_seqlab``)."""
     hf = transformers_config(cfg, arrays["embed.embedding"].shape[0])
-    out = {"model.embed_tokens.weight": arrays["embed.embedding"],
-           "model.norm.weight": arrays["backbone.final_norm.norm.scale"]}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = _t(arrays["head.kernel"])
+    out = decoder_ends_to_transformers(arrays, cfg.tie_embeddings)
     for i, kind in enumerate(hf["layer_types"]):
         src, dst = f"backbone.blocks.{i}.", f"model.layers.{i}."
         m = {k[len(src) + 6:]: v for k, v in arrays.items() if k.startswith(f"{src}mixer.")}
@@ -328,19 +326,11 @@ def to_transformers(cfg: ModelConfig, arrays: Mapping[str, np.ndarray]
         if cfg.moe and i >= cfg.moe_first_layer:
             out |= experts_to_transformers({k[len(ffn):]: v for k, v in arrays.items()
                                             if k.startswith(ffn)}, f"{dst}mlp.")
-            out |= _swiglu_back(arrays, f"{ffn}shared.", f"{dst}mlp.shared_expert.")
+            out |= swiglu_to_transformers(arrays, f"{ffn}shared.", f"{dst}mlp.shared_expert.")
             out[f"{dst}mlp.shared_expert_gate.weight"] = _t(arrays[f"{ffn}shared_gate.kernel"])
         else:
-            out |= _swiglu_back(arrays, ffn, f"{dst}mlp.")
+            out |= swiglu_to_transformers(arrays, ffn, f"{dst}mlp.")
     return out
-
-
-def _swiglu_back(arrays: Mapping[str, np.ndarray], src: str, dst: str) -> dict[str, np.ndarray]:
-    """seqlab ``FFN("glu")`` under ``src`` -> transformers ``gate_proj`` / ``up_proj`` /
-    ``down_proj`` under ``dst`` (the inverse of ``swiglu_to_seqlab``)."""
-    gate, up = np.split(arrays[f"{src}w_in.kernel"], 2, axis=1)
-    return {f"{dst}gate_proj.weight": _t(gate), f"{dst}up_proj.weight": _t(up),
-            f"{dst}down_proj.weight": _t(arrays[f"{src}w_out.kernel"])}
 
 
 def _deltanet_back(hf: dict, m: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

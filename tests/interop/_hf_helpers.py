@@ -60,3 +60,29 @@ def hf_greedy(model, prompt: np.ndarray, n: int) -> np.ndarray:
 
 def random_tokens(vocab: int, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, shape)
+
+
+def padding_mask(shape: tuple[int, int]) -> np.ndarray:
+    """Left padding in row 0 (its first 5 positions; transformers' generation layout), right
+    padding in row 1 (from position 15): True = real token."""
+    mask = np.ones(shape, bool)
+    mask[0, :5] = False
+    mask[1, 15:] = False
+    return mask
+
+
+def padded_logits_error(hf, model, vocab: int) -> float:
+    """rel_err of seqlab's and transformers' logits at the real positions of
+    :func:`padding_mask` on [2, 21] tokens."""
+    tokens = random_tokens(vocab, (2, 21), seed=1)
+    mask = padding_mask(tokens.shape)
+    return rel_err(np.asarray(model(tokens, mask))[mask], hf_logits(hf, tokens, mask)[mask])
+
+
+def assert_greedy_equal(hf, model, vocab: int, n: int = 12, seed: int = 2) -> None:
+    """seqlab's greedy continuation of a [2, 7] prompt equals transformers'."""
+    import seqlab
+
+    prompt = random_tokens(vocab, (2, 7), seed=seed)
+    np.testing.assert_array_equal(np.asarray(seqlab.generate(model, prompt, n, temperature=0)),
+                                  hf_greedy(hf, prompt, n))

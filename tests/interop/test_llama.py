@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from _hf_helpers import (
     RTOL,
-    hf_greedy,
+    assert_greedy_equal,
     hf_logits,
+    padded_logits_error,
     random_tokens,
     rel_err,
     save_tiny,
@@ -65,20 +66,12 @@ def test_logits_equal_with_padding(pair):
     """Left padding in row 0 (transformers' generation layout), right padding in row 1: the
     real positions' logits agree."""
     hf, model, _, _ = pair
-    tokens = random_tokens(VOCAB, (2, 21), seed=1)
-    mask = np.ones(tokens.shape, bool)
-    mask[0, :5] = False
-    mask[1, 15:] = False
-    ours = np.asarray(model(tokens, mask))
-    theirs = hf_logits(hf, tokens, mask)
-    assert rel_err(ours[mask], theirs[mask]) <= RTOL
+    assert padded_logits_error(hf, model, VOCAB) <= RTOL
 
 
 def test_greedy_decode_equal(pair):
     hf, model, _, _ = pair
-    prompt = random_tokens(VOCAB, (2, 7), seed=2)
-    ours = np.asarray(seqlab.generate(model, prompt, 12, temperature=0))
-    np.testing.assert_array_equal(ours, hf_greedy(hf, prompt, 12))
+    assert_greedy_equal(hf, model, VOCAB)
 
 
 def test_round_trip_to_transformers(pair, tmp_path):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from _hf_helpers import (
     RTOL,
-    hf_greedy,
+    assert_greedy_equal,
     hf_logits,
+    padding_mask,
     perturb,
     random_tokens,
     rel_err,
@@ -109,9 +110,7 @@ def test_logits_and_greedy_decode_equal(pair):
     hf, model, _, _ = pair
     tokens = random_tokens(VOCAB, (2, 37))
     assert rel_err(model(tokens), hf_logits(hf, tokens)) <= RTOL
-    prompt = random_tokens(VOCAB, (2, 7), seed=2)
-    ours = np.asarray(seqlab.generate(model, prompt, 12, temperature=0))
-    np.testing.assert_array_equal(ours, hf_greedy(hf, prompt, 12))
+    assert_greedy_equal(hf, model, VOCAB)
 
 
 def test_padding(pair):
@@ -122,9 +121,7 @@ def test_padding(pair):
     is compared with transformers' masked forward."""
     hf, model, cfg, _ = pair
     tokens = random_tokens(VOCAB, (2, 21), seed=1)
-    mask = np.ones(tokens.shape, bool)
-    mask[0, :5] = False
-    mask[1, 15:] = False
+    mask = padding_mask(tokens.shape)
     ours = np.asarray(model(tokens, mask))
     for row, real in ((0, slice(5, None)), (1, slice(None, 15))):
         alone = hf_logits(hf, tokens[row:row + 1, real])[0]

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from _hf_helpers import (
     RTOL,
-    hf_greedy,
+    assert_greedy_equal,
     hf_logits,
+    padded_logits_error,
     perturb,
     random_tokens,
     rel_err,
@@ -87,19 +88,12 @@ def test_logits_equal(pair):
 def test_logits_equal_with_padding(pair):
     """Left padding in row 0, right padding in row 1: the real positions' logits agree."""
     hf, model, _, _ = pair
-    tokens = random_tokens(VOCAB, (2, 21), seed=1)
-    mask = np.ones(tokens.shape, bool)
-    mask[0, :5] = False
-    mask[1, 15:] = False
-    ours = np.asarray(model(tokens, mask))
-    assert rel_err(ours[mask], hf_logits(hf, tokens, mask)[mask]) <= RTOL
+    assert padded_logits_error(hf, model, VOCAB) <= RTOL
 
 
 def test_greedy_decode_equal(pair):
     hf, model, _, _ = pair
-    prompt = random_tokens(VOCAB, (2, 7), seed=2)
-    ours = np.asarray(seqlab.generate(model, prompt, 12, temperature=0))
-    np.testing.assert_array_equal(ours, hf_greedy(hf, prompt, 12))
+    assert_greedy_equal(hf, model, VOCAB)
 
 
 def test_round_trip_to_transformers(pair, tmp_path):
@@ -142,9 +136,7 @@ def test_moe_logits_decode_and_round_trip(moe_pair, tmp_path):
     x = np.asarray(model.embed(tokens))
     gates = np.asarray(model.backbone.blocks[1].ffn.gates(x))
     assert len(np.unique(gates.argmax(-1))) > 1
-    prompt = random_tokens(VOCAB, (2, 7), seed=5)
-    np.testing.assert_array_equal(np.asarray(seqlab.generate(model, prompt, 10, temperature=0)),
-                                  hf_greedy(hf, prompt, 10))
+    assert_greedy_equal(hf, model, VOCAB, n=10, seed=5)
     out = save_transformers(model, cfg, tmp_path / "out")
     back = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
     assert rel_err(hf_logits(back, tokens), want) <= RTOL
