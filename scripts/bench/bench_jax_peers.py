@@ -114,11 +114,10 @@ def s5_pair(t: int, key, batch: int = 4, H: int = 128, P: int = 256):
                  V=jnp.eye(2 * M, M), Vinv=jnp.eye(M, 2 * M), H=H, P=M,  # replaced below
                  C_init="trunc_standard_normal",
                  discretization="zoh", dt_min=1e-3, dt_max=1e-1, conj_sym=True)
-    theirs = module.init(jax.random.PRNGKey(1), u[0])
-    theirs = {"params": dict(theirs["params"], B=ours.B[...], C=ours.C[...][0], D=ours.D[...],
+    init = module.init(jax.random.PRNGKey(1), u[0])["params"]  # Lambda already ours
+    theirs = {"params": dict(init, B=ours.B[...], C=ours.C[...][0], D=ours.D[...],
                              log_step=ours.log_dt[...][:, None])}
-    assert all(np.shape(theirs["params"][k]) == np.shape(v) for k, v in
-               module.init(jax.random.PRNGKey(1), u[0])["params"].items())
+    assert all(np.shape(theirs["params"][k]) == np.shape(v) for k, v in init.items())
 
     def f_theirs(params, u):
         return jax.vmap(lambda x: module.apply(params, x))(u)

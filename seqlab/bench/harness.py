@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import platform
@@ -196,11 +197,12 @@ def _component(
     growth: float,
     args: argparse.Namespace,
     max_bytes: int | None,
-    op: Callable[[Dims, jax.Array], Call | None] | None = None,
+    op_output: Callable[[], jax.Array | None] | None = None,
 ) -> dict[str, Any] | None:
     """Time one op/reference/peer call; a dict {name, s, note} or None when it does not apply.
-    A peer built ``same_as_op`` is first compared with ``op`` (same inputs): its relative
-    error is the dict's ``rel_err``, and one above 1e-3 is timed but noted."""
+    A peer built ``same_as_op`` is first compared with ``op_output()`` (the op's output on the
+    same inputs): its relative error is the dict's ``rel_err``, and one above 1e-3 is timed
+    but noted."""
     if builder is None:
         return None
     try:
@@ -210,13 +212,16 @@ def _component(
     if call is None:
         return None
     checked: dict[str, Any] = {}
-    if call.same_as_op and op is not None:
+    want = op_output() if call.same_as_op and op_output is not None else None
+    if want is not None:
         try:
-            checked["rel_err"] = _rel_err(op(dims, jax.random.PRNGKey(dims.length)), call)
+            got = jnp.asarray(jax.jit(call.fn)(*call.args), jnp.float32)
         except Exception as e:  # noqa: BLE001 - a failing peer must not stop the sweep
             return {"name": call.name, "s": None, "note": "error: " + _short(e)}
-        if not checked["rel_err"] <= 1e-3:
-            checked["note"] = f"values differ from the op (rel. error {checked['rel_err']:.1e})"
+        rel = float(jnp.linalg.norm(got - want) / jnp.maximum(jnp.linalg.norm(want), 1e-30))
+        checked["rel_err"] = rel
+        if not rel <= 1e-3:
+            checked["note"] = f"values differ from the op (rel. error {rel:.1e})"
     over = budget.over(label + call.name, dims.length, growth)
     if over:
         return {"name": call.name, "s": None, "note": over}
@@ -228,14 +233,6 @@ def _component(
         return {"name": call.name, "s": None, "note": note}
     budget.record(label + call.name, dims.length, t.median_s)
     return {"name": call.name, "s": t.median_s, "note": "", **checked}
-
-
-def _rel_err(op: Call | None, peer: Call) -> float | None:
-    """||peer - op|| / ||op|| of the two calls' outputs (jitted, float32), or None without op."""
-    if op is None:
-        return None
-    want, got = (jnp.asarray(jax.jit(c.fn)(*c.args), jnp.float32) for c in (op, peer))
-    return float(jnp.linalg.norm(got - want) / jnp.maximum(jnp.linalg.norm(want), 1e-30))
 
 
 def _matmul_params(state: Any) -> int:
@@ -370,8 +367,18 @@ def _compare(row: dict, spec: MixerSpec, dims: Dims, budget: _Budget, growth: fl
     row["op"] = _component(spec.op, dims, "op", budget, growth, args, max_bytes)
     row["reference"] = _component(spec.reference, dims, "ref", budget, growth, args, max_bytes)
     op_s = (row["op"] or {}).get("s")
+
+    @functools.cache
+    def op_output() -> jax.Array | None:  # once per row, for the peers that take its inputs
+        try:
+            call = spec.op(dims, jax.random.PRNGKey(dims.length)) if spec.op else None
+            return None if call is None else jnp.asarray(jax.jit(call.fn)(*call.args),
+                                                         jnp.float32)
+        except Exception:  # noqa: BLE001 - the op's own failure is already in row["op"]
+            return None
+
     for builder in spec.peers:
-        peer = _component(builder, dims, "peer", budget, growth, args, max_bytes, spec.op)
+        peer = _component(builder, dims, "peer", budget, growth, args, max_bytes, op_output)
         if peer is not None:
             peer["op_speedup"] = peer["s"] / op_s if peer["s"] and op_s else None
             row["peers"].append(peer)

@@ -99,7 +99,7 @@ def mamba2_jax_ssd(chunk_size: int) -> Callable[..., jax.Array] | None:
         return None
 
     def call(x, dt, A, B, C):
-        b, t, h, _ = x.shape
+        h = x.shape[2]
         Bh, Ch = (jnp.repeat(m, h // m.shape[2], axis=2) for m in (B, C))
         zeros = jnp.zeros(h, x.dtype)
         return ssd(x, jnp.log(jnp.expm1(dt)), A, Bh, Ch, chunk_size, zeros, zeros, 0.0,

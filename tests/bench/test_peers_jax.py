@@ -2,6 +2,7 @@
 adapter reads a checkout from $SEQLAB_S5_PATH and computes the op's recurrence."""
 
 import sys
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ def test_absent_peers_are_none(monkeypatch, tmp_path):
     assert peers_jax.s5_scan() is None and peers_jax.s5_module() is None
     monkeypatch.setenv(peers_jax.S5_PATH_VAR, str(tmp_path))  # no s5/ inside
     assert peers_jax.s5_scan() is None
-    monkeypatch.setattr(peers_jax.importlib, "import_module", _raise)
+    monkeypatch.setattr(peers_jax, "importlib", SimpleNamespace(import_module=_raise))
     assert peers_jax.recurrentgemma_scan() is None and peers_jax.mamba2_jax_ssd(64) is None
     assert peers_jax.deltanet_tpu_gdn() is None and peers_jax.maxtext_gdn(64) is None
 
