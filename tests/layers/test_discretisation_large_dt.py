@@ -14,6 +14,7 @@ import pytest
 from _assert import assert_close
 from flax import nnx
 from test_reference_s4 import TOL, ssm_layer_ref
+from test_s5 import reference_ssm
 
 from seqlab.layers.s4d import S4D, S4PTD
 from seqlab.layers.s5 import S5
@@ -55,32 +56,6 @@ def test_s4_family_uses_its_rule_at_large_dt(case):
     assert np.abs(wrong - want).max() > 0.05 * np.abs(want).max()
 
 
-def _s5_reference(m, u, method):
-    """S5 eqs. (6)-(7) in float64, one step at a time, both directions; ``method`` is the
-    discretisation (``zoh``: S5 eq. (6); ``bilinear``: S5 eq. (17) of its appendix)."""
-    re = np.asarray(m.Lambda_re[...], np.float64)
-    re = {"none": re, "exp": -np.exp(re), "clip": np.minimum(re, -1e-4)}[m.real_param]
-    lam = re + 1j * np.asarray(m.Lambda_im[...], np.float64)
-    dt = np.exp(np.asarray(m.log_dt[...], np.float64))
-    Bt = np.asarray(m.B[...], np.float64) @ np.array([1, 1j])
-    Ct = np.asarray(m.C[...], np.float64) @ np.array([1, 1j])
-    if method == "zoh":
-        dlam = np.exp(lam * dt)
-        dB = ((dlam - 1) / lam)[:, None] * Bt
-    else:
-        den = 1 - lam * dt / 2
-        dlam = (1 + lam * dt / 2) / den
-        dB = (dt / den)[:, None] * Bt
-    b, L, _ = u.shape
-    y = np.asarray(m.D[...], np.float64) * u
-    for d, order in enumerate([range(L), range(L - 1, -1, -1)][: Ct.shape[0]]):
-        x = np.zeros((b, len(lam)), complex)
-        for t in order:
-            x = dlam * x + u[:, t] @ dB.T
-            y[:, t] += (2 if m.conj_sym else 1) * np.real(x @ Ct[d].T)
-    return y
-
-
 @pytest.mark.parametrize("init, causal", [("hippo-n", True), ("ptd", False)])
 def test_s5_uses_zoh_at_large_dt(init, causal):
     m = S5(H, rngs=nnx.Rngs(0), d_state=8, blocks=2, causal=causal, out="none",
@@ -88,7 +63,7 @@ def test_s5_uses_zoh_at_large_dt(init, causal):
     _large_dt(m)
     u = _input()
     got = np.asarray(nnx.jit(lambda m, x: m(x))(m, jnp.asarray(u, jnp.float32)))
-    want = _s5_reference(m, u, "zoh")
+    want = reference_ssm(m, u, "zoh")
     assert_close(got, want, rtol=2e-4, atol=2e-5)
-    wrong = _s5_reference(m, u, "bilinear")
+    wrong = reference_ssm(m, u, "bilinear")
     assert np.abs(wrong - want).max() > 0.05 * np.abs(want).max()

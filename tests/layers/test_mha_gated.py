@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _assert import assert_close
+from _float64_check import assert_matches_float64
 from flax import nnx
 
 from seqlab.layers.attention import MultiHeadAttention
@@ -60,38 +61,12 @@ def _layer(qk_norm):
     return layer
 
 
-def _flat(state) -> dict:
-    return {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(state)}
-
-
 @pytest.mark.parametrize("qk_norm", ["rms_offset", "rms"])
 def test_gated_attention_matches_float64_reference(qk_norm):
     layer = _layer(qk_norm)
     assert layer.wq.kernel.shape == (D_MODEL, HQ * 2 * D)
     x = np.random.default_rng(2).standard_normal((B, T, D_MODEL))
-    ct = np.random.default_rng(3).standard_normal((B, T, D_MODEL))
-    gdef, state = nnx.split(layer)
-
-    def loss(st, x):
-        y = nnx.merge(gdef, st)(x)
-        return jnp.sum(y * ct), y
-
-    (_, y), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(state, jnp.asarray(x, jnp.float32))
-    grads = _flat(g)
-    with jax.enable_x64(True):
-        p64 = {n: jnp.asarray(np.asarray(a), jnp.float64) for n, a in _flat(state).items()}
-
-        def ref_loss(p):
-            y = reference(p, jnp.asarray(x), qk_norm == "rms_offset")
-            return jnp.sum(y * ct), y
-
-        (_, want), want_grads = jax.jit(jax.value_and_grad(ref_loss, has_aux=True))(p64)
-        want, want_grads = np.asarray(want), {n: np.asarray(g) for n, g in want_grads.items()}
-    assert_close(y, want, rtol=1e-4, atol=1e-5)
-    assert set(grads) == set(want_grads)
-    for name, g in grads.items():
-        scale = np.abs(want_grads[name]).max()
-        assert_close(g, want_grads[name], rtol=1e-3, atol=1e-4 * scale, err_msg=name)
+    assert_matches_float64(layer, x, lambda p, x: reference(p, x, qk_norm == "rms_offset"))
 
 
 def test_gated_attention_decode_equals_forward_and_gateless_paths_refuse():

@@ -21,16 +21,22 @@ def _x(b=2, L=13, seed=1):
     return jax.random.normal(jax.random.key(seed), (b, L, H))
 
 
-def _reference_ssm(m, u):
-    """S5 eqs. (6)-(7) in float64 numpy, one step at a time, both directions."""
+def reference_ssm(m, u, method: str = "zoh"):
+    """S5 eqs. (6)-(7) in float64, one step at a time, both directions; ``method`` is the
+    discretisation (``zoh``: S5 eq. (6); ``bilinear``: S5 eq. (17) of its appendix)."""
     re = np.asarray(m.Lambda_re[...], np.float64)
     re = {"none": re, "exp": -np.exp(re), "clip": np.minimum(re, -1e-4)}[m.real_param]
     lam = re + 1j * np.asarray(m.Lambda_im[...], np.float64)
     dt = np.exp(np.asarray(m.log_dt[...], np.float64))
     Bt = np.asarray(m.B[...], np.float64) @ np.array([1, 1j])
     Ct = np.asarray(m.C[...], np.float64) @ np.array([1, 1j])
-    dlam = np.exp(lam * dt)
-    dB = ((dlam - 1) / lam)[:, None] * Bt
+    if method == "zoh":
+        dlam = np.exp(lam * dt)
+        dB = ((dlam - 1) / lam)[:, None] * Bt
+    else:
+        den = 1 - lam * dt / 2
+        dlam = (1 + lam * dt / 2) / den
+        dB = (dt / den)[:, None] * Bt
     u = np.asarray(u, np.float64)
     b, L, _ = u.shape
     y = np.asarray(m.D[...], np.float64) * u
@@ -49,7 +55,7 @@ def test_scan_matches_sequential_reference(causal, init, real_param):
     m = S5(H, rngs=nnx.Rngs(0), d_state=P, blocks=2, causal=causal, out="none",
            activation="identity", init=init, real_param=real_param)
     x = _x()
-    assert_close(np.asarray(fwd(m, x)), _reference_ssm(m, x), atol=2e-5)
+    assert_close(np.asarray(fwd(m, x)), reference_ssm(m, x), atol=2e-5)
 
 
 def test_conv_equals_decode_and_registry():
