@@ -100,9 +100,9 @@ def test_linear_scan_gradients_match_the_loop(reverse, form, monkeypatch):
 def test_linear_scan_on_the_cpu_compiles_to_a_bare_lax_scan(dtype):
     """On the CPU, ``linear_scan`` (forward, and forward+backward) compiles to exactly the
     program of the bare step-by-step ``lax.scan`` (``ops.reference.scan``; recurrentgemma's scan
-    compiles to it too): the platform choice leaves nothing behind, so a peer running that
-    scan can only tie (docs/performance.md, JAX peers). Compared with names, source locations
-    and metadata stripped."""
+    compiles to the same instructions): the platform choice leaves nothing behind, so a peer
+    running that scan can only tie (docs/performance.md, JAX peers). Compared with names,
+    source locations and metadata stripped."""
     a = jnp.full((2, 64, 8), 0.9, dtype)
     b = jnp.ones((2, 64, 8), dtype)
 
